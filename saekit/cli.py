@@ -1,0 +1,128 @@
+"""The `saekit` command. Recipe flags are generated from the config dataclasses.
+
+Every user-facing failure is a SaekitError: printed as one line, exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from saekit.config import add_config_flags, flag_overrides, load_recipe
+from saekit.errors import SaekitError
+
+BENCHES = {"stream": "saekit.bench.stream"}
+"""`saekit bench NAME` → module with run(**kwargs) -> dict and table(dict) -> str."""
+
+
+def _recipe(args: argparse.Namespace) -> Any:
+    from saekit.recipe import Recipe
+
+    return load_recipe(Recipe, args.recipe, flag_overrides(args))
+
+
+def cmd_setup(args: argparse.Namespace) -> None:
+    from saekit.assets import setup_all
+
+    for name, path in setup_all().items():
+        print(f"{name:12s} {path}")
+
+
+def cmd_hooks(args: argparse.Namespace) -> None:
+    from saekit.models.hooks import build_hooked_model
+    from saekit.models.loading import ModelConfig
+
+    hooked = build_hooked_model(ModelConfig(name=args.model, backend=args.backend))
+    widths = hooked.hook_widths()
+    shown = {n: w for n, w in widths.items() if not args.filter or args.filter in n}
+    print(f"{len(shown)} of {len(widths)} hook points of {args.model} ({args.backend}):")
+    for name, width in shown.items():
+        print(f"  {name:50s} {width}")
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from saekit.activations import open_stream, write_cache
+    from saekit.config import to_dict
+    from saekit.models.hooks import build_hooked_model
+
+    recipe = _recipe(args)
+    # The cache holds raw activations; normalization is applied when it is read.
+    stream_cfg = replace(recipe.stream, normalize=False, cache_dir=None)
+    hooked = build_hooked_model(recipe.model)
+    stream = open_stream(hooked, recipe.data, stream_cfg, "train")
+    provenance = {"model": to_dict(recipe.model), "data": to_dict(recipe.data),
+                  "stream": to_dict(stream_cfg)}
+    t0 = time.perf_counter()
+    out = write_cache(stream, recipe.cache, provenance)
+    elapsed = time.perf_counter() - t0
+    from saekit.activations.cache import ActivationCache
+    from saekit.activations.stats import activation_stats, format_stats
+
+    cache = ActivationCache(out, verify=False)
+    print(f"cache: {out} ({cache.rows} tokens per hook, {recipe.cache.dtype}, {elapsed:.1f} s, "
+          f"{cache.rows / max(elapsed, 1e-9):.0f} tokens/s)")
+    print(format_stats({h: activation_stats(cache.read(h, 0, min(cache.rows, 65536)))
+                        for h in cache.arrays}))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    module = importlib.import_module(BENCHES[args.name])
+    result = module.run()
+    print(json.dumps(result) if args.json else module.table(result))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from saekit.recipe import Recipe
+
+    parser = argparse.ArgumentParser(
+        prog="saekit",
+        description="Train, evaluate, steer and score sparse dictionaries on LM activations.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="fetch the offline model and corpora into the cache dir")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("hooks", help="list a model's hook points with their widths")
+    p.add_argument("model", nargs="?", default="smollm2-135m",
+                   help="model spec: smollm2-135m, a local HF dir, or a hub id")
+    p.add_argument("--backend", choices=["transformer_lens", "hf"], default="transformer_lens")
+    p.add_argument("--filter", default="", help="only names containing this text")
+    p.set_defaults(func=cmd_hooks)
+
+    p = sub.add_parser("cache", help="write activations of a recipe's hooks to disk shards")
+    p.add_argument("recipe", help="YAML recipe (recipes/*.yaml)")
+    add_config_flags(p, Recipe)
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("bench", help="benchmarks against an anchor, side by side")
+    p.add_argument("name", choices=sorted(BENCHES))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except SaekitError as exc:
+        print(f"saekit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("saekit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

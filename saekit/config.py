@@ -1,0 +1,204 @@
+"""Frozen dataclass configs ↔ YAML recipes ↔ command-line flags.
+
+A recipe is a YAML file whose sections and keys map 1:1 onto nested frozen dataclasses. The
+docstring written under each field is its `--help` text. Flags are the dotted path of a field
+(`--stream.batch_size 8192`) and override the recipe. Unknown keys are errors that name the
+key and list the valid ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from saekit.errors import SaekitError, closest
+
+T = TypeVar("T")
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass `cls` (and its bases)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, nxt in zip(body, body[1:]):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check and convert a YAML/CLI value to the annotated type `tp`."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except SaekitError as exc:
+                errors.append(str(exc))
+        raise SaekitError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise SaekitError(f"{where}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str | int | float):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise SaekitError(f"{where}: expected a list, got {value!r}")
+        (item_tp, *_rest) = get_args(tp) or (Any,)
+        items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise SaekitError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise SaekitError(f"{where}: expected true or false, got {value!r}")
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise SaekitError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys name the valid ones."""
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            hint = closest(str(key), names, n=3)
+            did = f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+            raise SaekitError(
+                f"Unknown key {path!r} in {cls.__name__}.{did} Valid keys: {', '.join(names)}."
+            )
+        kwargs[key] = coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except SaekitError as exc:
+        raise SaekitError(f"{where or cls.__name__}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-able dict of a (nested) dataclass config."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
+        out[f.name] = value
+    return out
+
+
+def load_recipe(cls: type[T], path: str | Path | None, overrides: dict[str, Any] | None = None) -> T:
+    """Read a YAML recipe into `cls`, then apply dotted-path overrides (`stream.batch_size`)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SaekitError(f"Recipe {str(p)!r} not found. Pass a YAML file, e.g. recipes/*.yaml.")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise SaekitError(f"Recipe {str(p)!r} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SaekitError(f"Recipe {str(p)!r} must be a mapping of sections, got {loaded!r}.")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SaekitError(f"--{dotted}: {part!r} is not a section.")
+        node[leaf] = value
+    return from_dict(cls, data)
+
+
+def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted name, type, help) for every leaf field of a nested dataclass."""
+    out = []
+    hints = _hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        tp = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out += _flag_fields(tp, f"{name}.")  # type: ignore[arg-type]
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append((name, tp, f"{docs.get(f.name, '')} (default: {default!r})"))
+    return out
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one `--dotted.name VALUE` flag per leaf field; values parse as YAML scalars/lists."""
+    group = parser.add_argument_group(f"{cls.__name__} fields (override the recipe)")
+    for name, _tp, help_text in _flag_fields(cls):
+        group.add_argument(
+            f"--{name}", dest=f"cfg:{name}", default=argparse.SUPPRESS, metavar="V",
+            help=help_text.replace("%", "%%"),
+        )
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `--dotted.name` values given on the command line, parsed as YAML."""
+    out = {}
+    for key, raw in vars(args).items():
+        if key.startswith("cfg:"):
+            try:
+                out[key[4:]] = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                out[key[4:]] = raw
+    return out
+
+
+def save_yaml(cfg: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
