@@ -57,8 +57,11 @@ def cmd_cache(args: argparse.Namespace) -> None:
     stream_cfg = replace(recipe.stream, normalize=False, cache_dir=None)
     hooked = build_hooked_model(recipe.model)
     stream = open_stream(hooked, recipe.data, stream_cfg, "train")
-    provenance = {"model": to_dict(recipe.model), "data": to_dict(recipe.data),
-                  "stream": to_dict(stream_cfg)}
+    provenance = {
+        "model": to_dict(recipe.model),
+        "data": to_dict(recipe.data),
+        "stream": to_dict(stream_cfg),
+    }
     t0 = time.perf_counter()
     out = write_cache(stream, recipe.cache, provenance)
     elapsed = time.perf_counter() - t0
@@ -66,10 +69,38 @@ def cmd_cache(args: argparse.Namespace) -> None:
     from saekit.activations.stats import activation_stats, format_stats
 
     cache = ActivationCache(out, verify=False)
-    print(f"cache: {out} ({cache.rows} tokens per hook, {recipe.cache.dtype}, {elapsed:.1f} s, "
-          f"{cache.rows / max(elapsed, 1e-9):.0f} tokens/s)")
-    print(format_stats({h: activation_stats(cache.read(h, 0, min(cache.rows, 65536)))
-                        for h in cache.arrays}))
+    print(
+        f"cache: {out} ({cache.rows} tokens per hook, {recipe.cache.dtype}, {elapsed:.1f} s, "
+        f"{cache.rows / max(elapsed, 1e-9):.0f} tokens/s)"
+    )
+    print(
+        format_stats(
+            {h: activation_stats(cache.read(h, 0, min(cache.rows, 65536))) for h in cache.arrays}
+        )
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from saekit.train.run import train_recipe
+
+    summary = train_recipe(_recipe(args), resume=args.resume)
+    print(
+        f"trained {len(summary['saes'])} dictionar{'y' if len(summary['saes']) == 1 else 'ies'} "
+        f"on {summary['tokens']:,} tokens → {summary['run_dir']}"
+    )
+    for name, info in summary["saes"].items():
+        print(f"  {name}: {info['path']}")
+    print(f"next: saekit eval {summary['run_dir']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from saekit.eval.report import evaluate_run, summary_table
+
+    report = evaluate_run(
+        args.run_dir, model_name=args.model, hook=args.hook, n_windows=args.windows
+    )
+    print(summary_table(report))
+    print(f"report: {args.run_dir}/report.json")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -91,8 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("hooks", help="list a model's hook points with their widths")
-    p.add_argument("model", nargs="?", default="smollm2-135m",
-                   help="model spec: smollm2-135m, a local HF dir, or a hub id")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default="smollm2-135m",
+        help="model spec: smollm2-135m, a local HF dir, or a hub id",
+    )
     p.add_argument("--backend", choices=["transformer_lens", "hf"], default="transformer_lens")
     p.add_argument("--filter", default="", help="only names containing this text")
     p.set_defaults(func=cmd_hooks)
@@ -101,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="YAML recipe (recipes/*.yaml)")
     add_config_flags(p, Recipe)
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("train", help="train the recipe's dictionaries on its activation stream")
+    p.add_argument("recipe", help="YAML recipe (recipes/*.yaml)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in train.output_dir",
+    )
+    add_config_flags(p, Recipe)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval", help="evaluate a run's dictionaries (or one SAE dir) on held-out text"
+    )
+    p.add_argument(
+        "run_dir", help="run directory of `saekit train`, or an SAE directory (cfg.json)"
+    )
+    p.add_argument("--model", default=None, help="override the model spec of the run")
+    p.add_argument("--hook", default=None, help="hook to evaluate at (default: the SAE's own)")
+    p.add_argument("--windows", type=int, default=64, help="held-out context windows to use")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks against an anchor, side by side")
     p.add_argument("name", choices=sorted(BENCHES))

@@ -57,7 +57,7 @@ def _hints(cls: type) -> dict[str, Any]:
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check and convert a YAML/CLI value to the annotated type `tp`."""
     origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+    if origin is types.UnionType:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
@@ -137,13 +137,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def load_recipe(cls: type[T], path: str | Path | None, overrides: dict[str, Any] | None = None) -> T:
+def load_recipe(
+    cls: type[T], path: str | Path | None, overrides: dict[str, Any] | None = None
+) -> T:
     """Read a YAML recipe into `cls`, then apply dotted-path overrides (`stream.batch_size`)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise SaekitError(f"Recipe {str(p)!r} not found. Pass a YAML file, e.g. recipes/*.yaml.")
+            raise SaekitError(
+                f"Recipe {str(p)!r} not found. Pass a YAML file, e.g. recipes/*.yaml."
+            )
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
@@ -152,14 +156,40 @@ def load_recipe(cls: type[T], path: str | Path | None, overrides: dict[str, Any]
             raise SaekitError(f"Recipe {str(p)!r} must be a mapping of sections, got {loaded!r}.")
         data = loaded or {}
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SaekitError(f"--{dotted}: {part!r} is not a section.")
-        node[leaf] = value
+        _set_dotted(data, dotted.split("."), value, dotted)
     return from_dict(cls, data)
+
+
+def _set_dotted(node: dict[str, Any], parts: list[str], value: Any, dotted: str) -> None:
+    """Set `a.b.c` in nested dicts; on a list of sections (`saes.k`) set it in every entry."""
+    head, rest = parts[0], parts[1:]
+    if not rest:
+        node[head] = value
+        return
+    child = node.setdefault(head, [{}] if head in _LIST_SECTIONS else {})
+    if isinstance(child, list):
+        for entry in child:
+            if not isinstance(entry, dict):
+                raise SaekitError(f"--{dotted}: entries of {head!r} are not sections.")
+            _set_dotted(entry, rest, value, dotted)
+    elif isinstance(child, dict):
+        _set_dotted(child, rest, value, dotted)
+    else:
+        raise SaekitError(f"--{dotted}: {head!r} is not a section.")
+
+
+_LIST_SECTIONS = {"saes"}
+"""Recipe fields holding a list of sections; a flag `--saes.k 64` applies to every entry."""
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass of a field typed as a dataclass or as tuple[dataclass, ...]."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp
+    args = get_args(tp)
+    if get_origin(tp) is tuple and args and dataclasses.is_dataclass(args[0]):
+        return typing.cast(type, args[0])
+    return None
 
 
 def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
@@ -170,8 +200,9 @@ def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         tp = hints[f.name]
         name = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
-            out += _flag_fields(tp, f"{name}.")  # type: ignore[arg-type]
+        section = _section_type(tp)
+        if section is not None:
+            out += _flag_fields(section, f"{name}.")
         else:
             default = f.default if f.default is not dataclasses.MISSING else None
             out.append((name, tp, f"{docs.get(f.name, '')} (default: {default!r})"))
@@ -183,7 +214,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group(f"{cls.__name__} fields (override the recipe)")
     for name, _tp, help_text in _flag_fields(cls):
         group.add_argument(
-            f"--{name}", dest=f"cfg:{name}", default=argparse.SUPPRESS, metavar="V",
+            f"--{name}",
+            dest=f"cfg:{name}",
+            default=argparse.SUPPRESS,
+            metavar="V",
             help=help_text.replace("%", "%%"),
         )
 

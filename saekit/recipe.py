@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from saekit.activations.cache import CacheConfig
 from saekit.activations.stream import StreamConfig
+from saekit.config import to_dict
 from saekit.data.text import DataConfig
+from saekit.dictionaries.base import SAEConfig
 from saekit.models.loading import ModelConfig
+from saekit.train.trainer import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -20,5 +24,13 @@ class Recipe:
     """The text source and context windows."""
     stream: StreamConfig = field(default_factory=StreamConfig)
     """Hook points, batch size, shuffle buffer, filters, normalization."""
+    saes: tuple[SAEConfig, ...] = (SAEConfig(),)
+    """Dictionaries to train from the same stream (several hooks and/or a sweep)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimization, schedules, logging, checkpoints, output directory."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """`saekit cache`: where and how many activations to write."""
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed: everything but `train` and `cache`."""
+        return {k: to_dict(self)[k] for k in ("model", "data", "stream", "saes")}

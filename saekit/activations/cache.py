@@ -86,14 +86,18 @@ def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]
     if (out / MANIFEST).exists():
         old = json.loads((out / MANIFEST).read_text())
         if old.get("provenance") != provenance or old.get("n_tokens") != cfg.n_tokens:
-            raise SaekitError(f"{out} already holds a different activation cache; choose another "
-                              "cache.output_dir or delete it yourself.")
+            raise SaekitError(
+                f"{out} already holds a different activation cache; choose another "
+                "cache.output_dir or delete it yourself."
+            )
         return out
     hooks = list(stream.d_in)
     manifest: dict[str, Any] = {
-        "format": "saekit-activations-v1", "dtype": cfg.dtype, "n_tokens": cfg.n_tokens,
-        "provenance": provenance, "hooks": {h: {"d_in": stream.d_in[h], "dir": _dir_name(h),
-                                                "shards": []} for h in hooks},
+        "format": "saekit-activations-v1",
+        "dtype": cfg.dtype,
+        "n_tokens": cfg.n_tokens,
+        "provenance": provenance,
+        "hooks": {h: {"d_in": stream.d_in[h], "dir": _dir_name(h), "shards": []} for h in hooks},
     }
     for h in hooks:
         (out / _dir_name(h)).mkdir(parents=True, exist_ok=True)
@@ -106,7 +110,9 @@ def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]
             for h in hooks:
                 pending[h].append(batch[h])
             n_pending += next(iter(batch.values())).shape[0]
-            while n_pending >= cfg.shard_tokens or (n_pending and written + n_pending >= cfg.n_tokens):
+            while n_pending >= cfg.shard_tokens or (
+                n_pending and written + n_pending >= cfg.n_tokens
+            ):
                 rows = min(cfg.shard_tokens, n_pending, cfg.n_tokens - written)
                 index = len(manifest["hooks"][hooks[0]]["shards"])
                 for h in hooks:
@@ -114,7 +120,8 @@ def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]
                     shard = out / _dir_name(h) / f"shard_{index:05d}.bin"
                     digest = _write_shard(shard, _to_numpy(joined[:rows], cfg.dtype))
                     manifest["hooks"][h]["shards"].append(
-                        {"file": shard.name, "rows": rows, "sha256": digest})
+                        {"file": shard.name, "rows": rows, "sha256": digest}
+                    )
                     pending[h] = [joined[rows:]]
                 n_pending -= rows
                 written += rows
@@ -136,8 +143,10 @@ class ActivationCache:
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not mpath.is_file():
-            raise SaekitError(f"{self.path} is not an activation cache (no {MANIFEST}); build one "
-                              "with `saekit cache RECIPE`, or it was interrupted before finishing.")
+            raise SaekitError(
+                f"{self.path} is not an activation cache (no {MANIFEST}); build one "
+                "with `saekit cache RECIPE`, or it was interrupted before finishing."
+            )
         try:
             self.manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError:
@@ -148,18 +157,23 @@ class ActivationCache:
             self.arrays[hook] = [self._open(hook, info, s, verify) for s in info["shards"]]
         self.rows = sum(s["rows"] for s in next(iter(self.manifest["hooks"].values()))["shards"])
 
-    def _open(self, hook: str, info: dict[str, Any], shard: dict[str, Any], verify: bool
-              ) -> np.ndarray:
+    def _open(
+        self, hook: str, info: dict[str, Any], shard: dict[str, Any], verify: bool
+    ) -> np.ndarray:
         path = self.path / info["dir"] / shard["file"]
         np_dtype = _NP_DTYPES[self.dtype]
         expected = shard["rows"] * info["d_in"] * np.dtype(np_dtype).itemsize
         if not path.is_file():
             raise SaekitError(f"Cache shard {path} of hook {hook!r} is missing; rebuild the cache.")
         if path.stat().st_size != expected:
-            raise SaekitError(f"Cache shard {path} is truncated or padded ({path.stat().st_size} "
-                              f"bytes, manifest says {expected}); rebuild the cache.")
+            raise SaekitError(
+                f"Cache shard {path} is truncated or padded ({path.stat().st_size} "
+                f"bytes, manifest says {expected}); rebuild the cache."
+            )
         if verify and _sha256(path) != shard["sha256"]:
-            raise SaekitError(f"Cache shard {path} is corrupt (sha256 mismatch); rebuild the cache.")
+            raise SaekitError(
+                f"Cache shard {path} is corrupt (sha256 mismatch); rebuild the cache."
+            )
         return np.memmap(path, dtype=np_dtype, mode="r", shape=(shard["rows"], info["d_in"]))
 
     def read(self, hook: str, start: int, count: int) -> Tensor:
@@ -183,14 +197,18 @@ class CachedActivationStream(BaseStream):
         self.cache = ActivationCache(cfg.cache_dir, verify=verify)
         missing = [h for h in cfg.hooks if h not in self.cache.arrays]
         if missing:
-            raise SaekitError(f"Cache {cfg.cache_dir} has no hook {missing[0]!r}; it holds "
-                              f"{sorted(self.cache.arrays)}.")
+            raise SaekitError(
+                f"Cache {cfg.cache_dir} has no hook {missing[0]!r}; it holds "
+                f"{sorted(self.cache.arrays)}."
+            )
         self.d_in = {h: self.cache.manifest["hooks"][h]["d_in"] for h in cfg.hooks}
         self.norm_factors = {}
         self.n_tokens_served = 0
         # Same shuffle granularity as the live stream: ~buffer_sequences × 127 rows per chunk.
         self.chunk_rows = min(cfg.buffer_sequences * 127, self.cache.rows)
         self._position = 0
+        self._chunk_id: int | None = None
+        self._rows: dict[str, Tensor] = {}
 
     def _chunk(self, c: int) -> dict[str, Tensor]:
         start = c * self.chunk_rows
@@ -208,8 +226,9 @@ class CachedActivationStream(BaseStream):
         while need > 0:
             pos = self._position % self.cache.rows  # endless epochs over the cache
             c, off = divmod(pos, self.chunk_rows)
-            rows = self._chunk(c) if getattr(self, "_chunk_id", None) != c else self._rows
-            self._rows, self._chunk_id = rows, c
+            if self._chunk_id != c:
+                self._rows, self._chunk_id = self._chunk(c), c
+            rows = self._rows
             n_rows = next(iter(rows.values())).shape[0]
             take = min(need, n_rows - off)
             for h in self.cfg.hooks:
@@ -220,8 +239,11 @@ class CachedActivationStream(BaseStream):
         return self._scaled({h: torch.cat(p) for h, p in pieces.items()})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self._position, "norm_factors": dict(self.norm_factors),
-                "n_tokens_served": self.n_tokens_served}
+        return {
+            "position": self._position,
+            "norm_factors": dict(self.norm_factors),
+            "n_tokens_served": self.n_tokens_served,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._position = int(state["position"])

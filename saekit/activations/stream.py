@@ -123,13 +123,18 @@ class ActivationStream(BaseStream):
         for start in range(0, tokens_NT.shape[0], cfg.model_batch_size):
             chunk_BT = tokens_NT[start : start + cfg.model_batch_size].to(self.model.device)
             acts = self.model.capture(chunk_BT, cfg.hooks)
-            keep_BT = (self.windows.token_mask(chunk_BT) if cfg.exclude_special_tokens
-                       else torch.ones_like(chunk_BT, dtype=torch.bool))
+            keep_BT = (
+                self.windows.token_mask(chunk_BT)
+                if cfg.exclude_special_tokens
+                else torch.ones_like(chunk_BT, dtype=torch.bool)
+            )
             for name in cfg.hooks:
                 act_BTD = acts[name]
                 if act_BTD.shape[-1] != self.d_in[name]:
-                    raise SaekitError(f"Hook {name!r} produced width {act_BTD.shape[-1]}, "
-                                      f"expected {self.d_in[name]}.")
+                    raise SaekitError(
+                        f"Hook {name!r} produced width {act_BTD.shape[-1]}, "
+                        f"expected {self.d_in[name]}."
+                    )
                 parts[name].append(act_BTD.reshape(-1, act_BTD.shape[-1]).to("cpu", dtype))
             masks.append(keep_BT.reshape(-1).cpu())
         keep_N = torch.cat(masks)
@@ -145,8 +150,10 @@ class ActivationStream(BaseStream):
                 median = norms_N[keep_N].median() if keep_N.any() else norms_N.median()
                 keep_N &= norms_N <= cfg.max_norm_multiple * median
         if not keep_N.any():
-            raise SaekitError("A whole activation buffer was filtered out (special tokens, "
-                              "NaN/inf or norm filter); check stream.max_norm_multiple.")
+            raise SaekitError(
+                "A whole activation buffer was filtered out (special tokens, "
+                "NaN/inf or norm filter); check stream.max_norm_multiple."
+            )
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + r)
         perm = torch.randperm(int(keep_N.sum()), generator=gen)
         out = {n: acts_ND[keep_N][perm] for n, acts_ND in rows.items()}
@@ -203,6 +210,7 @@ class ActivationStream(BaseStream):
         self.n_tokens_seen = int(state.get("n_tokens_seen", 0))
         self._rows = None
         if self._offset:
-            saved = dict(self.norm_factors)
+            # The saved counters already include this buffer: refilling must not count it twice.
+            saved = dict(self.norm_factors), self.n_nonfinite, self.n_tokens_seen
             self._rows = self._fill(self._buffer_index)
-            self.norm_factors = saved
+            self.norm_factors, self.n_nonfinite, self.n_tokens_seen = saved

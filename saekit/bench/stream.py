@@ -29,16 +29,22 @@ def _layer(hook: str) -> int:
     return int(match.group(1))
 
 
-def run(layer: int = 15, rounds: int = 3, buffer_sequences: int = 64,
-        model_batch_size: int = 16) -> dict[str, Any]:
+def run(
+    layer: int = 15, rounds: int = 3, buffer_sequences: int = 64, model_batch_size: int = 16
+) -> dict[str, Any]:
     hooked = build_hooked_model(ModelConfig())
     data = DataConfig()
     n_windows = rounds * buffer_sequences * 2
     windows = build_windows(data, hooked.tokenizer, "train", max_tokens=n_windows * 128)
-    one = StreamConfig(hooks=(f"blocks.{layer}.hook_resid_post",),
-                       buffer_sequences=buffer_sequences, model_batch_size=model_batch_size,
-                       batch_size=1024)
-    five = replace(one, hooks=tuple(f"blocks.{layer - i}.hook_resid_post" for i in range(4, -1, -1)))
+    one = StreamConfig(
+        hooks=(f"blocks.{layer}.hook_resid_post",),
+        buffer_sequences=buffer_sequences,
+        model_batch_size=model_batch_size,
+        batch_size=1024,
+    )
+    five = replace(
+        one, hooks=tuple(f"blocks.{layer - i}.hook_resid_post" for i in range(4, -1, -1))
+    )
     stop = _layer(one.hooks[0]) + 1
     tokens_per_buffer = buffer_sequences * data.context_size
     timings: dict[str, float] = {"bare": 0.0, "stream_1": 0.0, "stream_5": 0.0}
@@ -55,8 +61,9 @@ def run(layer: int = 15, rounds: int = 3, buffer_sequences: int = 64,
         served["bare"] += tokens_per_buffer
         for key, cfg in (("stream_1", one), ("stream_5", five)):
             stream = ActivationStream(hooked, windows, cfg)
-            stream.load_state_dict({"buffer_index": r, "offset": 0, "norm_factors": {},
-                                    "n_tokens_served": 0})
+            stream.load_state_dict(
+                {"buffer_index": r, "offset": 0, "norm_factors": {}, "n_tokens_served": 0}
+            )
             t0 = time.perf_counter()
             while stream.state_dict()["buffer_index"] == r:
                 stream.next_batch()
@@ -82,13 +89,20 @@ def table(result: dict[str, Any]) -> str:
     rows = [
         ("bare forward (stop_at_layer)", result["bare_forward_tokens_per_s"], 1.0),
         ("stream, 1 hook", result["stream_1_hook_tokens_per_s"], result["ratio_vs_anchor"]),
-        ("stream, 5 hooks", result["stream_5_hooks_tokens_per_s"],
-         result["stream_5_hooks_tokens_per_s"] / result["bare_forward_tokens_per_s"]),
+        (
+            "stream, 5 hooks",
+            result["stream_5_hooks_tokens_per_s"],
+            result["stream_5_hooks_tokens_per_s"] / result["bare_forward_tokens_per_s"],
+        ),
     ]
-    lines = [f"bench stream — {result['model']}, {result['hook']}, "
-             f"{result['rounds']} rounds × {result['tokens_per_round']} tokens",
-             f"{'path':32s} {'tokens/s':>10s} {'vs bare':>8s}"]
+    lines = [
+        f"bench stream — {result['model']}, {result['hook']}, "
+        f"{result['rounds']} rounds × {result['tokens_per_round']} tokens",
+        f"{'path':32s} {'tokens/s':>10s} {'vs bare':>8s}",
+    ]
     lines += [f"{name:32s} {tps:10.0f} {ratio:8.2f}" for name, tps, ratio in rows]
-    lines.append(f"ratio_vs_anchor = {result['ratio_vs_anchor']:.3f} (target ≥ 0.9); "
-                 f"5 hooks cost {result['five_hooks_cost_vs_one']:.3f}x one hook (target ≤ 1.2)")
+    lines.append(
+        f"ratio_vs_anchor = {result['ratio_vs_anchor']:.3f} (target ≥ 0.9); "
+        f"5 hooks cost {result['five_hooks_cost_vs_one']:.3f}x one hook (target ≤ 1.2)"
+    )
     return "\n".join(lines)

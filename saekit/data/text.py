@@ -31,7 +31,8 @@ class DataConfig:
     """Where text comes from and how it is cut into context windows."""
 
     source: str = "offline"
-    """'offline' (default corpus), a local .txt/.jsonl/.parquet file or folder, or an HF dataset id."""
+    """'offline' (default corpus), a local .txt/.jsonl/.parquet file or folder, or an HF
+    dataset id."""
     text_field: str = "text"
     """Field holding the text in jsonl/parquet/HF records."""
     hf_split: str = "train"
@@ -84,16 +85,20 @@ def _read_local(path: Path, text_field: str) -> Iterator[str]:
                 except json.JSONDecodeError:
                     raise SaekitError(f"{path}:{n} is not valid JSON.") from None
                 if text_field not in record:
-                    raise SaekitError(f"{path}:{n} has no field {text_field!r} (keys: "
-                                      f"{sorted(record)}); set data.text_field.")
+                    raise SaekitError(
+                        f"{path}:{n} has no field {text_field!r} (keys: "
+                        f"{sorted(record)}); set data.text_field."
+                    )
                 yield str(record[text_field])
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
         if text_field not in table.column_names:
-            raise SaekitError(f"{path} has no column {text_field!r} (columns: "
-                              f"{table.column_names}); set data.text_field.")
+            raise SaekitError(
+                f"{path} has no column {text_field!r} (columns: "
+                f"{table.column_names}); set data.text_field."
+            )
         yield from (str(t) for t in table.column(text_field).to_pylist())
     else:
         raise SaekitError(f"Unsupported text file {str(path)!r}: use .txt, .jsonl or .parquet.")
@@ -132,8 +137,10 @@ def _iter_hf(cfg: DataConfig) -> Iterator[str]:
         if cfg.max_documents is not None and n >= cfg.max_documents:
             break
         if cfg.text_field not in record:
-            raise SaekitError(f"HF dataset records have no field {cfg.text_field!r}: "
-                              f"{sorted(record)}; set data.text_field.")
+            raise SaekitError(
+                f"HF dataset records have no field {cfg.text_field!r}: "
+                f"{sorted(record)}; set data.text_field."
+            )
         yield str(record[cfg.text_field])
 
 
@@ -174,7 +181,9 @@ def _bos_id(tokenizer: Any) -> int:
         value = getattr(tokenizer, attr, None)
         if value is not None:
             return int(value)
-    raise SaekitError("The tokenizer has neither a BOS nor an EOS token; set data.prepend_bos=false.")
+    raise SaekitError(
+        "The tokenizer has neither a BOS nor an EOS token; set data.prepend_bos=false."
+    )
 
 
 def _cache_key(cfg: DataConfig, tokenizer: Any, split: Split, max_tokens: int | None) -> str | None:
@@ -188,13 +197,20 @@ def _cache_key(cfg: DataConfig, tokenizer: Any, split: Split, max_tokens: int | 
         stamp = str([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
     else:
         return None
-    parts = [stamp, repr(cfg), split, str(max_tokens), str(getattr(tokenizer, "name_or_path", "")),
-             str(len(tokenizer))]
+    parts = [
+        stamp,
+        repr(cfg),
+        split,
+        str(max_tokens),
+        str(getattr(tokenizer, "name_or_path", "")),
+        str(len(tokenizer)),
+    ]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
 
 
-def build_windows(cfg: DataConfig, tokenizer: Any, split: Split,
-                  max_tokens: int | None = None) -> TokenWindows:
+def build_windows(
+    cfg: DataConfig, tokenizer: Any, split: Split, max_tokens: int | None = None
+) -> TokenWindows:
     """Tokenize the split's documents into [n_windows, context_size] windows (cached on disk)."""
     from saekit.assets import cache_home
 

@@ -110,9 +110,7 @@ class Dictionary(nn.Module):
         if d_in < 1:
             raise SaekitError(f"d_in must be >= 1, got {d_in}: the hook's activations are empty.")
         if cfg.d_sae < 1:
-            raise SaekitError(
-                f"d_sae must be >= 1, got {cfg.d_sae}. Set sae.d_sae, e.g. 16 * d_in."
-            )
+            raise SaekitError(f"d_sae must be >= 1, got {cfg.d_sae}. Set d_sae, e.g. 16 * d_in.")
         self.cfg = cfg
         self.d_in = d_in
         self.d_sae = cfg.d_sae
@@ -267,6 +265,7 @@ def aux_k_loss(
 
         coefficient · min(n_dead / k_aux, 1) · ‖e − ê_dead‖² / ‖e − mean_B(e)‖²
 
+    The kept pre-activations are rectified (as in sparsify, whose pre-activations are ReLU'd).
     Sync-free: k_aux is fixed, live latents enter as −inf and leave as 0 through the ReLU, and
     the scale is a tensor, so with no dead latent the loss is an exact 0 without `.item()`.
     Pass dead_mask_S=None to skip the work entirely.

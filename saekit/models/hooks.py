@@ -56,6 +56,10 @@ class HookedModel:
             module = dict(self.model.named_modules()).get(base) if base else None
         if module is None or (self.is_transformer_lens and reads_input):
             self._unknown(name)
+        if reads_input and name not in self.hook_widths():
+            # HF passes some modules their input by keyword only (self_attn(hidden_states=...)),
+            # so a forward hook sees no positional tensor: only listed `:in` names are readable.
+            self._unknown(name)
         return module, reads_input  # type: ignore[return-value]
 
     def _unknown(self, name: str) -> None:
@@ -73,7 +77,8 @@ class HookedModel:
         if self._widths is not None:
             return self._widths
         if self.is_transformer_lens:
-            candidates = {n: m for n, m in self.model.hook_dict.items()}  # type: ignore[operator]
+            hook_dict: dict[str, nn.Module] = self.model.hook_dict  # type: ignore[assignment]
+            candidates = dict(hook_dict)
         else:
             candidates = {n: m for n, m in self.model.named_modules() if n}
         widths: dict[str, int] = {}
@@ -118,8 +123,9 @@ class HookedModel:
             return self.model(tokens_BT, return_type="logits")
         return self.model(input_ids=tokens_BT).logits
 
-    def capture(self, tokens_BT: Tensor, names: Sequence[str], stop_early: bool = True
-                ) -> dict[str, Tensor]:
+    def capture(
+        self, tokens_BT: Tensor, names: Sequence[str], stop_early: bool = True
+    ) -> dict[str, Tensor]:
         """Activations [batch, pos, width] of several hooks from one forward.
 
         With `stop_early` the forward stops right after the last requested hook fires, so a
@@ -169,6 +175,7 @@ class HookedModel:
     @staticmethod
     def _add_edit(module: nn.Module, reads_input: bool, fn: Intervention) -> Any:
         if reads_input:
+
             def pre_hook(_m: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
                 return (fn(inputs[0]), *inputs[1:])
 

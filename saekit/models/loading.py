@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,8 +78,10 @@ def resolve(spec: str) -> str:
             raise SaekitError(f"{spec!r} is a directory without config.json: not an HF model dir.")
         return str(path)
     if path.suffix or spec.startswith((".", "/", "~")):
-        raise SaekitError(f"Model path {spec!r} does not exist. Use a local HF model directory, "
-                          f"a hub id, or the offline default {OFFLINE_DEFAULT!r}.")
+        raise SaekitError(
+            f"Model path {spec!r} does not exist. Use a local HF model directory, "
+            f"a hub id, or the offline default {OFFLINE_DEFAULT!r}."
+        )
     return spec
 
 
@@ -94,7 +97,8 @@ def _load_hf(ref: str, cfg: ModelConfig) -> tuple[Any, Any]:
             f"With no hub access, pass a local HF model directory or the offline default "
             f"model.name={OFFLINE_DEFAULT!r}."
         ) from None
-    return model.to(cfg.device).eval(), tokenizer
+    model = model.to(cfg.device)  # type: ignore[arg-type]
+    return model.eval(), tokenizer
 
 
 def _load_transformer_lens(ref: str, hf_model: Any, tokenizer: Any, cfg: ModelConfig) -> Any:
@@ -105,15 +109,34 @@ def _load_transformer_lens(ref: str, hf_model: Any, tokenizer: Any, cfg: ModelCo
     if Path(ref).is_dir():
         # from_pretrained refuses names outside TL's official list; the loading functions accept
         # a local directory and convert its HF config (logits within 8e-5 of HF on SmolLM2).
-        tl_cfg = tl_loading.get_pretrained_model_config(ref, device=cfg.device, dtype=dtype)
+        tl_cfg = _local_tl_config(ref, cfg.device, dtype)
         model = HookedTransformer(tl_cfg, tokenizer, move_to_device=False)
         state = tl_loading.get_pretrained_state_dict(ref, tl_cfg, hf_model, dtype=dtype)
-        model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
-                                          center_unembed=False, fold_value_biases=False)
+        model.load_and_process_state_dict(
+            state,
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+        )
         return model.to(cfg.device).eval()
     return HookedTransformer.from_pretrained_no_processing(
         ref, hf_model=hf_model, tokenizer=tokenizer, device=cfg.device, dtype=dtype
     ).eval()
+
+
+def _local_tl_config(ref: str, device: str, dtype: torch.dtype) -> Any:
+    """TL config of a local HF directory, whatever the directory is called."""
+    from transformer_lens import loading_from_pretrained as tl_loading
+
+    if not any(word in ref.lower() for word in ("llama", "gemma")):
+        return tl_loading.get_pretrained_model_config(ref, device=device, dtype=dtype)
+    # TL 3.9 picks the architecture from the *name* when it contains "llama" or "gemma", then
+    # crashes reading the config it never loaded: convert through a neutrally named link.
+    with tempfile.TemporaryDirectory() as tmp:
+        link = Path(tmp) / "model"
+        link.symlink_to(Path(ref).resolve(), target_is_directory=True)
+        return tl_loading.get_pretrained_model_config(str(link), device=device, dtype=dtype)
 
 
 def load_model(cfg: ModelConfig) -> tuple[Any, Any]:
@@ -129,8 +152,9 @@ def describe(model: Any) -> dict[str, Any]:
     """Provenance of a loaded model for cfg.json / reports."""
     cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
     out: dict[str, Any] = {"class": type(model).__name__}
-    if cfg is not None and hasattr(cfg, "to_dict"):
+    # TL configs also have to_dict(), keyed n_layers: check them first.
+    if cfg is not None and hasattr(cfg, "n_layers"):
+        out["n_layers"] = cfg.n_layers
+    elif cfg is not None and hasattr(cfg, "to_dict"):
         out["n_layers"] = cfg.to_dict().get("num_hidden_layers")
-    elif cfg is not None:
-        out["n_layers"] = getattr(cfg, "n_layers", None)
     return json.loads(json.dumps(out, default=str))

@@ -1,0 +1,147 @@
+"""BatchTopK SAE (Bussmann, Leask, Nanda 2024): TopK over the whole batch, JumpReLU at inference.
+
+Training keeps the k·B largest entries of ReLU(pre) over the flattened (B, d_sae) batch, so
+tokens share a budget of k·B latents and each may use more or fewer than k. Inference cannot
+see the batch, so `encode` is JumpReLU with one global threshold θ:
+
+    z_BS = pre · [pre > θ],   θ ← (1 − 0.01)·θ + 0.01 · min(positive kept activations)
+
+θ is a float64 buffer that `.to(bf16)` leaves alone: in bf16 (spacing 0.8% of the value) the
+1% EMA increment would mostly round away. Deviation from
+SAELens, which starts the EMA at θ = 0: the first update sets θ to the observed minimum, so θ
+is usable from step 1 instead of reaching 1 − 0.99³⁰⁰ = 95% of its level after 300 steps.
+Saved for SAELens as "jumprelu" with the per-latent `threshold` filled with θ; the exact
+float64 θ is also kept in cfg.json for saekit reloads.
+
+Losses as TopK: `mse` + `aux_k`. Decoding is sparse (embedding_bag over the k·B entries).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saekit.dictionaries.base import (
+    Dictionary,
+    SAEConfig,
+    TrainContext,
+    TrainOutput,
+    aux_k_loss,
+    check_k,
+    resolve_k_aux,
+    sum_sq_error,
+)
+
+THRESHOLD_EMA_RATE = 0.01
+"""EMA rate of θ (SAELens topk_threshold_lr): averages θ over the last ~100 batches."""
+
+
+class BatchEntries:
+    """The kept activations of one batch, sorted row-major (row, then latent)."""
+
+    def __init__(self, pre_BS: Tensor, k: int) -> None:
+        B, S = pre_BS.shape
+        vals_N, flat_N = pre_BS.flatten().topk(k * B, sorted=False)
+        self.flat_N, order_N = flat_N.sort()
+        self.vals_N = vals_N[order_N].relu()
+        self.idx_N = self.flat_N % S
+        # Start of each row's run; searchsorted (unlike bincount) needs no host sync on GPU.
+        rows_B = torch.arange(B, device=pre_BS.device)
+        self.offsets_B = torch.searchsorted(self.flat_N // S, rows_B)
+        self.shape = (B, S)
+
+    def dense(self) -> Tensor:
+        """z_BS with zeros where not kept (differentiable in the values)."""
+        B, S = self.shape
+        z_flat = self.vals_N.new_zeros(B * S).scatter(0, self.flat_N, self.vals_N)
+        return z_flat.view(B, S)
+
+    def decode(self, W_dec_SD: Tensor, weight_N: Tensor | None = None) -> Tensor:
+        """Σ over each row's entries of value · W_dec[latent] (no b_dec); weight_N masks entries."""
+        vals_N = self.vals_N if weight_N is None else self.vals_N * weight_N
+        return F.embedding_bag(
+            self.idx_N,
+            W_dec_SD,
+            self.offsets_B,
+            mode="sum",
+            per_sample_weights=vals_N.to(W_dec_SD.dtype),
+        )
+
+
+class BatchTopKSAE(Dictionary):
+    """k active latents per token on average over each training batch."""
+
+    method = "batchtopk"
+    unit_norm_decoder = True
+    saelens_architecture = "jumprelu"
+    keep_dtypes = {"threshold": torch.float64}
+
+    threshold: Tensor
+
+    def __init__(self, cfg: SAEConfig, d_in: int) -> None:
+        super().__init__(cfg, d_in)
+        check_k(cfg)
+        self.k = cfg.k
+        self.k_aux = resolve_k_aux(cfg, d_in)
+        self.init_tied_weights()
+        # 0 = not yet estimated; the first training batch sets it.
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        pre_BS = self.pre_acts(x_BD)
+        return pre_BS * (pre_BS > self.threshold.to(pre_BS.dtype))
+
+    def select(self, pre_BS: Tensor) -> BatchEntries:
+        """Keep the k·B largest ReLU activations of the batch (training only)."""
+        return BatchEntries(pre_BS, self.k)
+
+    @torch.no_grad()
+    def update_threshold(self, vals_N: Tensor) -> None:
+        """EMA of the smallest positive kept activation, without a host sync."""
+        positive_min = torch.where(vals_N > 0, vals_N, float("inf")).min().double()
+        theta = self.threshold
+        ema = (1 - THRESHOLD_EMA_RATE) * theta + THRESHOLD_EMA_RATE * positive_min
+        new = torch.where(theta > 0, ema, positive_min)
+        # A batch with no positive activation (all inf) leaves θ unchanged.
+        theta.copy_(torch.where(torch.isfinite(positive_min), new, theta))
+
+    def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
+        pre_BS = self.pre_acts(x_BD)
+        entries = self.select(pre_BS)
+        x_hat_BD = entries.decode(self.W_dec) + self.b_dec
+        self.update_threshold(entries.vals_N)
+        losses = {
+            "mse": sum_sq_error(x_hat_BD, x_BD),
+            "aux_k": self._aux_k(x_BD, x_hat_BD, pre_BS, ctx),
+        }
+        return TrainOutput(x_hat_BD, entries.dense(), losses)
+
+    def _aux_k(self, x_BD: Tensor, x_hat_BD: Tensor, pre_BS: Tensor, ctx: TrainContext) -> Tensor:
+        return aux_k_loss(
+            x_BD,
+            x_hat_BD,
+            pre_BS,
+            self.W_dec,
+            ctx.dead_mask_S,
+            self.k_aux,
+            self.cfg.aux_k_coefficient,
+        )
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        theta_S = torch.full((self.d_sae,), float(self.threshold), dtype=torch.float32)
+        return {**super().export_tensors(), "threshold": theta_S.to(self.W_enc.device)}
+
+    def export_state(self) -> dict[str, Any]:
+        # A Python float is the float64 θ exactly, and JSON round-trips it bit for bit.
+        return {**super().export_state(), "threshold": float(self.threshold)}
+
+    @torch.no_grad()
+    def import_tensors(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        super().import_tensors(tensors, state)
+        theta = state.get("threshold")
+        if theta is None:
+            theta = float(tensors["threshold"].max())
+        self.threshold.fill_(float(theta))

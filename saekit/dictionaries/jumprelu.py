@@ -1,0 +1,133 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead", arXiv 2407.14435).
+
+    pre_BS = (x − b_dec) W_enc + b_enc
+    z_BS   = pre · H(pre − θ)            θ: one threshold per latent
+    mse    = Σ_d (x̂ − x)², mean over batch
+    l0     = λ · sparsity_scale · mean_B Σ_j H(pre_j − θ_j)
+
+H has no useful derivative, so θ learns through rectangle-kernel straight-through estimators
+with bandwidth ε (cfg.jumprelu_bandwidth, default 0.05), K(t) = 1 for |t| < 1/2:
+
+    ∂H(u − θ)/∂θ          ≈ −(1/ε) · K((u − θ)/ε)      (l0 term; gradient reaches θ only)
+    ∂[u·H(u − θ)]/∂θ      ≈ −(θ/ε) · K((u − θ)/ε)      (reconstruction; paper eq. 11)
+    ∂[u·H(u − θ)]/∂u      =  H(u − θ)
+
+θ is a plain fp32 Parameter. SAELens until 6.48 stored log θ: Adam moves a parameter by at
+most ~lr per step, so at lr 3e-4 1,000 steps move log θ by ≤ 0.3 and θ = 0.01 reaches at most
+0.0135 — effectively frozen (SAELens PR #718). fp32 because bf16 has 8 mantissa bits: a 1e-4
+step on θ ≈ 0.05 is below its spacing (2.4e-4) and rounds away. `post_step` projects θ ≥ 0:
+below zero the gate would pass negative pre-activations, and SAELens' relu(pre)·H(pre − θ)
+would then disagree.
+
+Decoder rows are unit norm (as in dictionary_learning's JumpReLU trainer): L0 ignores scale,
+so without the constraint (W_enc, b_enc, θ)/c with W_dec·c is the same model, and ε = 0.05
+would mean a different width for every c. λ lives in `self.sparsity_coefficient`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext, TrainOutput, sum_sq_error
+from saekit.errors import SaekitError
+
+
+def _rectangle(u_BS: Tensor, theta_S: Tensor, eps: float) -> Tensor:
+    """K((u − θ)/ε)/ε with K the unit rectangle."""
+    return ((u_BS - theta_S).abs() < eps / 2).to(u_BS.dtype) / eps
+
+
+class StepSTE(torch.autograd.Function):
+    """H(u − θ) forward; gradient −(1/ε)K((u − θ)/ε) to θ, none to u."""
+
+    @staticmethod
+    def forward(ctx: Any, u_BS: Tensor, theta_S: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(u_BS, theta_S)
+        ctx.eps = eps
+        return (u_BS > theta_S).to(u_BS.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g_BS: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        u_BS, theta_S = ctx.saved_tensors
+        g_theta_S = -(_rectangle(u_BS, theta_S, ctx.eps) * g_BS).sum(dim=0)
+        return None, g_theta_S.to(theta_S.dtype), None
+
+
+class JumpReLUSTE(torch.autograd.Function):
+    """u·H(u − θ) forward; gradient H(u − θ) to u and −(θ/ε)K((u − θ)/ε) to θ."""
+
+    @staticmethod
+    def forward(ctx: Any, u_BS: Tensor, theta_S: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(u_BS, theta_S)
+        ctx.eps = eps
+        return u_BS * (u_BS > theta_S).to(u_BS.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g_BS: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        u_BS, theta_S = ctx.saved_tensors
+        g_u_BS = (u_BS > theta_S).to(g_BS.dtype) * g_BS
+        g_theta_S = -(theta_S * _rectangle(u_BS, theta_S, ctx.eps) * g_BS).sum(dim=0)
+        return g_u_BS, g_theta_S.to(theta_S.dtype), None
+
+
+class JumpReLUSAE(Dictionary):
+    """Per-latent learned thresholds trained with a straight-through L0 penalty."""
+
+    method = "jumprelu"
+    unit_norm_decoder = True
+    saelens_architecture = "jumprelu"
+    keep_dtypes = {"threshold": torch.float32}
+
+    threshold: nn.Parameter
+
+    def __init__(self, cfg: SAEConfig, d_in: int) -> None:
+        super().__init__(cfg, d_in)
+        if not cfg.jumprelu_bandwidth > 0:
+            raise SaekitError(f"jumprelu_bandwidth must be > 0, got {cfg.jumprelu_bandwidth}.")
+        if cfg.jumprelu_init_threshold < 0:
+            raise SaekitError(
+                f"jumprelu_init_threshold must be >= 0, got {cfg.jumprelu_init_threshold}."
+            )
+        if cfg.l0_coefficient < 0:
+            raise SaekitError(f"l0_coefficient must be >= 0, got {cfg.l0_coefficient}.")
+        self.init_tied_weights()
+        self.threshold = nn.Parameter(
+            torch.full((self.d_sae,), cfg.jumprelu_init_threshold, dtype=torch.float32)
+        )
+        self.bandwidth = cfg.jumprelu_bandwidth
+        self.sparsity_coefficient = cfg.l0_coefficient
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        pre_BS = self.pre_acts(x_BD)
+        return pre_BS * (pre_BS > self.threshold.to(pre_BS.dtype))
+
+    def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
+        pre_BS = self.pre_acts(x_BD)
+        theta_S = self.threshold.to(pre_BS.dtype)
+        z_BS = JumpReLUSTE.apply(pre_BS, theta_S, self.bandwidth)
+        x_hat_BD = self.decode(z_BS)
+        # pre is detached so the L0 gradient reaches θ only (DeepMind's estimator).
+        l0_B = StepSTE.apply(pre_BS.detach(), theta_S, self.bandwidth).float().sum(dim=-1)
+        coefficient = self.sparsity_coefficient or 0.0
+        losses = {
+            "mse": sum_sq_error(x_hat_BD, x_BD),
+            "l0": coefficient * ctx.sparsity_scale * l0_B.mean(),
+        }
+        return TrainOutput(x_hat_BD, z_BS, losses)
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        # Projected on .data, not clamped in the graph: a clamp would zero θ's gradient at 0
+        # and pin any latent that reaches it there.
+        self.threshold.data.clamp_(min=0.0)
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        return {**super().export_tensors(), "threshold": self.threshold.detach().clamp(min=0.0)}
+
+    @torch.no_grad()
+    def import_tensors(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        super().import_tensors(tensors, state)
+        self.threshold.data.copy_(tensors["threshold"])

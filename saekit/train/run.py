@@ -1,0 +1,75 @@
+"""`saekit train`: a recipe → a run directory with trained dictionaries.
+
+Run directory layout:
+    recipe.yaml      the resolved recipe (flags applied)
+    run.json         status and summary
+    history.jsonl    training curves
+    checkpoints/     newest checkpoints (atomic)
+    saes/NAME/       cfg.json + sae_weights.safetensors + sparsity.safetensors (SAELens format)
+    wandb/           offline wandb run
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saekit.activations import open_stream
+from saekit.config import save_yaml, to_dict
+from saekit.errors import SaekitError
+from saekit.models.hooks import HookedModel, build_hooked_model
+from saekit.recipe import Recipe
+from saekit.train.checkpoint import RunLock
+from saekit.train.trainer import Trainer, write_run_json
+
+
+def check_output_dir(recipe: Recipe, out: Path, resume: bool) -> None:
+    """Refuse to overwrite another run; refuse to silently restart an existing one."""
+    saved = out / "recipe.yaml"
+    if resume:
+        if not saved.is_file():
+            raise SaekitError(f"Nothing to resume in {out} (no recipe.yaml); run without --resume.")
+        return
+    if saved.is_file():
+        same = yaml.safe_load(saved.read_text()) == to_dict(recipe)
+        what = "this run already" if same else "a different run"
+        raise SaekitError(
+            f"{out} holds {what}; pass --resume to continue it, or set "
+            "train.output_dir to a new directory. Nothing was overwritten."
+        )
+    if out.exists() and any(out.iterdir()):
+        raise SaekitError(
+            f"{out} is not empty and holds no saekit run; choose another "
+            "train.output_dir. Nothing was overwritten."
+        )
+
+
+def provenance(recipe: Recipe) -> dict[str, Any]:
+    """Fields SAELens also records in its cfg.json metadata."""
+    return {
+        "model_name": recipe.model.name,
+        "context_size": recipe.data.context_size,
+        "prepend_bos": recipe.data.prepend_bos,
+        "dataset_path": recipe.data.source,
+    }
+
+
+def train_recipe(
+    recipe: Recipe, resume: bool = False, model: HookedModel | None = None
+) -> dict[str, Any]:
+    out = Path(recipe.train.output_dir)
+    check_output_dir(recipe, out, resume)
+    with RunLock(out):
+        if model is None and recipe.stream.cache_dir is None:
+            model = build_hooked_model(recipe.model)
+        stream = open_stream(model, recipe.data, recipe.stream, "train")
+        trainer = Trainer(recipe.saes, recipe.train, stream, recipe.identity(), provenance(recipe))
+        if not resume:
+            save_yaml(recipe, out / "recipe.yaml")
+        write_run_json(out, {"status": "training", "recipe": to_dict(recipe)})
+        summary = trainer.train(resume=resume)
+        summary["run_dir"] = str(out)
+        write_run_json(out, {"status": "done", "recipe": to_dict(recipe), **summary})
+    return summary

@@ -1,0 +1,339 @@
+"""The training loop: several dictionaries fed from one activation stream.
+
+Each dictionary has its own Adam, LR schedule, dead-latent clock and (for relu/jumprelu with a
+target L0) sparsity controller; all read their hook's rows from the same batch, so N SAEs on
+one layer (a sweep) or on N layers cost one model forward. Logging (tqdm, history.jsonl,
+wandb) and checkpoints happen every `log_every` / `checkpoint_every` steps, the only points
+where values are copied to the host.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm import tqdm
+
+from saekit.activations.stream import BaseStream
+from saekit.dictionaries import Dictionary, SAEConfig, TrainContext, build_dictionary
+from saekit.errors import SaekitError
+from saekit.eval.metrics import fvu, log10_density
+from saekit.train.checkpoint import load_checkpoint, save_checkpoint
+from saekit.train.geometric_median import geometric_median
+from saekit.train.schedule import L0Controller, default_lr, lr_multiplier, sparsity_scale
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization, schedules, logging and checkpoints."""
+
+    total_tokens: int = 2_000_000
+    """Training tokens per dictionary."""
+    lr: float | None = None
+    """Adam learning rate; None = 2e-4/√(d_sae/2^14) per dictionary."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam (β1, β2)."""
+    lr_warmup_steps: int = 50
+    """Linear LR warmup steps."""
+    lr_decay_fraction: float = 0.2
+    """Fraction of the run (at the end) over which the LR decays linearly to 0."""
+    sparsity_warmup_steps: int = 100
+    """Steps over which the L1/L0 penalty ramps from 0 to its full weight."""
+    grad_clip_norm: float = 1.0
+    """Clip the gradient norm of each dictionary to this (0 disables)."""
+    dead_window_tokens: int = 10_000_000
+    """A latent is dead when it has not fired for this many tokens (drives AuxK)."""
+    b_dec_init_samples: int = 8192
+    """Rows of the first batch(es) whose geometric median initializes b_dec (0: zeros)."""
+    log_every: int = 10
+    """Steps between log lines (history.jsonl, wandb, progress bar)."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints (0: only at the end)."""
+    output_dir: str = "runs/quickstart"
+    """Run directory: recipe, checkpoints, trained dictionaries, reports."""
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """wandb logging mode; offline runs land in OUTPUT_DIR/wandb."""
+    wandb_project: str = "saekit"
+    """wandb project name."""
+    device: str = "cpu"
+    """Device of the dictionaries."""
+    seed: int = 0
+    """Seed of torch and Python RNGs during training."""
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not self.lr > 0:
+            raise SaekitError(f"train.lr must be > 0, got {self.lr}.")
+        if self.total_tokens < 1:
+            raise SaekitError(f"train.total_tokens must be ≥ 1, got {self.total_tokens}.")
+
+
+class _Slot:
+    """One dictionary and everything that trains it."""
+
+    def __init__(self, name: str, hook: str, sae: Dictionary, cfg: TrainConfig, n_steps: int):
+        self.name, self.hook, self.sae = name, hook, sae
+        lr = cfg.lr if cfg.lr is not None else default_lr(sae.d_sae)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_multiplier(s, n_steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction),
+        )
+        self.tokens_since_fired_S = torch.zeros(sae.d_sae, dtype=torch.long, device=cfg.device)
+        self.fire_count_S = torch.zeros(sae.d_sae, dtype=torch.float64, device=cfg.device)
+        target = sae.cfg.target_l0
+        coef = getattr(sae, "sparsity_coefficient", None)
+        self.controller = L0Controller(target, coef) if target and coef else None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "tokens_since_fired": self.tokens_since_fired_S,
+            "fire_count": self.fire_count_S,
+            "controller": self.controller.state_dict() if self.controller else None,
+            "sparsity_coefficient": getattr(self.sae, "sparsity_coefficient", None),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.tokens_since_fired_S.copy_(state["tokens_since_fired"])
+        self.fire_count_S.copy_(state["fire_count"])
+        if self.controller and state["controller"]:
+            self.controller.load_state_dict(state["controller"])
+        if state["sparsity_coefficient"] is not None:
+            self.sae.sparsity_coefficient = state["sparsity_coefficient"]  # type: ignore[assignment]
+
+
+def slot_name(i: int, cfg: SAEConfig, hook: str) -> str:
+    return f"{i:02d}-{cfg.method}-{hook.replace('/', '_').replace(':', '_')}"
+
+
+class Trainer:
+    """Trains `sae_cfgs` on `stream`, writing into `cfg.output_dir`."""
+
+    def __init__(
+        self,
+        sae_cfgs: tuple[SAEConfig, ...],
+        cfg: TrainConfig,
+        stream: BaseStream,
+        run_config: dict[str, Any],
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        if not sae_cfgs:
+            raise SaekitError("The recipe trains no dictionary: add at least one entry to saes.")
+        self.cfg, self.stream, self.run_config = cfg, stream, run_config
+        self.provenance = provenance or {}
+        self.out = Path(cfg.output_dir)
+        self.n_steps = max(1, cfg.total_tokens // stream.cfg.batch_size)
+        self.step = 0
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.slots = []
+        for i, sae_cfg in enumerate(sae_cfgs):
+            hook = sae_cfg.hook or stream.cfg.hooks[0]
+            if hook not in stream.d_in:
+                raise SaekitError(
+                    f"saes[{i}].hook {hook!r} is not streamed; add it to "
+                    f"stream.hooks (now {list(stream.cfg.hooks)})."
+                )
+            sae_cfg = replace(sae_cfg, hook=hook)
+            sae = build_dictionary(sae_cfg, stream.d_in[hook]).to(cfg.device)
+            self.slots.append(_Slot(slot_name(i, sae_cfg, hook), hook, sae, cfg, self.n_steps))
+
+    # ---- init / checkpoints ------------------------------------------------------------------
+    def init_b_dec(self, batch: dict[str, torch.Tensor]) -> None:
+        """b_dec ← geometric median of the first rows (robust to attention-sink outliers)."""
+        if self.cfg.b_dec_init_samples <= 0:
+            return
+        for slot in self.slots:
+            sample = batch[slot.hook][: self.cfg.b_dec_init_samples].to(self.cfg.device).float()
+            slot.sae.b_dec.data.copy_(geometric_median(sample).to(slot.sae.b_dec.dtype))
+
+    def checkpoint(self) -> None:
+        weights = {s.name: dict(s.sae.state_dict()) for s in self.slots}
+        state = {
+            "step": self.step,
+            "slots": {s.name: s.state() for s in self.slots},
+            "stream": self.stream.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        }
+        meta = {
+            "step": self.step,
+            "n_steps": self.n_steps,
+            "run_config": self.run_config,
+            "slots": {
+                s.name: {"method": s.sae.method, "d_in": s.sae.d_in, "d_sae": s.sae.d_sae}
+                for s in self.slots
+            },
+        }
+        save_checkpoint(self.out / "checkpoints", self.step, weights, _plain(state), meta)
+
+    def resume(self) -> None:
+        weights, state, meta = load_checkpoint(self.out / "checkpoints")
+        mine = {
+            s.name: {"method": s.sae.method, "d_in": s.sae.d_in, "d_sae": s.sae.d_sae}
+            for s in self.slots
+        }
+        if meta["slots"] != mine or meta.get("run_config") != self.run_config:
+            raise SaekitError(
+                f"The checkpoint in {self.out} was written by a different recipe "
+                f"({meta['slots']} vs {mine}); resume with the recipe that wrote it, or choose "
+                "another train.output_dir."
+            )
+        for slot in self.slots:
+            slot.sae.load_state_dict(weights[slot.name])
+            slot.load(state["slots"][slot.name])
+        self.stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(_tuples(state["python_rng"]))
+        self.step = int(state["step"])
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        from saekit.train.logging import RunLogger
+
+        if resume:
+            self.resume()
+        logger = RunLogger(self.out, self.cfg, self.run_config, resume)
+        logger.truncate(self.step)
+        bar = tqdm(total=self.n_steps, initial=self.step, desc="training", unit="step")
+        t_last, tokens_last = time.perf_counter(), 0
+        while self.step < self.n_steps:
+            batch = self.stream.next_batch()
+            if self.step == 0:
+                self.init_b_dec(batch)
+            log_now = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == self.n_steps
+            record: dict[str, float] = {}
+            for slot in self.slots:
+                record.update(self._step(slot, batch[slot.hook].to(self.cfg.device), log_now))
+            self.step += 1
+            tokens_last += self.stream.cfg.batch_size
+            bar.update(1)
+            if log_now:
+                now = time.perf_counter()
+                record["tokens_per_s"] = tokens_last / max(now - t_last, 1e-9)
+                t_last, tokens_last = now, 0
+                logger.log(self.step, record)
+                first = self.slots[0].name
+                bar.set_postfix(
+                    fvu=f"{record[f'{first}/fvu']:.3f}", l0=f"{record[f'{first}/l0']:.1f}"
+                )
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.checkpoint()
+        bar.close()
+        self.checkpoint()
+        summary = self.export()
+        logger.finish(summary)
+        return summary
+
+    def _step(self, slot: _Slot, x_BD: torch.Tensor, log_now: bool) -> dict[str, float]:
+        sae, cfg = slot.sae, self.cfg
+        dead_S = slot.tokens_since_fired_S >= cfg.dead_window_tokens
+        ctx = TrainContext(
+            dead_mask_S=dead_S, sparsity_scale=sparsity_scale(self.step, cfg.sparsity_warmup_steps)
+        )
+        out = sae.training_forward(x_BD, ctx)
+        loss = torch.stack(list(out.losses.values())).sum()
+        if not torch.isfinite(loss):
+            raise SaekitError(
+                f"{slot.name}: the loss became {loss.item()} at step {self.step}; "
+                "lower train.lr or check the activations."
+            )
+        slot.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if sae.unit_norm_decoder:
+            sae.remove_parallel_grad()
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
+        slot.optimizer.step()
+        slot.scheduler.step()
+        if sae.unit_norm_decoder:
+            sae.normalize_decoder()
+        sae.post_step()
+        with torch.no_grad():
+            active_BS = out.z_BS != 0
+            fired_S = active_BS.sum(0)
+            slot.fire_count_S += fired_S
+            slot.tokens_since_fired_S += x_BD.shape[0]
+            slot.tokens_since_fired_S[fired_S > 0] = 0
+            l0 = None
+            if slot.controller is not None and self.step >= cfg.sparsity_warmup_steps:
+                l0 = float(active_BS.sum(1).float().mean())
+                sae.sparsity_coefficient = slot.controller.update(l0)  # type: ignore[assignment]
+        if not log_now:
+            return {}
+        with torch.no_grad():
+            rec = {f"{slot.name}/loss/{k}": float(v) for k, v in out.losses.items()}
+            rec[f"{slot.name}/loss/total"] = float(loss)
+            rec[f"{slot.name}/fvu"] = float(fvu(x_BD, out.x_hat_BD))
+            rec[f"{slot.name}/l0"] = (
+                l0 if l0 is not None else float(active_BS.sum(1).float().mean())
+            )
+            rec[f"{slot.name}/dead_fraction"] = float(dead_S.float().mean())
+            rec[f"{slot.name}/lr"] = float(slot.scheduler.get_last_lr()[0])
+            coef = getattr(sae, "sparsity_coefficient", None)
+            if coef is not None:
+                rec[f"{slot.name}/sparsity_coefficient"] = float(coef)
+        return rec
+
+    def export(self) -> dict[str, Any]:
+        """Save every dictionary (normalization folded in) under OUTPUT_DIR/saes/NAME."""
+        summary: dict[str, Any] = {
+            "steps": self.step,
+            "tokens": self.step * self.stream.cfg.batch_size,
+            "saes": {},
+        }
+        n_tokens = max(1, self.step * self.stream.cfg.batch_size)
+        for slot in self.slots:
+            sae = _copy(slot.sae)
+            factor = self.stream.norm_factors.get(slot.hook)
+            if factor is not None:
+                sae.fold_normalization(factor)
+            sae.provenance = {
+                **self.provenance,
+                "hook": slot.hook,
+                "norm_factor": factor,
+                "training_tokens": n_tokens,
+                "run_dir": str(self.out),
+            }
+            density_S = log10_density(slot.fire_count_S, n_tokens)
+            sae.save(self.out / "saes" / slot.name, density_S)
+            summary["saes"][slot.name] = {
+                "hook": slot.hook,
+                "method": sae.method,
+                "path": str(self.out / "saes" / slot.name),
+            }
+        return summary
+
+
+def _copy(sae: Dictionary) -> Dictionary:
+    import copy
+
+    return copy.deepcopy(sae).cpu()
+
+
+def _plain(obj: Any) -> Any:
+    """Python RNG state and nested dicts in a form torch.load(weights_only=True) accepts."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _tuples(obj: Any) -> Any:
+    return tuple(_tuples(v) for v in obj) if isinstance(obj, list) else obj
+
+
+def write_run_json(out: Path, data: dict[str, Any]) -> None:
+    path = out / "run.json"
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data, indent=1))
+    partial.replace(path)
