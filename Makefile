@@ -19,8 +19,11 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 	$(BIN)/saekit setup
 
+RUN := runs/smollm2-quickstart
+
 demo: setup
-	$(BIN)/saekit cache recipes/smollm2-cache.yaml --cache.n_tokens 200000 --cache.output_dir runs/demo-cache
+	$(BIN)/saekit train recipes/smollm2-quickstart.yaml $$(test -f $(RUN)/recipe.yaml && echo --resume)
+	$(BIN)/saekit eval $(RUN)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check saekit tests

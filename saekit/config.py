@@ -151,7 +151,11 @@ def load_recipe(
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
-            raise SaekitError(f"Recipe {str(p)!r} is not valid YAML: {exc}") from None
+            # PyYAML's message spans several lines (source excerpt, caret); keep the CLI's one.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            raise SaekitError(f"Recipe {str(p)!r} is not valid YAML{where}: {problem}.") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise SaekitError(f"Recipe {str(p)!r} must be a mapping of sections, got {loaded!r}.")
         data = loaded or {}
@@ -166,7 +170,9 @@ def _set_dotted(node: dict[str, Any], parts: list[str], value: Any, dotted: str)
     if not rest:
         node[head] = value
         return
-    child = node.setdefault(head, [{}] if head in _LIST_SECTIONS else {})
+    if node.get(head) is None:  # absent, or an empty YAML section (`stream:` with no keys)
+        node[head] = [{}] if head in _LIST_SECTIONS else {}
+    child = node[head]
     if isinstance(child, list):
         for entry in child:
             if not isinstance(entry, dict):

@@ -85,7 +85,8 @@ def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]
     out = Path(cfg.output_dir)
     if (out / MANIFEST).exists():
         old = json.loads((out / MANIFEST).read_text())
-        if old.get("provenance") != provenance or old.get("n_tokens") != cfg.n_tokens:
+        same = (old.get("provenance"), old.get("n_tokens"), old.get("dtype"))
+        if same != (provenance, cfg.n_tokens, cfg.dtype):
             raise SaekitError(
                 f"{out} already holds a different activation cache; choose another "
                 "cache.output_dir or delete it yourself."

@@ -87,7 +87,9 @@ def resolve(spec: str) -> str:
 
 def _load_hf(ref: str, cfg: ModelConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref)
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=getattr(torch, cfg.dtype))
@@ -119,7 +121,9 @@ def _load_transformer_lens(ref: str, hf_model: Any, tokenizer: Any, cfg: ModelCo
             center_unembed=False,
             fold_value_biases=False,
         )
-        return model.to(cfg.device).eval()
+        if cfg.device != "cpu":  # TL's .to() prints a line even when nothing moves
+            model = model.to(cfg.device)
+        return model.eval()
     return HookedTransformer.from_pretrained_no_processing(
         ref, hf_model=hf_model, tokenizer=tokenizer, device=cfg.device, dtype=dtype
     ).eval()
