@@ -15,7 +15,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot_history(history: Path, out: Path) -> Path:
     """Loss, FVU and L0 curves of every dictionary from history.jsonl."""
-    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in history.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # blank, or the half-written last line of a run still training
     series: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         for key, value in row.items():
