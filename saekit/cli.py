@@ -16,7 +16,13 @@ from typing import Any
 from saekit.config import add_config_flags, flag_overrides, load_recipe
 from saekit.errors import SaekitError
 
-BENCHES = {"stream": "saekit.bench.stream"}
+BENCHES = {
+    "mp": "saekit.bench.mp",
+    "stream": "saekit.bench.stream",
+    "synthetic": "saekit.bench.synthetic",
+    "train": "saekit.bench.train",
+    "snmf": "saekit.bench.snmf",
+}
 """`saekit bench NAME` → module with run(**kwargs) -> dict and table(dict) -> str."""
 
 

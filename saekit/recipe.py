@@ -11,7 +11,7 @@ from saekit.config import to_dict
 from saekit.data.text import DataConfig
 from saekit.dictionaries.base import SAEConfig
 from saekit.models.loading import ModelConfig
-from saekit.train.trainer import TrainConfig
+from saekit.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -33,4 +33,8 @@ class Recipe:
 
     def identity(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed: everything but `train` and `cache`."""
-        return {k: to_dict(self)[k] for k in ("model", "data", "stream", "saes")}
+        return {k: to_dict(self)[k] for k in IDENTITY}
+
+
+IDENTITY = ("model", "data", "stream", "saes")
+"""Recipe sections a resumed run must share with the run that wrote the checkpoint."""

@@ -191,6 +191,12 @@ class ActivationStream(BaseStream):
         batch = {n: p[0] if len(p) == 1 else torch.cat(p) for n, p in pieces.items()}
         return self._scaled(batch)
 
+    def rows_left_in_buffer(self) -> int:
+        """Rows that can be served before the next buffer fill (0 when none is loaded)."""
+        if self._rows is None:
+            return 0
+        return next(iter(self._rows.values())).shape[0] - self._offset
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "buffer_index": self._buffer_index,

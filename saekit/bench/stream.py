@@ -36,11 +36,14 @@ def run(
     data = DataConfig()
     n_windows = rounds * buffer_sequences * 2
     windows = build_windows(data, hooked.tokenizer, "train", max_tokens=n_windows * 128)
+    # Batches of 127 rows: a round fills one buffer and serves it until fewer than 127 rows are
+    # left (BOS and document-separator tokens are masked, so a buffer holds a little under
+    # 64 × 127 rows), without ever triggering the next fill.
     one = StreamConfig(
         hooks=(f"blocks.{layer}.hook_resid_post",),
         buffer_sequences=buffer_sequences,
         model_batch_size=model_batch_size,
-        batch_size=1024,
+        batch_size=data.context_size - 1,
     )
     five = replace(
         one, hooks=tuple(f"blocks.{layer - i}.hook_resid_post" for i in range(4, -1, -1))
@@ -65,7 +68,8 @@ def run(
                 {"buffer_index": r, "offset": 0, "norm_factors": {}, "n_tokens_served": 0}
             )
             t0 = time.perf_counter()
-            while stream.state_dict()["buffer_index"] == r:
+            stream.next_batch()
+            while stream.rows_left_in_buffer() >= cfg.batch_size:
                 stream.next_batch()
             timings[key] += time.perf_counter() - t0
             served[key] += stream.n_tokens_served

@@ -11,8 +11,10 @@ from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext, TrainO
 from saekit.dictionaries.batchtopk import BatchTopKSAE
 from saekit.dictionaries.jumprelu import JumpReLUSAE
 from saekit.dictionaries.matryoshka import MatryoshkaSAE
+from saekit.dictionaries.mp import MatchingPursuitSAE
 from saekit.dictionaries.relu import ReLUSAE
 from saekit.dictionaries.saelens_format import load_dictionary, load_log10_density
+from saekit.dictionaries.snmf import SNMFDictionary
 from saekit.dictionaries.topk import TopKSAE
 from saekit.errors import SaekitError, closest
 
@@ -20,6 +22,8 @@ DICTIONARIES: dict[str, type[Dictionary]] = {
     cls.method: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE)
 }
 """method name (SAEConfig.method) → class. Other methods register here by the same key."""
+DICTIONARIES["snmf"] = SNMFDictionary
+DICTIONARIES["mp"] = MatchingPursuitSAE
 
 
 def build_dictionary(cfg: SAEConfig, d_in: int) -> Dictionary:
@@ -42,6 +46,7 @@ __all__ = [
     "MatryoshkaSAE",
     "ReLUSAE",
     "SAEConfig",
+    "SNMFDictionary",
     "TopKSAE",
     "TrainContext",
     "TrainOutput",

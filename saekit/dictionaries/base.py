@@ -6,7 +6,7 @@ D d_in, S d_sae, K active latents per token.
     encode(x_BD) -> z_BS          dense codes (zeros where inactive)
     decode(z_BS) -> x_hat_BD
     forward(x_BD) -> x_hat_BD
-    training_forward(x_BD, ctx) -> TrainOutput(x_hat_BD, z_BS, losses={name: scalar})
+    training_forward(x_BD, ctx) -> TrainOutput(x_hat_BD, z_BS, losses={name: scalar}[, codes])
     W_enc (D, S), b_enc (S), W_dec (S, D), b_dec (D)   -- SAELens orientation
     save(dir) / load(dir)         cfg.json + sae_weights.safetensors, SAELens-loadable
     post_step()                   hook after each optimizer step (JumpReLU clamps θ ≥ 0)
@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saekit.errors import SaekitError
+from saekit.kernels.aux_k import aux_k_loss as aux_k_loss
+from saekit.kernels.aux_k import resolve_k_aux as resolve_k_aux
+from saekit.kernels.sparse_topk import SparseCodes
 
 DictionaryT = TypeVar("DictionaryT", bound="Dictionary")
 
@@ -64,17 +67,54 @@ class SAEConfig:
     """Latents in the AuxK reconstruction; None = d_in // 2."""
     seed: int = 0
     """Seed of the weight initialization."""
+    snmf_sparsity: float = 0.01
+    """snmf: fraction of d_in each feature keeps by winner-take-all (⌈s·d_in⌉ neurons)."""
+    snmf_init: Literal["random", "svd", "kmeans"] = "random"
+    """snmf: initial codes: random U(0,1), SVD (Ding et al. 2010) or k-means one-hot."""
+    snmf_max_iter: int = 2000
+    """snmf: full-batch iterations at most (2,000 in the paper's demo scripts)."""
+    snmf_patience: int = 500
+    """snmf: stop after this many iterations without an improvement > snmf_tol·‖A‖²."""
+    snmf_tol: float = 1e-6
+    """snmf: relative tolerance; the loss ‖A − FGᵀ‖² must drop by more than tol·‖A‖²."""
+    snmf_stream_passes: int = 0
+    """snmf: 0 = fit train.total_tokens in memory; N > 0 = stream them, at most N passes."""
+    snmf_hierarchy: tuple[int, ...] = ()
+    """snmf: ranks of coarser levels, each an SNMF of the previous level's features."""
+    mp_tied: bool = True
+    """mp: select with the decoder atoms (False: separate encoder rows; not SAELens-loadable)."""
+    mp_dropout: float = 0.0
+    """mp: probability that an atom is barred from a training batch's pursuit (atom dropout)."""
+    mp_revival_coefficient: float = 0.0
+    """mp: weight of the term pulling dead atoms toward the mean final residual (0 disables)."""
 
 
-class TrainOutput(NamedTuple):
-    """What a training forward returns."""
+class TrainOutput:
+    """What a training forward returns: the reconstruction, the named scalar loss terms (the
+    trainer minimizes their sum) and the codes, dense (`z_BS`) or sparse (`codes`: values and
+    indices of the kept latents). Sparse codes build z_BS only if it is read."""
 
-    x_hat_BD: Tensor
-    """Reconstruction of the input."""
-    z_BS: Tensor
-    """Codes after the activation (used for L0, firing counts)."""
-    losses: dict[str, Tensor]
-    """Named scalar loss terms; the trainer minimizes their sum."""
+    def __init__(
+        self,
+        x_hat_BD: Tensor,
+        z_BS: Tensor | None,
+        losses: dict[str, Tensor],
+        codes: SparseCodes | None = None,
+    ) -> None:
+        self.x_hat_BD, self.losses, self.codes, self._z_BS = x_hat_BD, losses, codes, z_BS
+
+    @property
+    def z_BS(self) -> Tensor:
+        """Codes after the activation, dense (zeros where inactive)."""
+        if self._z_BS is None:
+            assert self.codes is not None, "TrainOutput needs dense (z_BS) or sparse codes"
+            self._z_BS = self.codes.dense()
+        return self._z_BS
+
+    def firing_counts_S(self) -> Tensor:
+        """Rows in which each latent fired (int64); a scatter of the sparse codes if given."""
+        codes = self.codes
+        return codes.firing_counts_S() if codes is not None else (self.z_BS != 0).sum(dim=0)
 
 
 @dataclass
@@ -134,7 +174,8 @@ class Dictionary(nn.Module):
 
     def pre_acts(self, x_BD: Tensor) -> Tensor:
         """Encoder pre-activations with pre-bias centering: (x − b_dec) W_enc + b_enc."""
-        return (x_BD.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc
+        # linear seeds the GEMM's output with b_enc: no second B×S read-modify-write pass.
+        return F.linear(x_BD.to(self.W_enc.dtype) - self.b_dec, self.W_enc.t(), self.b_enc)
 
     def encode(self, x_BD: Tensor) -> Tensor:
         raise NotImplementedError
@@ -159,7 +200,9 @@ class Dictionary(nn.Module):
         if self.W_dec.grad is None:
             return
         W_SD, g_SD = self.W_dec.data, self.W_dec.grad
-        g_SD -= (g_SD * W_SD).sum(dim=1, keepdim=True) * W_SD
+        # In place with one S×D temporary (vecdot's product), not two: 6 ms instead of 20 ms
+        # of CPU at 9216×576.
+        g_SD.addcmul_(torch.linalg.vecdot(g_SD, W_SD).unsqueeze(1), W_SD, value=-1)
 
     def post_step(self) -> None:
         """Called by the trainer after every optimizer step (and decoder renorm)."""
@@ -249,42 +292,3 @@ def check_k(cfg: SAEConfig) -> None:
 def sum_sq_error(x_hat_BD: Tensor, x_BD: Tensor) -> Tensor:
     """Squared error summed over d_in, mean over the batch (the `mse` term everywhere)."""
     return (x_hat_BD.float() - x_BD.float()).pow(2).sum(dim=-1).mean()
-
-
-def aux_k_loss(
-    x_BD: Tensor,
-    x_hat_BD: Tensor,
-    pre_BS: Tensor,
-    W_dec_SD: Tensor,
-    dead_mask_S: Tensor | None,
-    k_aux: int,
-    coefficient: float,
-) -> Tensor:
-    """Variance-normalized AuxK (Gao et al. 2024, App. A.2): the top-k_aux dead latents try
-    to reconstruct the detached residual e = x − x̂ without b_dec:
-
-        coefficient · min(n_dead / k_aux, 1) · ‖e − ê_dead‖² / ‖e − mean_B(e)‖²
-
-    The kept pre-activations are rectified (as in sparsify, whose pre-activations are ReLU'd).
-    Sync-free: k_aux is fixed, live latents enter as −inf and leave as 0 through the ReLU, and
-    the scale is a tensor, so with no dead latent the loss is an exact 0 without `.item()`.
-    Pass dead_mask_S=None to skip the work entirely.
-    """
-    if dead_mask_S is None or coefficient == 0:
-        return x_hat_BD.new_zeros((), dtype=torch.float32)
-    k_aux = min(k_aux, pre_BS.shape[-1])
-    e_BD = (x_BD.float() - x_hat_BD.float()).detach()
-    dead_pre_BS = torch.where(dead_mask_S, pre_BS, float("-inf"))
-    vals_BK, idx_BK = dead_pre_BS.topk(k_aux, dim=-1, sorted=False)
-    e_hat_BD = F.embedding_bag(
-        idx_BK, W_dec_SD, per_sample_weights=vals_BK.relu().to(W_dec_SD.dtype), mode="sum"
-    )
-    scale = (dead_mask_S.sum().float() / k_aux).clamp(max=1.0)
-    # 1e-12 guards a perfect reconstruction (zero residual variance) against 0/0.
-    total_var = (e_BD - e_BD.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-    return coefficient * scale * (e_BD - e_hat_BD.float()).pow(2).sum() / total_var
-
-
-def resolve_k_aux(cfg: SAEConfig, d_in: int) -> int:
-    """AuxK width: cfg.aux_k, else d_in // 2 (Gao et al. 2024's heuristic), at least 1."""
-    return cfg.aux_k if cfg.aux_k is not None else max(d_in // 2, 1)

@@ -8,6 +8,9 @@ A saved dictionary is a directory that `sae_lens.SAE.load_from_disk(dir)` loads 
     sae_weights.safetensors  W_enc (D,S), b_enc (S), W_dec (S,D), b_dec (D) [+ threshold (S)]
     sparsity.safetensors     optional: "sparsity" = log10 firing density per latent (S)
 
+Methods SAELens lacks (snmf) are written the same way under architecture "saekit-METHOD",
+which only saekit's `load_dictionary` reads (it dispatches on the saved method).
+
 Weights are always written with apply_b_dec_to_input = True, normalize_activations = "none"
 (the trainer folds its input scale first) and, for topk, rescale_acts_by_decoder_norm = False,
 which are exactly saekit's forward semantics. Importing a SAELens directory converts the other
@@ -67,14 +70,13 @@ def _saelens_version() -> str:
 
 def save_dictionary(d: Dictionary, path: str | Path, log10_density_S: Tensor | None = None) -> Path:
     """Write `d` to directory `path` (created or updated atomically); returns the path."""
-    if not d.saelens_architecture:
-        raise SaekitError(f"{type(d).__name__} ({d.method}) has no SAELens save format.")
     root = Path(path)
     tensors = {n: t.detach().cpu().contiguous() for n, t in d.export_tensors().items()}
     dtype_name = str(d.W_enc.dtype).removeprefix("torch.")
     meta = {k: d.provenance[k] for k in _METADATA_FROM_PROVENANCE if k in d.provenance}
     cfg_json: dict[str, Any] = {
-        "architecture": d.saelens_architecture,
+        # No SAELens equivalent (snmf): same layout, an architecture only saekit loads.
+        "architecture": d.saelens_architecture or f"saekit-{d.method}",
         "d_in": d.d_in,
         "d_sae": d.d_sae,
         "dtype": dtype_name,
@@ -209,7 +211,7 @@ def _load_saekit(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: Pat
         )
     known = {f.name for f in fields(SAEConfig)}
     raw = {k: v for k, v in dict(sk["config"]).items() if k in known}
-    raw["matryoshka_widths"] = tuple(raw.get("matryoshka_widths", ()))
+    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}  # JSON lists
     cfg = replace(SAEConfig(**raw), method=sk["method"])
     d = _build(cfg, int(sk["d_in"]), str(cfg_json.get("dtype", "float32")), root)
     _check_shapes(d, tensors, root)

@@ -12,10 +12,11 @@ import yaml
 
 from saekit.config import from_dict
 from saekit.data.text import build_windows
-from saekit.dictionaries import load_dictionary
+from saekit.dictionaries import SNMFDictionary, load_dictionary
 from saekit.errors import SaekitError
 from saekit.eval.core import evaluate_core
 from saekit.eval.plots import plot_density, plot_history
+from saekit.eval.snmf_views import snmf_report
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import Recipe
 
@@ -86,9 +87,11 @@ def evaluate_run(
         "saes": {},
     }
     for name, sae_dir, sae_hook in targets:
-        sae = load_dictionary(sae_dir)
+        sae = load_dictionary(sae_dir).to(model.device)  # loads on CPU; the model may not be
         metrics = evaluate_core(model, sae, sae_hook, windows, n_windows=n_windows)
         metrics["plots"] = {"density": str(plot_density(metrics, out / f"{name}-density.png"))}
+        if isinstance(sae, SNMFDictionary):  # per-feature input and output views
+            metrics["snmf"] = snmf_report(model, sae, sae_hook, windows, n_windows)
         report["saes"][name] = metrics
     history = run / "history.jsonl"
     if history.is_file():

@@ -41,7 +41,8 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     partial = root / f"step-{step:08d}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    for leftover in root.glob("step-*.*"):  # .partial/.old of a crashed write (one writer)
+        shutil.rmtree(leftover, ignore_errors=True)
     partial.mkdir()
     for name, tensors in weights.items():
         save_file(
@@ -51,13 +52,20 @@ def save_checkpoint(
     torch.save(state, partial / "trainer_state.pt")
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
     if final.exists():
-        shutil.rmtree(final)
+        # Rewriting a step: rename the old copy aside rather than delete it first, so the window
+        # in which `latest` names no directory is two renames, not a recursive delete.
+        os.replace(final, final.with_name(final.name + ".old"))
     os.replace(partial, final)
     _replace_file(root / LATEST, final.name + "\n")
-    old = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial"))
-    for stale in old[:-keep]:
+    shutil.rmtree(final.with_name(final.name + ".old"), ignore_errors=True)
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and "." not in p.name)
+    for stale in done[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def has_checkpoint(root: Path) -> bool:
+    return (root / LATEST).is_file()
 
 
 def load_checkpoint(
@@ -84,8 +92,10 @@ def load_checkpoint(
 class RunLock:
     """Refuses a second live run on the same output directory (pid file, stale-aware)."""
 
+    NAME = "run.lock"
+
     def __init__(self, out: Path) -> None:
-        self.path = out / "run.lock"
+        self.path = out / self.NAME
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +110,13 @@ class RunLock:
                     "wait for it or choose another train.output_dir."
                 )
             self.path.unlink(missing_ok=True)
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise SaekitError(
+                f"Another run started writing to {self.path.parent} just now; "
+                "choose another train.output_dir."
+            ) from None
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         return self
@@ -117,3 +133,38 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return pid != os.getpid()
+
+
+def describe_mismatch(saved: Any, now: Any, path: str = "") -> list[str]:
+    """Where two JSON-like trees differ, as "path: A (saved) vs B (now)" lines."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in list(saved) + [k for k in now if k not in saved]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in now:
+                out.append(f"{where}: only in the saved run")
+            elif key not in saved:
+                out.append(f"{where}: not in the saved run")
+            else:
+                out += describe_mismatch(saved[key], now[key], where)
+        return out
+    if isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now):
+        return [
+            m
+            for i, (a, b) in enumerate(zip(saved, now))
+            for m in describe_mismatch(a, b, f"{path}[{i}]")
+        ]
+    return [] if saved == now else [f"{path}: {saved!r} (saved) vs {now!r} (now)"]
+
+
+def plain_state(obj: Any) -> Any:
+    """Python RNG state and nested dicts in a form torch.load(weights_only=True) accepts."""
+    if isinstance(obj, dict):
+        return {k: plain_state(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [plain_state(v) for v in obj]
+    return obj
+
+
+def rng_tuples(obj: Any) -> Any:
+    return tuple(rng_tuples(v) for v in obj) if isinstance(obj, list) else obj

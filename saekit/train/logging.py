@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from saekit.train.trainer import TrainConfig
+from saekit.train.config import TrainConfig
 
 
 class RunLogger:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+from saekit.dictionaries import Dictionary
+from saekit.errors import SaekitError
+
 
 def default_lr(d_sae: int) -> float:
     """2e-4 / √(d_sae / 2^14): the width scaling sparsify and dictionary_learning use for Adam."""
@@ -28,38 +31,77 @@ def sparsity_scale(step: int, warmup_steps: int) -> float:
 
 
 class L0Controller:
-    """Steers a sparsity coefficient so the measured L0 settles at `target`.
+    """Steers a sparsity coefficient c so the measured L0 settles at `target`.
 
-    An integral controller on the log scale: log c += gain · log(L0_ema / target). Too many
-    active latents raise the coefficient, too few lower it. With gain 0.02 and an EMA over ~50
-    steps, a 2x L0 error is corrected by a factor e^0.014 per step: fast enough for runs of a few
-    hundred steps, slow enough not to oscillate.
+    A PI controller in velocity form on log scales, with e = log(L0_ema / target):
+
+        log c += kp · (e_t − e_{t−1})  +  gain · lr_t · clip(e_t, ±1)
+
+    Too many active latents raise c, too few lower it. Why each piece (synthetic G1 data,
+    d_sae 128, relu and jumprelu, targets 3-12, lr 4e-4..5e-3: all 8 runs end within 1% of
+    target; the former pure integrator, log c += 0.02·e with a 50-step EMA, missed 5 of them
+    by 20-47%):
+    - The L0 lags c by ~100 steps (JumpReLU thresholds move ≤ lr per Adam step). An integral
+      alone keeps winding while L0 is already on its way (c went 1 → 42 → 0.001): the
+      proportional term damps that, and in velocity form it starts without a kick.
+    - Adam moves weights by ~lr per step whatever the gradient's size, so the loop's time
+      constant scales as 1/lr: the integral advances per unit of lr (gain 25 per unit; 10 is
+      too slow and 60 oscillates at lr 4e-4), and it pauses while the LR warms up or decays.
+    - |e| is clipped at 1 in the integral: at L0 50 vs 3 the plant is rate-limited and a
+      larger c does not move thresholds faster, so the full error would only wind up.
+    - The 10-step EMA filters batch noise (~4% at 256 tokens) with little lag.
     """
 
     def __init__(
-        self, target: float, coefficient: float, gain: float = 0.02, ema: float = 0.98
+        self,
+        target: float,
+        coefficient: float,
+        kp: float = 4.0,
+        gain: float = 25.0,
+        ema: float = 0.9,
     ) -> None:
         self.target = target
         self.log_coefficient = math.log(coefficient)
+        self.kp = kp
         self.gain = gain
         self.ema = ema
         self.l0_ema: float | None = None
+        self.error: float | None = None
 
     @property
     def coefficient(self) -> float:
         return math.exp(self.log_coefficient)
 
-    def update(self, l0: float) -> float:
+    def update(self, l0: float, lr: float) -> float:
+        """Take this step's mean L0 and learning rate; return the coefficient for the next."""
         self.l0_ema = l0 if self.l0_ema is None else self.ema * self.l0_ema + (1 - self.ema) * l0
-        ratio = max(self.l0_ema, 1e-3) / self.target
-        self.log_coefficient += self.gain * math.log(ratio)
+        error = math.log(max(self.l0_ema, 1e-3) / self.target)
+        previous = error if self.error is None else self.error
+        self.error = error
+        self.log_coefficient += self.kp * (error - previous)
+        self.log_coefficient += self.gain * lr * min(max(error, -1.0), 1.0)
         # Bound the coefficient to 1e-6..1e6 so a dead or saturated run cannot overflow.
         self.log_coefficient = min(max(self.log_coefficient, -13.8), 13.8)
         return self.coefficient
 
     def state_dict(self) -> dict[str, float | None]:
-        return {"log_coefficient": self.log_coefficient, "l0_ema": self.l0_ema}
+        return {"log_coefficient": self.log_coefficient, "l0_ema": self.l0_ema, "error": self.error}
 
     def load_state_dict(self, state: dict[str, float | None]) -> None:
         self.log_coefficient = float(state["log_coefficient"])  # type: ignore[arg-type]
         self.l0_ema = state["l0_ema"]
+        self.error = state.get("error")
+
+
+def l0_controller(sae: Dictionary, name: str) -> L0Controller | None:
+    """The controller steering `sae` to its target_l0 (None without one); checks it can."""
+    target, coef = sae.cfg.target_l0, sae.sparsity_coefficient
+    if target is None:
+        return None
+    if coef is None or not coef > 0 or not target > 0:
+        raise SaekitError(
+            f"{name}: target_l0 needs a method with a sparsity penalty (relu, jumprelu), "
+            f"target_l0 > 0 and a starting l1/l0_coefficient > 0; got method "
+            f"{sae.method!r}, target_l0={target}, coefficient={coef}."
+        )
+    return L0Controller(target, coef)

@@ -3,18 +3,20 @@
 Each dictionary has its own Adam, LR schedule, dead-latent clock and (for relu/jumprelu with a
 target L0) sparsity controller; all read their hook's rows from the same batch, so N SAEs on
 one layer (a sweep) or on N layers cost one model forward. Logging (tqdm, history.jsonl,
-wandb) and checkpoints happen every `log_every` / `checkpoint_every` steps, the only points
-where values are copied to the host.
+wandb) and checkpoints happen every `log_every` / `checkpoint_every` steps; between them only
+the finite-loss check and the L0 controller (relu/jumprelu with target_l0) read a value on the
+host each step.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -23,53 +25,18 @@ from saekit.activations.stream import BaseStream
 from saekit.dictionaries import Dictionary, SAEConfig, TrainContext, build_dictionary
 from saekit.errors import SaekitError
 from saekit.eval.metrics import fvu, log10_density
-from saekit.train.checkpoint import load_checkpoint, save_checkpoint
+from saekit.train.checkpoint import (
+    describe_mismatch,
+    has_checkpoint,
+    load_checkpoint,
+    plain_state,
+    rng_tuples,
+    save_checkpoint,
+)
+from saekit.train.config import TrainConfig
 from saekit.train.geometric_median import geometric_median
-from saekit.train.schedule import L0Controller, default_lr, lr_multiplier, sparsity_scale
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimization, schedules, logging and checkpoints."""
-
-    total_tokens: int = 2_000_000
-    """Training tokens per dictionary."""
-    lr: float | None = None
-    """Adam learning rate; None = 2e-4/√(d_sae/2^14) per dictionary."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """Adam (β1, β2)."""
-    lr_warmup_steps: int = 50
-    """Linear LR warmup steps."""
-    lr_decay_fraction: float = 0.2
-    """Fraction of the run (at the end) over which the LR decays linearly to 0."""
-    sparsity_warmup_steps: int = 100
-    """Steps over which the L1/L0 penalty ramps from 0 to its full weight."""
-    grad_clip_norm: float = 1.0
-    """Clip the gradient norm of each dictionary to this (0 disables)."""
-    dead_window_tokens: int = 10_000_000
-    """A latent is dead when it has not fired for this many tokens (drives AuxK)."""
-    b_dec_init_samples: int = 8192
-    """Rows of the first batch(es) whose geometric median initializes b_dec (0: zeros)."""
-    log_every: int = 10
-    """Steps between log lines (history.jsonl, wandb, progress bar)."""
-    checkpoint_every: int = 0
-    """Steps between checkpoints (0: only at the end)."""
-    output_dir: str = "runs/quickstart"
-    """Run directory: recipe, checkpoints, trained dictionaries, reports."""
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
-    """wandb logging mode; offline runs land in OUTPUT_DIR/wandb."""
-    wandb_project: str = "saekit"
-    """wandb project name."""
-    device: str = "cpu"
-    """Device of the dictionaries."""
-    seed: int = 0
-    """Seed of torch and Python RNGs during training."""
-
-    def __post_init__(self) -> None:
-        if self.lr is not None and not self.lr > 0:
-            raise SaekitError(f"train.lr must be > 0, got {self.lr}.")
-        if self.total_tokens < 1:
-            raise SaekitError(f"train.total_tokens must be ≥ 1, got {self.total_tokens}.")
+from saekit.train.logging import RunLogger
+from saekit.train.schedule import default_lr, l0_controller, lr_multiplier, sparsity_scale
 
 
 class _Slot:
@@ -78,16 +45,16 @@ class _Slot:
     def __init__(self, name: str, hook: str, sae: Dictionary, cfg: TrainConfig, n_steps: int):
         self.name, self.hook, self.sae = name, hook, sae
         lr = cfg.lr if cfg.lr is not None else default_lr(sae.d_sae)
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas)
+        # fused: one pass over Adam's state instead of ~10 per tensor; 190 → 30 ms per step at
+        # d_sae 9216 × d_in 576 on 2 CPU cores (same update up to float rounding).
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_multiplier(s, n_steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction),
         )
         self.tokens_since_fired_S = torch.zeros(sae.d_sae, dtype=torch.long, device=cfg.device)
         self.fire_count_S = torch.zeros(sae.d_sae, dtype=torch.float64, device=cfg.device)
-        target = sae.cfg.target_l0
-        coef = getattr(sae, "sparsity_coefficient", None)
-        self.controller = L0Controller(target, coef) if target and coef else None
+        self.controller = l0_controller(sae, name)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -132,6 +99,8 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.n_steps = max(1, cfg.total_tokens // stream.cfg.batch_size)
         self.step = 0
+        self.saved_step = -1
+        """Step of the newest checkpoint written or loaded (the end skips rewriting it)."""
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.slots = []
@@ -173,33 +142,44 @@ class Trainer:
                 for s in self.slots
             },
         }
-        save_checkpoint(self.out / "checkpoints", self.step, weights, _plain(state), meta)
+        save_checkpoint(self.out / "checkpoints", self.step, weights, plain_state(state), meta)
+        self.saved_step = self.step
 
     def resume(self) -> None:
+        """Load the newest checkpoint; refuse (naming the difference) one of another recipe."""
         weights, state, meta = load_checkpoint(self.out / "checkpoints")
         mine = {
             s.name: {"method": s.sae.method, "d_in": s.sae.d_in, "d_sae": s.sae.d_sae}
             for s in self.slots
         }
-        if meta["slots"] != mine or meta.get("run_config") != self.run_config:
+        # Through JSON, as the checkpoint stored it (tuples become lists).
+        now = json.loads(json.dumps({"run_config": self.run_config, "slots": mine}))
+        saved = {"run_config": meta.get("run_config"), "slots": meta["slots"]}
+        diff = describe_mismatch(saved, now)
+        if diff:
             raise SaekitError(
-                f"The checkpoint in {self.out} was written by a different recipe "
-                f"({meta['slots']} vs {mine}); resume with the recipe that wrote it, or choose "
+                f"The checkpoint in {self.out} was written by a different recipe: "
+                f"{'; '.join(diff[:6])}. Resume with the recipe that wrote it, or choose "
                 "another train.output_dir."
+            )
+        missing = [s.name for s in self.slots if s.name not in weights]
+        if missing:
+            raise SaekitError(
+                f"The newest checkpoint in {self.out} has no weights for {missing}: it is "
+                "incomplete. Delete it to fall back to an older one, or start over."
             )
         for slot in self.slots:
             slot.sae.load_state_dict(weights[slot.name])
             slot.load(state["slots"][slot.name])
         self.stream.load_state_dict(state["stream"])
         torch.set_rng_state(state["torch_rng"])
-        random.setstate(_tuples(state["python_rng"]))
-        self.step = int(state["step"])
+        random.setstate(rng_tuples(state["python_rng"]))
+        self.step = self.saved_step = int(state["step"])
 
     # ---- the loop ----------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict[str, Any]:
-        from saekit.train.logging import RunLogger
-
-        if resume:
+        # A run that died before its first checkpoint resumes from step 0.
+        if resume and has_checkpoint(self.out / "checkpoints"):
             self.resume()
         logger = RunLogger(self.out, self.cfg, self.run_config, resume)
         logger.truncate(self.step)
@@ -228,7 +208,8 @@ class Trainer:
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
-        self.checkpoint()
+        if self.step != self.saved_step:
+            self.checkpoint()
         summary = self.export()
         logger.finish(summary)
         return summary
@@ -258,15 +239,16 @@ class Trainer:
             sae.normalize_decoder()
         sae.post_step()
         with torch.no_grad():
-            active_BS = out.z_BS != 0
-            fired_S = active_BS.sum(0)
+            # Sparse codes are counted by a scatter over B·k entries, not a B×S comparison.
+            fired_S = out.firing_counts_S()
             slot.fire_count_S += fired_S
             slot.tokens_since_fired_S += x_BD.shape[0]
             slot.tokens_since_fired_S[fired_S > 0] = 0
             l0 = None
             if slot.controller is not None and self.step >= cfg.sparsity_warmup_steps:
-                l0 = float(active_BS.sum(1).float().mean())
-                sae.sparsity_coefficient = slot.controller.update(l0)  # type: ignore[assignment]
+                l0 = float(fired_S.sum().float() / x_BD.shape[0])  # = mean_B(L0) exactly
+                lr = float(slot.scheduler.get_last_lr()[0])  # the loop's speed follows it
+                sae.sparsity_coefficient = slot.controller.update(l0, lr)  # type: ignore[assignment]
         if not log_now:
             return {}
         with torch.no_grad():
@@ -274,7 +256,7 @@ class Trainer:
             rec[f"{slot.name}/loss/total"] = float(loss)
             rec[f"{slot.name}/fvu"] = float(fvu(x_BD, out.x_hat_BD))
             rec[f"{slot.name}/l0"] = (
-                l0 if l0 is not None else float(active_BS.sum(1).float().mean())
+                l0 if l0 is not None else float(fired_S.sum().float() / x_BD.shape[0])
             )
             rec[f"{slot.name}/dead_fraction"] = float(dead_S.float().mean())
             rec[f"{slot.name}/lr"] = float(slot.scheduler.get_last_lr()[0])
@@ -292,7 +274,7 @@ class Trainer:
         }
         n_tokens = max(1, self.step * self.stream.cfg.batch_size)
         for slot in self.slots:
-            sae = _copy(slot.sae)
+            sae = copy.deepcopy(slot.sae).cpu()
             factor = self.stream.norm_factors.get(slot.hook)
             if factor is not None:
                 sae.fold_normalization(factor)
@@ -311,29 +293,3 @@ class Trainer:
                 "path": str(self.out / "saes" / slot.name),
             }
         return summary
-
-
-def _copy(sae: Dictionary) -> Dictionary:
-    import copy
-
-    return copy.deepcopy(sae).cpu()
-
-
-def _plain(obj: Any) -> Any:
-    """Python RNG state and nested dicts in a form torch.load(weights_only=True) accepts."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _tuples(obj: Any) -> Any:
-    return tuple(_tuples(v) for v in obj) if isinstance(obj, list) else obj
-
-
-def write_run_json(out: Path, data: dict[str, Any]) -> None:
-    path = out / "run.json"
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(data, indent=1))
-    partial.replace(path)

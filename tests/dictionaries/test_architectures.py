@@ -26,7 +26,7 @@ def x_BD(batch: int = 32, seed: int = 1) -> torch.Tensor:
 
 
 def test_registry_holds_every_method():
-    assert set(DICTIONARIES) == set(METHODS)
+    assert set(METHODS) <= set(DICTIONARIES)
     assert all(cls.method == name for name, cls in DICTIONARIES.items())
 
 

@@ -1,0 +1,52 @@
+"""TrainConfig: the `train:` section of a recipe (optimization, schedules, logs, checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from saekit.errors import SaekitError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization, schedules, logging and checkpoints."""
+
+    total_tokens: int = 2_000_000
+    """Training tokens per dictionary."""
+    lr: float | None = None
+    """Adam learning rate; None = 2e-4/√(d_sae/2^14) per dictionary."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam (β1, β2)."""
+    lr_warmup_steps: int = 50
+    """Linear LR warmup steps."""
+    lr_decay_fraction: float = 0.2
+    """Fraction of the run (at the end) over which the LR decays linearly to 0."""
+    sparsity_warmup_steps: int = 100
+    """Steps over which the L1/L0 penalty ramps from 0 to its full weight."""
+    grad_clip_norm: float = 1.0
+    """Clip the gradient norm of each dictionary to this (0 disables)."""
+    dead_window_tokens: int = 10_000_000
+    """A latent is dead when it has not fired for this many tokens (drives AuxK)."""
+    b_dec_init_samples: int = 8192
+    """Rows of the first batch whose geometric median initializes b_dec (0: zeros)."""
+    log_every: int = 10
+    """Steps between log lines (history.jsonl, wandb, progress bar)."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints (0: only at the end)."""
+    output_dir: str = "runs/quickstart"
+    """Run directory: recipe, checkpoints, trained dictionaries, reports."""
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """wandb logging mode; offline runs land in OUTPUT_DIR/wandb."""
+    wandb_project: str = "saekit"
+    """wandb project name."""
+    device: str = "cpu"
+    """Device of the dictionaries."""
+    seed: int = 0
+    """Seed of torch and Python RNGs during training."""
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not self.lr > 0:
+            raise SaekitError(f"train.lr must be > 0, got {self.lr}.")
+        if self.total_tokens < 1:
+            raise SaekitError(f"train.total_tokens must be ≥ 1, got {self.total_tokens}.")

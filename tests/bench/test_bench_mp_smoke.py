@@ -1,0 +1,22 @@
+"""`saekit bench mp` at toy size: all three sides run and the table renders (~2 s)."""
+
+from __future__ import annotations
+
+import torch
+
+from saekit.bench import mp as bench_mp
+from saekit.cli import BENCHES
+
+
+def test_bench_mp_runs_at_toy_size():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # toy shapes: a thread barrier costs more than the work
+    try:
+        result = bench_mp.run(rounds=1, d_in=32, d_sae=256, k=4, batch=64)
+    finally:
+        torch.set_num_threads(threads)
+    assert BENCHES["mp"] == "saekit.bench.mp"
+    assert set(result["step_ms"]) == set(bench_mp.SIDES)
+    assert result["ratio_vs_anchor"] > 0 and result["mp_vs_topk"] > 0
+    assert result["breakdown_ms"]["path"] in ("gram", "recompute")
+    assert "ratio_vs_anchor" in bench_mp.table(result)

@@ -1,0 +1,226 @@
+"""Full-batch SNMF (saekit.dictionaries.snmf_fit) and the SNMF Dictionary (snmf.py).
+
+Synthetic ground truth: A = F_true G_trueᵀ + noise with F_true column-sparse (signed) and
+G_true ≥ 0 sparse, so recovery is measurable (MMCS of F's columns, signed cosine).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from saekit.dictionaries import SAEConfig, SNMFDictionary, build_dictionary, load_dictionary
+from saekit.dictionaries.snmf import fit_hierarchy, snmf_from_fit
+from saekit.dictionaries.snmf_fit import fit_snmf, init_codes, snmf_step, sq_norm
+from saekit.errors import SaekitError
+from saekit.eval.synthetic_metrics import mmcs
+
+
+def planted(d: int, k: int, n: int, m: int, density: float, noise: float, seed: int):
+    """(A_DN, F_true_DK, G_true_NK): each true feature uses m random neurons (signed)."""
+    gen = torch.Generator().manual_seed(seed)
+    F_DK = torch.zeros(d, k, dtype=torch.float64)
+    for i in range(k):
+        rows = torch.randperm(d, generator=gen)[:m]
+        signs = torch.randint(0, 2, (m,), generator=gen) * 2 - 1
+        F_DK[rows, i] = signs * (1 + torch.rand(m, generator=gen, dtype=torch.float64))
+    on = torch.rand(n, k, generator=gen) < density
+    G_NK = torch.rand(n, k, generator=gen, dtype=torch.float64) * on
+    A_DN = F_DK @ G_NK.T + noise * torch.randn(d, n, generator=gen, dtype=torch.float64)
+    return A_DN, F_DK, G_NK
+
+
+@pytest.fixture(scope="module")
+def problem():
+    A, F_true, _ = planted(d=64, k=8, n=1500, m=7, density=0.3, noise=0.05, seed=0)
+    return A.float(), F_true
+
+
+@pytest.fixture(scope="module")
+def fitted(problem):
+    A, _ = problem
+    return fit_snmf(A, 8, sparsity=0.1, max_iter=600, patience=100, seed=0)
+
+
+def test_recovers_planted_features(problem, fitted):
+    _, F_true = problem
+    assert mmcs(F_true.T, fitted.F_DK.T) >= 0.9  # 1.000 at this seed
+
+
+def test_codes_nonnegative_and_wta_exact(fitted):
+    assert fitted.G_NK is not None
+    assert bool((fitted.G_NK >= 0).all())
+    # ⌈0.1 · 64⌉ = 7 neurons per feature; continuous data has no ties
+    assert (fitted.F_DK != 0).sum(dim=0).tolist() == [7] * 8
+
+
+def test_returned_pair_is_the_best_seen(problem, fitted):
+    A, _ = problem
+    assert fitted.loss == min(fitted.losses) == fitted.losses[fitted.best_iter]
+    # WTA breaks monotonicity: the best is not always the last iterate, and is never worse
+    assert fitted.loss <= fitted.losses[-1]
+    direct = float((A.double() - fitted.F_DK.double() @ fitted.G_NK.double().T).square().sum())
+    assert fitted.loss == pytest.approx(direct, rel=1e-4)  # the expanded loss, in float32
+    assert fitted.sq_norm == pytest.approx(float(A.double().square().sum()), rel=1e-6)
+
+
+# ---- a direct, slow NumPy transcription of the update rules ---------------------------------
+def numpy_snmf(A, G0, s, max_iter, patience, tol):
+    """Steps 1-5 as written in methods §2(a), with the explicit inverse and residual."""
+    d, n = A.shape
+    k = G0.shape[1]
+    m = max(1, math.ceil(s * d))
+    G = G0.copy()
+    iterates, best, ref, stale = [], None, math.inf, 0
+    sq_A = float((A**2).sum())
+    for it in range(max_iter):
+        F = A @ G @ np.linalg.inv(G.T @ G + 1e-6 * np.eye(k))
+        for i in range(k):
+            thresh = np.sort(np.abs(F[:, i]))[::-1][m - 1]
+            F[np.abs(F[:, i]) < thresh, i] = 0.0
+        c = np.maximum(np.sqrt((G**2).sum(axis=0)), 1e-8)
+        G, F = G / c, F * c
+        P, Q = A.T @ F, F.T @ F
+        pos, neg = (np.abs(P) + P) / 2, (np.abs(P) - P) / 2
+        Qp, Qn = (np.abs(Q) + Q) / 2, (np.abs(Q) - Q) / 2
+        G = G * np.sqrt((pos + G @ Qn) / (neg + G @ Qp + 1e-6))
+        loss = float(((A - F @ G.T) ** 2).sum())
+        iterates.append((F, G, loss))
+        if best is None or loss < best[2]:
+            best = (F, G, loss, it)
+        if loss < ref - tol * sq_A:
+            ref, stale = loss, 0
+        else:
+            stale += 1
+        if stale >= patience:
+            break
+    return iterates, best
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    A, _, _ = planted(d=12, k=3, n=40, m=3, density=0.5, noise=0.1, seed=3)
+    G0 = torch.rand(40, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    return A, G0.clamp_min(1e-6)
+
+
+def test_iterates_match_numpy_transcription(tiny):
+    A, G0 = tiny
+    iterates, _ = numpy_snmf(A.numpy(), G0.numpy(), 0.25, 40, 10**6, 0.0)
+    G_KN = G0.T.clone()
+    GtG_KK = G_KN @ G_KN.T
+    sq_A = sq_norm(A)
+    worst = 0.0
+    for F_np, G_np, loss_np in iterates:
+        F_KD, GtG_KK, loss = snmf_step(A, G_KN, GtG_KK, 0.25, sq_A)
+        worst = max(worst, np.abs(F_KD.T.numpy() - F_np).max(), np.abs(G_KN.T.numpy() - G_np).max())
+        assert loss == pytest.approx(loss_np, rel=1e-9, abs=1e-9)
+    assert worst < 1e-6  # observed ~1e-13
+
+
+def test_fit_matches_numpy_best_and_stopping(tiny):
+    A, G0 = tiny
+    iterates, best = numpy_snmf(A.numpy(), G0.numpy(), 0.25, 400, 15, 1e-4)
+    fit = fit_snmf(A, 3, sparsity=0.25, max_iter=400, patience=15, tol=1e-4, G0_KN=G0.T)
+    assert len(fit.losses) == len(iterates) < 400  # stopped by patience, at the same iteration
+    assert fit.best_iter == best[3]
+    assert np.abs(fit.F_DK.numpy() - best[0]).max() < 1e-6
+    assert fit.G_NK is not None and np.abs(fit.G_NK.numpy() - best[1]).max() < 1e-6
+
+
+@pytest.mark.parametrize("init", ["random", "svd", "kmeans"])
+def test_inits_are_positive_and_seeded(problem, init):
+    A, _ = problem
+    G_KN = init_codes(A[:, :500].contiguous(), 8, init, seed=1)
+    assert G_KN.shape == (8, 500) and bool((G_KN > 0).all())
+    assert torch.equal(G_KN, init_codes(A[:, :500].contiguous(), 8, init, seed=1))
+    if init == "kmeans":  # one-hot (+1e-6): exactly one cluster per token
+        assert ((G_KN == 1.0).sum(dim=0) == 1).all()
+
+
+# ---- the Dictionary -------------------------------------------------------------------------
+def snmf_cfg(**kw) -> SAEConfig:
+    return SAEConfig(**{"method": "snmf", "d_sae": 8, "snmf_sparsity": 0.1, **kw})
+
+
+def test_encode_is_nnls_optimal(problem, fitted):
+    A, _ = problem
+    sae = snmf_from_fit(snmf_cfg(), fitted.F_DK)
+    x_BD = A.T[:256]
+    z_BS = sae.encode(x_BD)
+    assert bool((z_BS >= 0).all()) and bool((z_BS == 0).any())  # projection gives exact zeros
+    # KKT of min ½‖x − z W‖², z ≥ 0: gradient ≥ 0 where z = 0 and = 0 where z > 0
+    grad_BS = (sae.decode(z_BS) - x_BD) @ sae.W_dec.T
+    scale = float(grad_BS.abs().max()) + float(x_BD.norm(dim=1).max())
+    assert float(grad_BS[z_BS > 0].abs().max()) < 1e-4 * scale
+    assert float(grad_BS[z_BS == 0].min()) > -1e-4 * scale
+    # W_dec rows are F's unit columns, so decode(encode(x)) is at most ‖x‖ away from x
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(8))
+    assert torch.allclose(sae.W_dec, (fitted.F_DK / fitted.F_DK.norm(dim=0)).T)
+
+
+def test_save_load_roundtrip(tmp_path, problem, fitted):
+    A, _ = problem
+    sae = snmf_from_fit(snmf_cfg(hook="blocks.1.mlp.hook_post", snmf_hierarchy=(3,)), fitted.F_DK)
+    sae.save(tmp_path / "snmf")
+    cfg_json = json.loads((tmp_path / "snmf" / "cfg.json").read_text())
+    assert cfg_json["architecture"] == "saekit-snmf"
+    assert cfg_json["metadata"]["hook_name"] == "blocks.1.mlp.hook_post"
+    loaded = load_dictionary(tmp_path / "snmf")
+    assert isinstance(loaded, SNMFDictionary) and loaded.cfg == sae.cfg
+    x_BD = A.T[:64]
+    assert torch.equal(loaded.encode(x_BD), sae.encode(x_BD))
+    for (W_a, G_a), (W_b, G_b) in zip(loaded.levels(), sae.levels(), strict=True):
+        assert torch.equal(W_a, W_b) and torch.equal(G_a, G_b)
+
+
+def test_hierarchy_recovers_two_levels():
+    """3 parents of 4 neurons, 3 children each: child = its parent + 2 neurons of its own."""
+    gen = torch.Generator().manual_seed(0)
+    d, n = 64, 2000
+    perm = torch.randperm(d, generator=gen)
+    parents_DP, children_DC = torch.zeros(d, 3), torch.zeros(d, 9)
+    for p in range(3):
+        parents_DP[perm[4 * p : 4 * p + 4], p] = 1 + torch.rand(4, generator=gen)
+        for c in range(3 * p, 3 * p + 3):
+            children_DC[:, c] = parents_DP[:, p]
+            children_DC[perm[12 + 2 * c : 14 + 2 * c], c] = 1 + torch.rand(2, generator=gen)
+    G_NC = torch.rand(n, 9, generator=gen) * (torch.rand(n, 9, generator=gen) < 0.2)
+    A_DN = children_DC @ G_NC.T + 0.02 * torch.randn(d, n, generator=gen)
+    s = 6 / 64  # ⌈s · 64⌉ = 6 neurons: a child's support; a parent has 4 (+ 2 spare)
+    level1 = fit_snmf(A_DN, 9, sparsity=s, max_iter=1500, patience=200)
+    assert mmcs(children_DC.T, level1.F_DK.T) >= 0.9  # 0.975
+    ((W2_RD, G2_CR),) = fit_hierarchy(level1.F_DK.T, (3,), s)
+    assert mmcs(parents_DP.T, W2_RD) >= 0.9  # 0.95
+    assert bool((G2_CR >= 0).all())
+    # every learned child's heaviest level-2 weight is on the parent it was built from
+    child_of_C = (torch.nn.functional.normalize(level1.F_DK.T, dim=1) @ children_DC).argmax(1)
+    parent_of_R = (W2_RD @ parents_DP).argmax(dim=1)
+    assert parent_of_R[G2_CR.argmax(dim=1)].tolist() == (child_of_C // 3).tolist()
+
+
+def test_level_codes_and_fold_are_consistent(problem, fitted):
+    A, _ = problem
+    sae = snmf_from_fit(snmf_cfg(snmf_hierarchy=(3, 2)), fitted.F_DK)
+    z_BS = sae.encode(A.T[:32])
+    (_, G2), (_, G3) = sae.levels()
+    assert torch.allclose(sae.level_codes(z_BS, 3), z_BS @ G2 @ G3)
+    before = sae.W_dec.clone()
+    sae.fold_normalization(4.0)  # scale-free: atoms unchanged, codes scale with the input
+    assert torch.equal(sae.W_dec, before) and sae.folded_norm_factor == 4.0
+    assert torch.allclose(sae.encode(4 * A.T[:32]), 4 * z_BS, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_settings_and_gradient_training_are_refused():
+    with pytest.raises(SaekitError, match="snmf_sparsity"):
+        build_dictionary(snmf_cfg(snmf_sparsity=0.0), 16)
+    with pytest.raises(SaekitError, match="snmf_hierarchy"):
+        build_dictionary(snmf_cfg(snmf_hierarchy=(0,)), 16)
+    with pytest.raises(SaekitError, match="NaN"):
+        fit_snmf(torch.full((4, 5), math.nan), 2)
+    with pytest.raises(SaekitError, match="closed form"):
+        build_dictionary(snmf_cfg(), 16).training_forward(torch.zeros(2, 16), None)  # type: ignore[arg-type]

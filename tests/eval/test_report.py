@@ -1,0 +1,156 @@
+"""`evaluate_run`: report.json and PNGs for a run directory (tiny model, no real model loads),
+and end to end for an SAE trained by the real sae-lens on the offline SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from saekit.activations.stream import StreamConfig
+from saekit.config import save_yaml
+from saekit.data.text import DataConfig
+from saekit.dictionaries import SAEConfig
+from saekit.errors import SaekitError
+from saekit.eval.report import evaluate_run, summary_table
+from saekit.models.hooks import HookedModel
+from saekit.recipe import Recipe
+
+HOOK = "blocks.0.hook_resid_post"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path: str | Path) -> bool:
+    data = Path(path).read_bytes()
+    return data[:8] == PNG_MAGIC and len(data) > 2_000
+
+
+def make_run(root: Path, corpus: Path, pm_identity) -> dict[str, str]:
+    """recipe.yaml, two saved dictionaries and a 3-line history.jsonl; returns name → hook."""
+    recipe = Recipe(
+        data=DataConfig(source=str(corpus), context_size=16, eval_fraction=0.4),
+        stream=StreamConfig(hooks=(HOOK,)),
+        saes=(SAEConfig(method="topk", d_sae=32, k=4, hook=HOOK), SAEConfig(method="relu")),
+    )
+    root.mkdir()
+    save_yaml(recipe, root / "recipe.yaml")
+    names = {"00-topk-blocks.0.hook_resid_post": HOOK, "01-relu-identity": ""}
+    pm_identity("topk", k=4).save(root / "saes" / "00-topk-blocks.0.hook_resid_post")
+    pm_identity("relu", hook="").save(root / "saes" / "01-relu-identity")  # hook from recipe
+    lines = []
+    for step in (10, 20, 30):
+        row: dict[str, float] = {"step": step, "tokens_per_s": 1e4}
+        for i, name in enumerate(names):
+            row |= {f"{name}/loss/total": 1 / step + i, f"{name}/fvu": 3 / step,
+                    f"{name}/l0": 4.0 + i, f"{name}/dead_fraction": 0.1 / step}  # fmt: skip
+        lines.append(json.dumps(row))
+    lines.append('{"step": 40, "00-topk-blocks.0.hook_re')  # a live run's half-written line
+    (root / "history.jsonl").write_text("\n".join(lines))
+    return names
+
+
+def test_run_dir_writes_report_and_plots(
+    tmp_path, saekit_home, corpus_jsonl, tokenizer, eval_tl, pm_identity
+):
+    run = tmp_path / "run"
+    names = make_run(run, corpus_jsonl, pm_identity)
+    model = HookedModel(eval_tl, tokenizer)  # char tokenizer: 32 ids within the model's 64
+    report = evaluate_run(run, n_windows=6, model=model)
+    assert json.loads((run / "report.json").read_text()) == report
+    assert not list(run.glob("*.partial"))
+    assert set(report["saes"]) == set(names)
+    assert report["eval_windows"] == 6
+    for name, metrics in report["saes"].items():
+        assert metrics["hook"] == HOOK  # the relu dictionary's hook came from recipe.stream
+        assert math.isfinite(metrics["fvu"]) and math.isfinite(metrics["ce_loss_score"])
+        assert metrics["plots"]["density"] == str(run / f"{name}-density.png")
+        assert is_png(metrics["plots"]["density"])
+    identity = report["saes"]["01-relu-identity"]
+    assert identity["fvu"] == pytest.approx(0.0, abs=1e-12)
+    assert identity["ce_loss_score"] == pytest.approx(1.0, abs=1e-5)
+    assert 0.0 < report["saes"]["00-topk-blocks.0.hook_resid_post"]["ce_loss_score"] < 1.0
+    assert report["plots"]["history"] == str(run / "training-curves.png")
+    assert is_png(run / "training-curves.png")
+    table = summary_table(report).splitlines()
+    assert len(table) == 3 and "ce_loss_score"[:12] in table[0]
+
+
+def test_out_dir_and_hook_override(tmp_path, saekit_home, corpus_jsonl, tokenizer, eval_tl,
+                                   pm_identity):  # fmt: skip
+    run = tmp_path / "run"
+    make_run(run, corpus_jsonl, pm_identity)
+    (run / "history.jsonl").unlink()  # no curves without history
+    out = tmp_path / "elsewhere"
+    report = evaluate_run(run, hook="blocks.1.hook_resid_pre", n_windows=3,
+                          model=HookedModel(eval_tl, tokenizer), out_dir=out)  # fmt: skip
+    assert (out / "report.json").is_file() and not (run / "report.json").exists()
+    assert "plots" not in report and not (out / "training-curves.png").exists()
+    assert {m["hook"] for m in report["saes"].values()} == {"blocks.1.hook_resid_pre"}
+
+
+def test_bad_paths_are_clear_errors(tmp_path, eval_tl, pm_identity):
+    model = HookedModel(eval_tl, None)
+    with pytest.raises(SaekitError, match="neither a run directory"):
+        evaluate_run(tmp_path, model=model)
+    save_yaml(Recipe(), tmp_path / "recipe.yaml")
+    with pytest.raises(SaekitError, match="no trained dictionaries"):
+        evaluate_run(tmp_path, model=model)
+    pm_identity("relu", hook="").save(tmp_path / "sae")
+    with pytest.raises(SaekitError, match="names no hook"):
+        evaluate_run(tmp_path / "sae", model=model)
+
+
+# ---- end to end: the real sae-lens trains on the offline SmolLM2, saekit evaluates --------------
+def write_training_text(path: Path, n_chars: int) -> None:
+    """The first ~n_chars of the offline corpus as {"text"} jsonl (~4 characters per token)."""
+    from saekit.assets import offline_corpus
+
+    path.parent.mkdir(parents=True)
+    with offline_corpus().open() as src, path.open("w") as out:
+        written = 0
+        for line in src:
+            text = json.loads(line)["text"]
+            out.write(json.dumps({"text": text}) + "\n")
+            written += len(text)
+            if written >= n_chars:
+                break
+
+
+@pytest.mark.e2e
+def test_saelens_trained_sae_evaluates_end_to_end(tmp_path, smollm2_tl, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from sae_lens import (
+        LanguageModelSAERunnerConfig,
+        LanguageModelSAETrainingRunner,
+        LoggingConfig,
+        TopKTrainingSAEConfig,
+    )
+
+    hook = "blocks.6.hook_resid_post"
+    write_training_text(tmp_path / "data" / "train.jsonl", n_chars=120_000)
+    # ~20k LM tokens at ~2.6k tokens/s to layer 6 on 2 cores; served in order (no mixing
+    # buffer), so SAELens reads exactly training_tokens. d_sae 512, k 32 reach FVU ~0.6.
+    cfg = LanguageModelSAERunnerConfig(
+        sae=TopKTrainingSAEConfig(d_in=576, d_sae=512, k=32, dtype="float32", device="cpu"),
+        model_name="smollm2-135m", hook_name=hook,
+        dataset_path=str(tmp_path / "data"), dataset_trust_remote_code=False,
+        is_dataset_tokenized=False, streaming=True, context_size=128,
+        store_batch_size_prompts=8, activations_mixing_fraction=0.0,
+        n_batches_in_buffer=8,  # 8 · 128 tokens ≥ train_batch_size_tokens, as SAELens needs
+        train_batch_size_tokens=1024, training_tokens=20_480, lr=4e-3,
+        logger=LoggingConfig(log_to_wandb=False), output_path=str(tmp_path / "sae"),
+        checkpoint_path=None, device="cpu", verbose=False, seed=0,
+    )  # fmt: skip
+    LanguageModelSAETrainingRunner(cfg, override_model=smollm2_tl.model).run()
+    sae_dir = tmp_path / "sae"
+    report = evaluate_run(sae_dir, hook=hook, n_windows=4, model=smollm2_tl)
+    assert (sae_dir / "report.json").is_file()
+    (metrics,) = report["saes"].values()
+    assert metrics["method"] == "topk" and metrics["d_in"] == 576
+    assert math.isfinite(metrics["fvu"]) and 0.0 < metrics["fvu"] < 1.0
+    assert math.isfinite(metrics["ce_loss_score"]) and metrics["ce_sae"] > metrics["ce_clean"]
+    assert metrics["l0_max"] <= 32
+    assert is_png(metrics["plots"]["density"])

@@ -1,0 +1,93 @@
+"""Fixtures for tests/train: small trainers on the in-memory synthetic stream (CPU, seconds).
+
+`synthetic_stream.py` holds the stream class (imported by name: unique across tests/).
+`synthetic_run` replaces the model and the live stream inside `train_recipe` so recipes and the
+CLI run end to end on synthetic activations without loading a language model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synthetic_stream import SyntheticStream
+
+from saekit.activations.stream import StreamConfig
+from saekit.dictionaries import SAEConfig
+from saekit.recipe import Recipe
+from saekit.train.trainer import TrainConfig, Trainer
+
+D_IN = 16
+"""Width of every synthetic hook unless a test says otherwise."""
+
+
+@pytest.fixture
+def train_cfg(tmp_path: Path) -> Callable[..., TrainConfig]:
+    """TrainConfig for a short synthetic run in tmp_path/run (wandb off: not the point here)."""
+
+    def make(**kw: Any) -> TrainConfig:
+        base: dict[str, Any] = {
+            "total_tokens": 256 * 40,
+            "lr_warmup_steps": 5,
+            "sparsity_warmup_steps": 10,
+            "log_every": 10,
+            "output_dir": str(tmp_path / "run"),
+            "wandb_mode": "disabled",
+        }
+        return TrainConfig(**{**base, **kw})
+
+    return make
+
+
+@pytest.fixture
+def make_trainer() -> Callable[..., Trainer]:
+    """Trainer(saes, cfg, stream or a fresh one-hook SyntheticStream of width D_IN)."""
+
+    def make(
+        saes: tuple[SAEConfig, ...], cfg: TrainConfig, stream: SyntheticStream | None = None
+    ) -> Trainer:
+        return Trainer(saes, cfg, stream or SyntheticStream({"h0": D_IN}), run_config={})
+
+    return make
+
+
+@pytest.fixture
+def synthetic_run(monkeypatch: pytest.MonkeyPatch) -> list[SyntheticStream]:
+    """Make `train_recipe` serve SyntheticStreams (width D_IN per hook); returns those opened."""
+    import saekit.train.run as run
+
+    opened: list[SyntheticStream] = []
+
+    def open_stream(model: Any, data: Any, cfg: StreamConfig, split: str) -> SyntheticStream:
+        stream = SyntheticStream(
+            dict.fromkeys(cfg.hooks, D_IN), batch_size=cfg.batch_size, normalize=cfg.normalize
+        )
+        opened.append(stream)
+        return stream
+
+    def no_model(cfg: Any) -> str:
+        return "no model: the stream is synthetic"
+
+    monkeypatch.setattr(run, "open_stream", open_stream)
+    monkeypatch.setattr(run, "build_hooked_model", no_model)
+    return opened
+
+
+@pytest.fixture
+def synthetic_recipe(tmp_path: Path) -> Callable[..., Recipe]:
+    """A recipe for `synthetic_run`: hook h0, TopK d_sae 64, 20 steps of 256 tokens."""
+
+    def make(**train: Any) -> Recipe:
+        stream = StreamConfig(hooks=("h0",), batch_size=256)
+        cfg = TrainConfig(
+            total_tokens=256 * 20,
+            log_every=5,
+            output_dir=str(tmp_path / "run"),
+            wandb_mode="disabled",
+        )
+        return Recipe(stream=stream, saes=(SAEConfig(d_sae=64, k=4),), train=replace(cfg, **train))
+
+    return make
