@@ -34,8 +34,11 @@ class SyntheticStream(BaseStream):
         return {h: x_BD for h in self.cfg.hooks}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batch_index": self._batch_index, "n_tokens_served": self.n_tokens_served,
-                "norm_factors": {}}
+        return {
+            "batch_index": self._batch_index,
+            "n_tokens_served": self.n_tokens_served,
+            "norm_factors": {},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._batch_index = int(state["batch_index"])

@@ -59,9 +59,16 @@ def _empirical_l0(data: SyntheticData) -> float:
 def train_on(data: SyntheticData, cfg: SAEConfig, steps: int, batch_size: int) -> Dictionary:
     stream = SyntheticStream(data, StreamConfig(hooks=("synthetic",), batch_size=batch_size))
     with tempfile.TemporaryDirectory() as tmp:
-        train = TrainConfig(total_tokens=steps * batch_size, lr=3e-3, lr_warmup_steps=20,
-                            sparsity_warmup_steps=50, dead_window_tokens=50 * batch_size,
-                            log_every=steps, output_dir=tmp, wandb_mode="disabled")
+        train = TrainConfig(
+            total_tokens=steps * batch_size,
+            lr=3e-3,
+            lr_warmup_steps=20,
+            sparsity_warmup_steps=50,
+            dead_window_tokens=50 * batch_size,
+            log_every=steps,
+            output_dir=tmp,
+            wandb_mode="disabled",
+        )
         trainer = Trainer((cfg,), train, stream, run_config={})
         trainer.train()
         return trainer.slots[0].sae
@@ -86,8 +93,9 @@ def score(data: SyntheticData, sae: Dictionary, n_tokens: int = 16384) -> dict[s
     }
     if isinstance(data, AbsorptionToy):
         atom = int(match.atom_F[data.parent])
-        out["absorption_rate"] = absorption(z_BS, sample.codes_BF, data.parent, [data.child],
-                                            atom).rate
+        out["absorption_rate"] = absorption(
+            z_BS, sample.codes_BF, data.parent, [data.child], atom
+        ).rate
     if isinstance(data, HierarchicalTree):
         h = hierarchy_consistency(z_BS, data.parent_F, match)
         out["sibling_violation"] = h.sibling_violation
@@ -107,18 +115,45 @@ def run(steps: int = 1500, batch_size: int = 1024, seed: int = 0) -> dict[str, A
             sae = train_on(data, sae_config(method, data, seed + 1), steps, batch_size)
             results[gen_name][method] = score(data, sae)
     flat_topk = results["flat"]["topk"]["mmcs"]
-    return {"bench": "synthetic", "steps": steps, "batch_size": batch_size,
-            "results": results, "ratio_vs_anchor": flat_topk,
-            "anchor": "ground truth (ratio_vs_anchor = TopK MMCS on flat superposition)"}
+    return {
+        "bench": "synthetic",
+        "steps": steps,
+        "batch_size": batch_size,
+        "results": results,
+        "ratio_vs_anchor": flat_topk,
+        "anchor": "ground truth (ratio_vs_anchor = TopK MMCS on flat superposition)",
+    }
 
 
 def table(result: dict[str, Any]) -> str:
-    cols = ["mmcs", "matched_cosine", "recovered_at_0.9", "gram_distortion", "fvu", "l0",
-            "dead_fraction", "absorption_rate", "sibling_violation", "implication_violation"]
-    short = ["MMCS", "match cos", "rec@0.9", "gram dist", "FVU", "L0", "dead", "absorb",
-             "sib viol", "impl viol"]
-    lines = [f"bench synthetic — {result['steps']} steps × {result['batch_size']} tokens",
-             f"{'generator':11s} {'method':11s} " + " ".join(f"{c:>9s}" for c in short)]
+    cols = [
+        "mmcs",
+        "matched_cosine",
+        "recovered_at_0.9",
+        "gram_distortion",
+        "fvu",
+        "l0",
+        "dead_fraction",
+        "absorption_rate",
+        "sibling_violation",
+        "implication_violation",
+    ]
+    short = [
+        "MMCS",
+        "match cos",
+        "rec@0.9",
+        "gram dist",
+        "FVU",
+        "L0",
+        "dead",
+        "absorb",
+        "sib viol",
+        "impl viol",
+    ]
+    lines = [
+        f"bench synthetic — {result['steps']} steps × {result['batch_size']} tokens",
+        f"{'generator':11s} {'method':11s} " + " ".join(f"{c:>9s}" for c in short),
+    ]
     for gen_name, by_method in result["results"].items():
         for method, m in by_method.items():
             cells = [f"{m[c]:9.3f}" if c in m else f"{'-':>9s}" for c in cols]
