@@ -31,7 +31,7 @@ from saekit.dictionaries.snmf import snmf_from_fit
 from saekit.dictionaries.snmf_fit import SNMFFit, fit_snmf
 from saekit.dictionaries.snmf_stream import fit_snmf_stream
 from saekit.errors import SaekitError
-from saekit.train.trainer import TrainConfig, slot_name
+from saekit.train.trainer import TrainConfig, export_dictionary, slot_name
 
 
 class SNMFRun:
@@ -125,14 +125,8 @@ class SNMFRun:
         )
 
     def _export(self, name: str, c: SAEConfig, fit: SNMFFit) -> dict[str, Any]:
-        sae = snmf_from_fit(c, fit.F_DK)
-        factor = self.stream.norm_factors.get(c.hook)
-        if factor is not None:
-            sae.fold_normalization(factor)
-        sae.provenance = {
+        provenance = {
             **self.provenance,
-            "hook": c.hook,
-            "norm_factor": factor,
             "training_tokens": self.cfg.total_tokens,
             "run_dir": str(self.out),
             "snmf_loss": fit.loss,
@@ -141,15 +135,13 @@ class SNMFRun:
             "snmf_iterations": len(fit.losses),
             "snmf_solver": "stream" if c.snmf_stream_passes else "full",
         }
+        sae = snmf_from_fit(c, fit.F_DK)
         path = self.out / "saes" / name
-        sae.save(path)
+        exported = export_dictionary(
+            sae, path, c.hook, self.stream.norm_factors.get(c.hook), provenance
+        )
         keys = ("snmf_fvu", "snmf_best_iter", "snmf_iterations", "snmf_solver")
-        return {
-            "hook": c.hook,
-            "method": sae.method,
-            "path": str(path),
-            **{k: sae.provenance[k] for k in keys},
-        }
+        return {**exported, **{k: provenance[k] for k in keys}}
 
 
 def _log(history: Path, name: str, fit: SNMFFit) -> None:

@@ -274,22 +274,29 @@ class Trainer:
         }
         n_tokens = max(1, self.step * self.stream.cfg.batch_size)
         for slot in self.slots:
-            sae = copy.deepcopy(slot.sae).cpu()
-            factor = self.stream.norm_factors.get(slot.hook)
-            if factor is not None:
-                sae.fold_normalization(factor)
-            sae.provenance = {
-                **self.provenance,
-                "hook": slot.hook,
-                "norm_factor": factor,
-                "training_tokens": n_tokens,
-                "run_dir": str(self.out),
-            }
             density_S = log10_density(slot.fire_count_S, n_tokens)
-            sae.save(self.out / "saes" / slot.name, density_S)
-            summary["saes"][slot.name] = {
-                "hook": slot.hook,
-                "method": sae.method,
-                "path": str(self.out / "saes" / slot.name),
-            }
+            summary["saes"][slot.name] = export_dictionary(
+                copy.deepcopy(slot.sae).cpu(),
+                self.out / "saes" / slot.name,
+                slot.hook,
+                self.stream.norm_factors.get(slot.hook),
+                {**self.provenance, "training_tokens": n_tokens, "run_dir": str(self.out)},
+                density_S,
+            )
         return summary
+
+
+def export_dictionary(
+    sae: Dictionary,
+    path: Path,
+    hook: str,
+    norm_factor: float | None,
+    provenance: dict[str, Any],
+    log10_density_S: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Fold the stream's normalization into `sae`, record provenance, save it under `path`."""
+    if norm_factor is not None:
+        sae.fold_normalization(norm_factor)
+    sae.provenance = {**provenance, "hook": hook, "norm_factor": norm_factor}
+    sae.save(path, log10_density_S)
+    return {"hook": hook, "method": sae.method, "path": str(path)}
