@@ -31,7 +31,7 @@ from saekit.dictionaries.snmf import snmf_from_fit
 from saekit.dictionaries.snmf_fit import SNMFFit, fit_snmf
 from saekit.dictionaries.snmf_stream import fit_snmf_stream
 from saekit.errors import SaekitError
-from saekit.train.trainer import TrainConfig, export_dictionary, slot_name
+from saekit.train.trainer import TrainConfig, export_dictionary, resolve_hook, slot_name
 
 
 class SNMFRun:
@@ -48,12 +48,7 @@ class SNMFRun:
         self.out = Path(cfg.output_dir)
         self.slots: list[tuple[str, SAEConfig]] = []
         for i, sae_cfg in enumerate(sae_cfgs):
-            hook = sae_cfg.hook or stream.cfg.hooks[0]
-            if hook not in stream.d_in:
-                raise SaekitError(
-                    f"saes[{i}].hook {hook!r} is not streamed; add it to "
-                    f"stream.hooks (now {list(stream.cfg.hooks)})."
-                )
+            hook = resolve_hook(i, sae_cfg, stream)
             if sae_cfg.d_sae > cfg.total_tokens:
                 raise SaekitError(
                     f"saes[{i}]: d_sae={sae_cfg.d_sae} features need more than "

@@ -77,6 +77,17 @@ class _Slot:
             self.sae.sparsity_coefficient = state["sparsity_coefficient"]  # type: ignore[assignment]
 
 
+def resolve_hook(i: int, sae_cfg: SAEConfig, stream: BaseStream) -> str:
+    """The hook saes[i] reads (default: the stream's first); it must be streamed."""
+    hook = sae_cfg.hook or stream.cfg.hooks[0]
+    if hook not in stream.d_in:
+        raise SaekitError(
+            f"saes[{i}].hook {hook!r} is not streamed; add it to "
+            f"stream.hooks (now {list(stream.cfg.hooks)})."
+        )
+    return hook
+
+
 def slot_name(i: int, cfg: SAEConfig, hook: str) -> str:
     return f"{i:02d}-{cfg.method}-{hook.replace('/', '_').replace(':', '_')}"
 
@@ -105,12 +116,7 @@ class Trainer:
         random.seed(cfg.seed)
         self.slots = []
         for i, sae_cfg in enumerate(sae_cfgs):
-            hook = sae_cfg.hook or stream.cfg.hooks[0]
-            if hook not in stream.d_in:
-                raise SaekitError(
-                    f"saes[{i}].hook {hook!r} is not streamed; add it to "
-                    f"stream.hooks (now {list(stream.cfg.hooks)})."
-                )
+            hook = resolve_hook(i, sae_cfg, stream)
             sae_cfg = replace(sae_cfg, hook=hook)
             sae = build_dictionary(sae_cfg, stream.d_in[hook]).to(cfg.device)
             self.slots.append(_Slot(slot_name(i, sae_cfg, hook), hook, sae, cfg, self.n_steps))
