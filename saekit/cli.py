@@ -25,6 +25,9 @@ BENCHES = {
 }
 """`saekit bench NAME` → module with run(**kwargs) -> dict and table(dict) -> str."""
 
+COMMANDS: tuple[str, ...] = ()
+"""Modules that add their own subcommand: each has register(subparsers) -> None."""
+
 
 def _recipe(args: argparse.Namespace) -> Any:
     from saekit.recipe import Recipe
@@ -168,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=sorted(BENCHES))
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+    for module_name in COMMANDS:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
