@@ -14,6 +14,12 @@ warm-up step each, on the same activations (`saekit.bench.train.activations`).
 ratio_vs_anchor = saekit MP tokens/s ÷ SAELens tokens/s (target ≥ 10); mp_vs_topk = saekit MP
 step ÷ saekit TopK step (target ≤ 3). `breakdown` times the parts of saekit's MP step once
 (encoder GEMM c_0, Gram GEMM G = W Wᵀ, the k-step loop, backward) to show what dominates.
+
+`exact_mp_ceiling` = SAELens step ÷ (c_0 GEMM + Gram GEMM): the ratio no exact k-step MP could
+beat here. Every exact pursuit needs c_0 = (x − b)Wᵀ (B·S·D) and, for steps 2..k, either one
+such GEMM per step or the S·S·D Gram matrix of the current weights (which change every step);
+at B 4096, S 9216 the Gram is S/B = 2.25 encoder GEMMs, so the floor is 3.25 of them even with
+a free loop, backward and optimizer.
 """
 
 from __future__ import annotations
@@ -135,6 +141,10 @@ def run(
             steps[side]()
             times[side].append(_ms(t0))
     ms = {side: statistics.median(t) for side, t in times.items()}
+    parts = breakdown(x_BD, d_sae, k)
+    # Steps 2..k cost at least min(Gram GEMM, k − 1 encoder GEMMs); gram_gemm is 0 when unused.
+    c0 = parts["encoder_gemm_c0"]
+    floor_ms = c0 + (parts["gram_gemm"] if parts["path"] == "gram" else (k - 1) * c0)
     tps = {side: batch / (ms[side] / 1e3) for side in SIDES}
     return {
         "bench": "mp",
@@ -147,7 +157,8 @@ def run(
         "tokens_per_s": tps,
         "ratio_vs_anchor": tps["saekit_mp"] / tps["saelens_mp"],
         "mp_vs_topk": ms["saekit_mp"] / ms["saekit_topk"],
-        "breakdown_ms": breakdown(x_BD, d_sae, k),
+        "breakdown_ms": parts,
+        "exact_mp_ceiling": ms["saelens_mp"] / floor_ms,
         "targets": {"ratio_vs_anchor": ">= 10", "mp_vs_topk": "<= 3"},
     }
 
@@ -174,5 +185,7 @@ def table(result: dict[str, Any]) -> str:
         f"saekit MP step parts ({b['path']} path): c0 GEMM {b['encoder_gemm_c0']:.0f} ms, "
         f"Gram GEMM {b['gram_gemm']:.0f} ms, {shape['k']}-step loop {b['pursuit_loop']:.0f} ms, "
         f"backward {b['backward']:.0f} ms",
+        f"exact_mp_ceiling = SAELens step / (c0 + Gram GEMMs) = {result['exact_mp_ceiling']:.2f}: "
+        "the most any exact k-step MP could gain here",
     ]
     return "\n".join(lines)

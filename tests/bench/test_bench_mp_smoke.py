@@ -19,4 +19,6 @@ def test_bench_mp_runs_at_toy_size():
     assert set(result["step_ms"]) == set(bench_mp.SIDES)
     assert result["ratio_vs_anchor"] > 0 and result["mp_vs_topk"] > 0
     assert result["breakdown_ms"]["path"] in ("gram", "recompute")
+    assert result["exact_mp_ceiling"] > 0
     assert "ratio_vs_anchor" in bench_mp.table(result)
+    assert "exact_mp_ceiling" in bench_mp.table(result)
