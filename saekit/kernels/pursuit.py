@@ -24,6 +24,7 @@ so the saved state is r_k, a and j: O(B·(D + k)), never a B×S tensor, and the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
@@ -193,7 +194,11 @@ def _pursue_rows(
     E_SD, D_SD, E_PD, bias_P, G_SP, open_S = atoms
     tied = E_SD is D_SD
     c_RP = torch.addmm(bias_P, r_RD, E_PD.T)
-    buf_RP = torch.empty_like(c_RP) if G_SP is not None else None
+    buf_RP = None
+    one_hot = G_SP is not None and _csr_update_ok(c_RP)
+    if G_SP is not None and not one_hot:
+        buf_RP = torch.empty_like(c_RP)
+    crow_R1 = torch.arange(R + 1, device=r_RD.device)
     if stop is not None:
         rows_R = torch.arange(R, device=r_RD.device)
         active_R = torch.ones(R, dtype=torch.bool, device=r_RD.device)
@@ -220,11 +225,31 @@ def _pursue_rows(
             active_R &= r_RD.pow(2).sum(dim=1) > floor_R
         if t + 1 == T:
             break
-        if buf_RP is not None and G_SP is not None:
+        if one_hot and G_SP is not None:
+            # c −= A G with A the one-hot-per-row R×S matrix of a_t at j_t: a CSR product reads
+            # each G row once and writes c once; gather + addcmul makes an R×P copy first
+            # (2.1 vs 3.3-10.8 ms per 455-row chunk at S 9216, one thread).
+            A_RS = _csr(crow_R1, j_R, a_R, (R, G_SP.shape[0]))
+            torch.addmm(c_RP, A_RS, G_SP, alpha=-1, out=c_RP)
+        elif buf_RP is not None and G_SP is not None:
             torch.index_select(G_SP, 0, j_R, out=buf_RP)
             c_RP.addcmul_(a_R[:, None], buf_RP, value=-1)
         else:
             torch.addmm(bias_P, r_RD, E_PD.T, out=c_RP)
+
+
+def _csr_update_ok(c_RP: Tensor) -> bool:
+    """The CSR Gram update runs on CPU in fp32/fp64 (torch has no bf16/fp16 CSR addmm there)."""
+    return c_RP.device.type == "cpu" and c_RP.dtype in (torch.float32, torch.float64)
+
+
+# torch warns once that CSR support is "in beta"; the one product used here is tested equal to
+# the gather path. (A filter, not catch_warnings: that is not thread-safe and the loop is.)
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+def _csr(crow_R1: Tensor, col_R: Tensor, val_R: Tensor, size: tuple[int, int]) -> Tensor:
+    return torch.sparse_csr_tensor(crow_R1, col_R, val_R, size=size, check_invariants=False)
 
 
 class MatchingPursuit(torch.autograd.Function):

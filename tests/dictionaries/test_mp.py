@@ -106,6 +106,22 @@ def test_paths_agree_with_chunks_padding_and_dropout(monkeypatch):
     torch.testing.assert_close(out["gram"][0], a_ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_csr_gram_update_equals_gather_update(dtype, monkeypatch):
+    assert pursuit._csr_update_ok(torch.zeros(1, dtype=dtype))
+    assert not pursuit._csr_update_ok(torch.zeros(1, dtype=torch.bfloat16))
+    W, x = unit_rows(D_SAE, D_IN, dtype=dtype), rows(300, dtype=dtype)
+    out = []
+    for csr in (True, False):
+        monkeypatch.setattr(pursuit, "_csr_update_ok", lambda c, csr=csr: csr)
+        r = x.clone()
+        a, j, _ = pursue(r, W, W, 2 * K, "gram")
+        out.append((a, j, r))
+    assert torch.equal(out[0][1], out[1][1])
+    torch.testing.assert_close(out[0][0], out[1][0])
+    torch.testing.assert_close(out[0][2], out[1][2])
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_worker_threads_equal_one_thread(tied, monkeypatch):
     monkeypatch.setattr(pursuit, "CHUNK_BYTES", 64 * 384 * 4)  # 64-row chunks
