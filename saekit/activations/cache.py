@@ -11,6 +11,7 @@ bf16 rows are stored as their uint16 bit patterns (numpy has no bfloat16).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -71,13 +72,32 @@ def _to_numpy(x: Tensor, dtype: str) -> np.ndarray:
 
 
 def _write_shard(path: Path, rows: np.ndarray) -> str:
+    """Write under a temp name, fsync, rename: a failed write never leaves `path` behind."""
     partial = path.with_suffix(".partial")
-    with partial.open("wb") as fh:
-        fh.write(rows.tobytes())
-        fh.flush()
-        os.fsync(fh.fileno())
-    partial.replace(path)
+    try:
+        with partial.open("wb") as fh:
+            fh.write(rows.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise _write_error(path, rows.nbytes, exc) from None
     return _sha256(path)
+
+
+def _write_error(path: Path, n_bytes: int, exc: OSError) -> SaekitError:
+    """One clear message for a failed cache write (ENOSPC above all)."""
+    if exc.errno == errno.ENOSPC:
+        return SaekitError(
+            f"The disk is full: writing {path.name} ({n_bytes / 1e6:.3g} MB) into {path.parent} "
+            "failed and was removed; the cache is unfinished (no manifest). Free space or set "
+            "cache.output_dir elsewhere, then rerun `saekit cache`."
+        )
+    return SaekitError(
+        f"Writing {path} failed ({exc.strerror or exc}); it was removed and the cache is "
+        "unfinished (no manifest). Fix the directory, then rerun `saekit cache`."
+    )
 
 
 def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]) -> Path:
@@ -131,9 +151,14 @@ def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]
                     n_pending = 0
                     break
     manifest["norm_factors"] = stream.norm_factors
+    text = json.dumps(manifest, indent=1)
     partial = out / (MANIFEST + ".partial")
-    partial.write_text(json.dumps(manifest, indent=1))
-    partial.replace(out / MANIFEST)
+    try:
+        partial.write_text(text)
+        partial.replace(out / MANIFEST)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise _write_error(out / MANIFEST, len(text), exc) from None
     return out
 
 
@@ -210,6 +235,12 @@ class CachedActivationStream(BaseStream):
         self._position = 0
         self._chunk_id: int | None = None
         self._rows: dict[str, Tensor] = {}
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> None:
+        """Serve data-parallel rank `rank` of `world`: its batch_size rows of each global batch
+        of world·batch_size rows, so the ranks' batches concatenate to a 1-process batch."""
+        self.rank, self.world = rank, world
 
     def _chunk(self, c: int) -> dict[str, Tensor]:
         start = c * self.chunk_rows
@@ -224,8 +255,11 @@ class CachedActivationStream(BaseStream):
     def next_batch(self) -> dict[str, Tensor]:
         pieces: dict[str, list[Tensor]] = {h: [] for h in self.cfg.hooks}
         need = self.cfg.batch_size
+        # Every rank reads the same chunks (shared through the page cache) and keeps its slice.
+        position = self._position + self.rank * need
+        self._position += self.world * need
         while need > 0:
-            pos = self._position % self.cache.rows  # endless epochs over the cache
+            pos = position % self.cache.rows  # endless epochs over the cache
             c, off = divmod(pos, self.chunk_rows)
             if self._chunk_id != c:
                 self._rows, self._chunk_id = self._chunk(c), c
@@ -234,7 +268,7 @@ class CachedActivationStream(BaseStream):
             take = min(need, n_rows - off)
             for h in self.cfg.hooks:
                 pieces[h].append(rows[h][off : off + take])
-            self._position += take
+            position += take
             need -= take
         self.n_tokens_served += self.cfg.batch_size
         return self._scaled({h: torch.cat(p) for h, p in pieces.items()})

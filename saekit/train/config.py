@@ -41,9 +41,13 @@ class TrainConfig:
     wandb_project: str = "saekit"
     """wandb project name."""
     device: str = "cpu"
-    """Device of the dictionaries."""
+    """Device of the dictionaries (under torchrun, cuda means cuda:LOCAL_RANK)."""
     seed: int = 0
     """Seed of torch and Python RNGs during training."""
+    parallel: Literal["data", "hooks"] = "data"
+    """Under torchrun (WORLD_SIZE > 1): data = every process trains every dictionary on its
+    1/N of each global batch of stream.batch_size tokens, gradients all-reduced; hooks =
+    dictionary i trains on process i mod N, on all tokens. Ignored in a single process."""
 
     def __post_init__(self) -> None:
         if self.lr is not None and not self.lr > 0:

@@ -7,22 +7,28 @@ Run directory layout:
     checkpoints/     newest checkpoints (atomic)
     saes/NAME/       cfg.json + sae_weights.safetensors + sparsity.safetensors (SAELens format)
     wandb/           offline wandb run
+
+Under torchrun every rank calls `train_recipe`; rank 0 alone checks and locks the directory,
+writes recipe.yaml, run.json, history and checkpoints (see distributed.py for the split).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from saekit.activations import open_stream
+from saekit.activations import StreamConfig, open_stream
 from saekit.config import save_yaml, to_dict
+from saekit.dictionaries import SAEConfig
 from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import IDENTITY, Recipe
 from saekit.train.checkpoint import RunLock, describe_mismatch
+from saekit.train.distributed import Distributed, check_world, local_device, shard_stream
 from saekit.train.snmf_run import SNMFRun
 from saekit.train.trainer import Trainer
 
@@ -69,26 +75,70 @@ def provenance(recipe: Recipe) -> dict[str, Any]:
 def train_recipe(
     recipe: Recipe, resume: bool = False, model: HookedModel | None = None
 ) -> dict[str, Any]:
+    """Train a recipe in this process, or as one rank of a torchrun launch (see distributed.py)."""
+    dist = Distributed.from_env(recipe.train.parallel, recipe.train.device)
+    try:
+        return _train(recipe, resume, model, dist)
+    finally:
+        dist.close()
+
+
+def _train(
+    recipe: Recipe, resume: bool, model: HookedModel | None, dist: Distributed
+) -> dict[str, Any]:
     out = Path(recipe.train.output_dir)
-    check_output_dir(recipe, out, resume)  # before the slow part: the model load
-    if model is None and recipe.stream.cache_dir is None:
-        model = build_hooked_model(recipe.model)
-    stream = open_stream(model, recipe.data, recipe.stream, "train")
+    snmf = bool(recipe.saes) and all(s.method == "snmf" for s in recipe.saes)
+    if snmf and dist.active:
+        raise SaekitError("snmf fits run in one process; launch `saekit train` without torchrun.")
+    check_world(dist.mode, dist.world, recipe.stream.batch_size, len(recipe.saes))
+    dist.on_main(lambda: check_output_dir(recipe, out, resume))  # before the model load
+    saes, stream_cfg = rank_split(recipe, dist)
+    if model is None and stream_cfg.cache_dir is None:
+        device = local_device(recipe.model.device)
+        model = dist.everywhere(lambda: build_hooked_model(replace(recipe.model, device=device)))
+    stream = dist.everywhere(lambda: open_stream(model, recipe.data, stream_cfg, "train"))
+    shard_stream(stream, dist)
+    train_cfg = replace(recipe.train, device=local_device(recipe.train.device))
+
     # Built before the lock: bad settings (k ≥ d_sae, unstreamed hook) leave no trace.
-    trainer: Trainer | SNMFRun
-    if recipe.saes and all(s.method == "snmf" for s in recipe.saes):  # closed-form fits
-        trainer = SNMFRun(recipe.saes, recipe.train, stream, provenance(recipe))
-    else:
-        trainer = Trainer(recipe.saes, recipe.train, stream, recipe.identity(), provenance(recipe))
-    with RunLock(out):
-        check_output_dir(recipe, out, resume)  # again: another run may have started meanwhile
-        if not resume:
-            save_yaml(recipe, out / "recipe.yaml")
-        write_run_json(out, {"status": "training", "recipe": to_dict(recipe)})
+    def build() -> Trainer | SNMFRun:
+        if snmf:  # closed-form fits
+            return SNMFRun(recipe.saes, recipe.train, stream, provenance(recipe))
+        return Trainer(saes, train_cfg, stream, recipe.identity(), provenance(recipe), dist)
+
+    trainer = dist.everywhere(build)
+    lock = RunLock(out)
+    with dist.main_only(lock.__enter__, lambda: lock.__exit__(None, None, None)):
+        # Again: another run may have started meanwhile.
+        dist.on_main(lambda: check_output_dir(recipe, out, resume))
+        if dist.is_main:
+            if not resume:
+                save_yaml(recipe, out / "recipe.yaml")
+            write_run_json(out, {"status": "training", "recipe": to_dict(recipe)})
         summary = trainer.train(resume=resume)
         summary["run_dir"] = str(out)
-        write_run_json(out, {"status": "done", "recipe": to_dict(recipe), **summary})
+        if dist.is_main:
+            write_run_json(out, {"status": "done", "recipe": to_dict(recipe), **summary})
     return summary
+
+
+def rank_split(recipe: Recipe, dist: Distributed) -> tuple[tuple[SAEConfig, ...], StreamConfig]:
+    """This rank's dictionaries (hooks resolved) and stream: 1/N of the batch in data mode,
+    only the hooks of its own dictionaries in hooks mode."""
+    cfg = recipe.stream
+    saes = tuple(replace(s, hook=s.hook or cfg.hooks[0]) for s in recipe.saes)
+    for i, sae in enumerate(saes):
+        if sae.hook not in cfg.hooks:
+            raise SaekitError(
+                f"saes[{i}].hook {sae.hook!r} is not streamed; add it to "
+                f"stream.hooks (now {list(cfg.hooks)})."
+            )
+    if not dist.active:
+        return saes, cfg
+    if dist.mode == "data":
+        return saes, replace(cfg, batch_size=cfg.batch_size // dist.world)
+    mine = {s.hook for i, s in enumerate(saes) if dist.owns(i)}
+    return saes, replace(cfg, hooks=tuple(h for h in cfg.hooks if h in mine))
 
 
 def write_run_json(out: Path, data: dict[str, Any]) -> None:

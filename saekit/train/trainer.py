@@ -5,13 +5,13 @@ target L0) sparsity controller; all read their hook's rows from the same batch, 
 one layer (a sweep) or on N layers cost one model forward. Logging (tqdm, history.jsonl,
 wandb) and checkpoints happen every `log_every` / `checkpoint_every` steps; between them only
 the finite-loss check and the L0 controller (relu/jumprelu with target_l0) read a value on the
-host each step.
+host each step. Under torchrun the ranks split the batch or the dictionaries (`distributed.py`);
+rank 0 logs and writes checkpoints (`run_state.py`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from dataclasses import replace
@@ -25,71 +25,14 @@ from saekit.activations.stream import BaseStream
 from saekit.dictionaries import Dictionary, SAEConfig, TrainContext, build_dictionary
 from saekit.errors import SaekitError
 from saekit.eval.metrics import fvu, log10_density
-from saekit.train.checkpoint import (
-    describe_mismatch,
-    has_checkpoint,
-    load_checkpoint,
-    plain_state,
-    rng_tuples,
-    save_checkpoint,
-)
+from saekit.train.checkpoint import has_checkpoint
 from saekit.train.config import TrainConfig
+from saekit.train.distributed import Distributed
 from saekit.train.geometric_median import geometric_median
 from saekit.train.logging import RunLogger
-from saekit.train.schedule import default_lr, l0_controller, lr_multiplier, sparsity_scale
-
-
-class _Slot:
-    """One dictionary and everything that trains it."""
-
-    def __init__(self, name: str, hook: str, sae: Dictionary, cfg: TrainConfig, n_steps: int):
-        self.name, self.hook, self.sae = name, hook, sae
-        lr = cfg.lr if cfg.lr is not None else default_lr(sae.d_sae)
-        # fused: one pass over Adam's state instead of ~10 per tensor; 190 → 30 ms per step at
-        # d_sae 9216 × d_in 576 on 2 CPU cores (same update up to float rounding).
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_multiplier(s, n_steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction),
-        )
-        self.tokens_since_fired_S = torch.zeros(sae.d_sae, dtype=torch.long, device=cfg.device)
-        self.fire_count_S = torch.zeros(sae.d_sae, dtype=torch.float64, device=cfg.device)
-        self.controller = l0_controller(sae, name)
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "tokens_since_fired": self.tokens_since_fired_S,
-            "fire_count": self.fire_count_S,
-            "controller": self.controller.state_dict() if self.controller else None,
-            "sparsity_coefficient": getattr(self.sae, "sparsity_coefficient", None),
-        }
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.tokens_since_fired_S.copy_(state["tokens_since_fired"])
-        self.fire_count_S.copy_(state["fire_count"])
-        if self.controller and state["controller"]:
-            self.controller.load_state_dict(state["controller"])
-        if state["sparsity_coefficient"] is not None:
-            self.sae.sparsity_coefficient = state["sparsity_coefficient"]  # type: ignore[assignment]
-
-
-def resolve_hook(i: int, sae_cfg: SAEConfig, stream: BaseStream) -> str:
-    """The hook saes[i] reads (default: the stream's first); it must be streamed."""
-    hook = sae_cfg.hook or stream.cfg.hooks[0]
-    if hook not in stream.d_in:
-        raise SaekitError(
-            f"saes[{i}].hook {hook!r} is not streamed; add it to "
-            f"stream.hooks (now {list(stream.cfg.hooks)})."
-        )
-    return hook
-
-
-def slot_name(i: int, cfg: SAEConfig, hook: str) -> str:
-    return f"{i:02d}-{cfg.method}-{hook.replace('/', '_').replace(':', '_')}"
+from saekit.train.run_state import load_run_state, save_run_state
+from saekit.train.schedule import sparsity_scale
+from saekit.train.slot import Slot, resolve_hook, slot_name
 
 
 class Trainer:
@@ -102,13 +45,17 @@ class Trainer:
         stream: BaseStream,
         run_config: dict[str, Any],
         provenance: dict[str, Any] | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         if not sae_cfgs:
             raise SaekitError("The recipe trains no dictionary: add at least one entry to saes.")
         self.cfg, self.stream, self.run_config = cfg, stream, run_config
         self.provenance = provenance or {}
+        self.dist = dist or Distributed()
         self.out = Path(cfg.output_dir)
-        self.n_steps = max(1, cfg.total_tokens // stream.cfg.batch_size)
+        self.batch_tokens = stream.cfg.batch_size * self.dist.data_world
+        """Tokens per step over all ranks (= stream.batch_size of the recipe)."""
+        self.n_steps = max(1, cfg.total_tokens // self.batch_tokens)
         self.step = 0
         self.saved_step = -1
         """Step of the newest checkpoint written or loaded (the end skips rewriting it)."""
@@ -116,97 +63,73 @@ class Trainer:
         random.seed(cfg.seed)
         self.slots = []
         for i, sae_cfg in enumerate(sae_cfgs):
+            if not self.dist.owns(i):
+                continue
             hook = resolve_hook(i, sae_cfg, stream)
             sae_cfg = replace(sae_cfg, hook=hook)
             sae = build_dictionary(sae_cfg, stream.d_in[hook]).to(cfg.device)
-            self.slots.append(_Slot(slot_name(i, sae_cfg, hook), hook, sae, cfg, self.n_steps))
+            self.slots.append(Slot(slot_name(i, sae_cfg, hook), hook, sae, cfg, self.n_steps))
 
     # ---- init / checkpoints ------------------------------------------------------------------
     def init_b_dec(self, batch: dict[str, torch.Tensor]) -> None:
         """b_dec ← geometric median of the first rows (robust to attention-sink outliers)."""
-        if self.cfg.b_dec_init_samples <= 0:
+        n = self.cfg.b_dec_init_samples
+        if n <= 0:
             return
         for slot in self.slots:
-            sample = batch[slot.hook][: self.cfg.b_dec_init_samples].to(self.cfg.device).float()
+            sample = self.dist.head_rows(batch[slot.hook].to(self.cfg.device).float(), n)
             slot.sae.b_dec.data.copy_(geometric_median(sample).to(slot.sae.b_dec.dtype))
 
+    def agree_normalization(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Data-parallel ranks estimated the scale on their own first rows: use the mean."""
+        local = dict(self.stream.norm_factors)
+        agreed = self.dist.agree_norm_factors(local)
+        if agreed == local:
+            return batch
+        self.stream.norm_factors = agreed
+        return {h: x * (agreed[h] / local[h]) if h in local else x for h, x in batch.items()}
+
     def checkpoint(self) -> None:
-        weights = {s.name: dict(s.sae.state_dict()) for s in self.slots}
-        state = {
-            "step": self.step,
-            "slots": {s.name: s.state() for s in self.slots},
-            "stream": self.stream.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-        }
-        meta = {
-            "step": self.step,
-            "n_steps": self.n_steps,
-            "run_config": self.run_config,
-            "slots": {
-                s.name: {"method": s.sae.method, "d_in": s.sae.d_in, "d_sae": s.sae.d_sae}
-                for s in self.slots
-            },
-        }
-        save_checkpoint(self.out / "checkpoints", self.step, weights, plain_state(state), meta)
+        """Rank 0 writes one checkpoint, the same whatever the number of processes."""
+        save_run_state(self)
         self.saved_step = self.step
 
     def resume(self) -> None:
         """Load the newest checkpoint; refuse (naming the difference) one of another recipe."""
-        weights, state, meta = load_checkpoint(self.out / "checkpoints")
-        mine = {
-            s.name: {"method": s.sae.method, "d_in": s.sae.d_in, "d_sae": s.sae.d_sae}
-            for s in self.slots
-        }
-        # Through JSON, as the checkpoint stored it (tuples become lists).
-        now = json.loads(json.dumps({"run_config": self.run_config, "slots": mine}))
-        saved = {"run_config": meta.get("run_config"), "slots": meta["slots"]}
-        diff = describe_mismatch(saved, now)
-        if diff:
-            raise SaekitError(
-                f"The checkpoint in {self.out} was written by a different recipe: "
-                f"{'; '.join(diff[:6])}. Resume with the recipe that wrote it, or choose "
-                "another train.output_dir."
-            )
-        missing = [s.name for s in self.slots if s.name not in weights]
-        if missing:
-            raise SaekitError(
-                f"The newest checkpoint in {self.out} has no weights for {missing}: it is "
-                "incomplete. Delete it to fall back to an older one, or start over."
-            )
-        for slot in self.slots:
-            slot.sae.load_state_dict(weights[slot.name])
-            slot.load(state["slots"][slot.name])
-        self.stream.load_state_dict(state["stream"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(rng_tuples(state["python_rng"]))
-        self.step = self.saved_step = int(state["step"])
+        self.step = self.saved_step = load_run_state(self)
 
     # ---- the loop ----------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict[str, Any]:
         # A run that died before its first checkpoint resumes from step 0.
-        if resume and has_checkpoint(self.out / "checkpoints"):
+        if resume and self.dist.broadcast(has_checkpoint(self.out / "checkpoints")):
             self.resume()
-        logger = RunLogger(self.out, self.cfg, self.run_config, resume)
-        logger.truncate(self.step)
-        bar = tqdm(total=self.n_steps, initial=self.step, desc="training", unit="step")
+        main = self.dist.is_main
+        logger = RunLogger(self.out, self.cfg, self.run_config, resume) if main else None
+        if logger is not None:
+            logger.truncate(self.step)
+        bar = tqdm(
+            total=self.n_steps, initial=self.step, desc="training", unit="step", disable=not main
+        )
         t_last, tokens_last = time.perf_counter(), 0
         while self.step < self.n_steps:
             batch = self.stream.next_batch()
             if self.step == 0:
+                batch = self.agree_normalization(batch)
                 self.init_b_dec(batch)
             log_now = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == self.n_steps
             record: dict[str, float] = {}
             for slot in self.slots:
                 record.update(self._step(slot, batch[slot.hook].to(self.cfg.device), log_now))
             self.step += 1
-            tokens_last += self.stream.cfg.batch_size
+            tokens_last += self.batch_tokens
             bar.update(1)
             if log_now:
                 now = time.perf_counter()
                 record["tokens_per_s"] = tokens_last / max(now - t_last, 1e-9)
                 t_last, tokens_last = now, 0
-                logger.log(self.step, record)
+                record = self.dist.merge_record(record)
+                if logger is not None:
+                    logger.log(self.step, record)
                 first = self.slots[0].name
                 bar.set_postfix(
                     fvu=f"{record[f'{first}/fvu']:.3f}", l0=f"{record[f'{first}/l0']:.1f}"
@@ -217,10 +140,11 @@ class Trainer:
         if self.step != self.saved_step:
             self.checkpoint()
         summary = self.export()
-        logger.finish(summary)
+        if logger is not None:
+            logger.finish(summary)
         return summary
 
-    def _step(self, slot: _Slot, x_BD: torch.Tensor, log_now: bool) -> dict[str, float]:
+    def _step(self, slot: Slot, x_BD: torch.Tensor, log_now: bool) -> dict[str, float]:
         sae, cfg = slot.sae, self.cfg
         dead_S = slot.tokens_since_fired_S >= cfg.dead_window_tokens
         ctx = TrainContext(
@@ -228,13 +152,14 @@ class Trainer:
         )
         out = sae.training_forward(x_BD, ctx)
         loss = torch.stack(list(out.losses.values())).sum()
+        slot.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss = self.dist.reduce_grads(sae, loss)  # the global batch's loss, on every rank
         if not torch.isfinite(loss):
             raise SaekitError(
                 f"{slot.name}: the loss became {loss.item()} at step {self.step}; "
                 "lower train.lr or check the activations."
             )
-        slot.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         if sae.unit_norm_decoder:
             sae.remove_parallel_grad()
         if cfg.grad_clip_norm > 0:
@@ -244,15 +169,17 @@ class Trainer:
         if sae.unit_norm_decoder:
             sae.normalize_decoder()
         sae.post_step()
+        self.dist.sync_buffers(sae)
+        n_rows = self.batch_tokens
         with torch.no_grad():
             # Sparse codes are counted by a scatter over B·k entries, not a B×S comparison.
-            fired_S = out.firing_counts_S()
+            fired_S = self.dist.sum_counts(out.firing_counts_S())
             slot.fire_count_S += fired_S
-            slot.tokens_since_fired_S += x_BD.shape[0]
+            slot.tokens_since_fired_S += n_rows
             slot.tokens_since_fired_S[fired_S > 0] = 0
             l0 = None
             if slot.controller is not None and self.step >= cfg.sparsity_warmup_steps:
-                l0 = float(fired_S.sum().float() / x_BD.shape[0])  # = mean_B(L0) exactly
+                l0 = float(fired_S.sum().float() / n_rows)  # = mean_B(L0) exactly
                 lr = float(slot.scheduler.get_last_lr()[0])  # the loop's speed follows it
                 sae.sparsity_coefficient = slot.controller.update(l0, lr)  # type: ignore[assignment]
         if not log_now:
@@ -261,9 +188,7 @@ class Trainer:
             rec = {f"{slot.name}/loss/{k}": float(v) for k, v in out.losses.items()}
             rec[f"{slot.name}/loss/total"] = float(loss)
             rec[f"{slot.name}/fvu"] = float(fvu(x_BD, out.x_hat_BD))
-            rec[f"{slot.name}/l0"] = (
-                l0 if l0 is not None else float(fired_S.sum().float() / x_BD.shape[0])
-            )
+            rec[f"{slot.name}/l0"] = l0 if l0 is not None else float(fired_S.sum() / n_rows)
             rec[f"{slot.name}/dead_fraction"] = float(dead_S.float().mean())
             rec[f"{slot.name}/lr"] = float(slot.scheduler.get_last_lr()[0])
             coef = getattr(sae, "sparsity_coefficient", None)
@@ -273,13 +198,12 @@ class Trainer:
 
     def export(self) -> dict[str, Any]:
         """Save every dictionary (normalization folded in) under OUTPUT_DIR/saes/NAME."""
-        summary: dict[str, Any] = {
-            "steps": self.step,
-            "tokens": self.step * self.stream.cfg.batch_size,
-            "saes": {},
-        }
-        n_tokens = max(1, self.step * self.stream.cfg.batch_size)
-        for slot in self.slots:
+        tokens = self.step * self.batch_tokens
+        summary: dict[str, Any] = {"steps": self.step, "tokens": tokens, "saes": {}}
+        n_tokens = max(1, tokens)
+        # Data parallel: rank 0 writes the (identical) dictionaries; hooks: each rank its own.
+        mine = self.slots if self.dist.mode == "hooks" or self.dist.is_main else []
+        for slot in mine:
             density_S = log10_density(slot.fire_count_S, n_tokens)
             summary["saes"][slot.name] = export_dictionary(
                 copy.deepcopy(slot.sae).cpu(),
@@ -289,6 +213,8 @@ class Trainer:
                 {**self.provenance, "training_tokens": n_tokens, "run_dir": str(self.out)},
                 density_S,
             )
+        parts = self.dist.all_gather(summary["saes"])
+        summary["saes"] = dict(sorted((k, v) for part in parts for k, v in part.items()))
         return summary
 
 

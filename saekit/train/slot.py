@@ -1,0 +1,67 @@
+"""One dictionary's training state: the model, its Adam and schedule, dead-latent clocks and
+L0 controller; plus how a recipe entry is named and which hook it reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saekit.activations.stream import BaseStream
+from saekit.dictionaries import Dictionary, SAEConfig
+from saekit.errors import SaekitError
+from saekit.train.config import TrainConfig
+from saekit.train.schedule import default_lr, l0_controller, lr_multiplier
+
+
+class Slot:
+    """One dictionary and everything that trains it."""
+
+    def __init__(self, name: str, hook: str, sae: Dictionary, cfg: TrainConfig, n_steps: int):
+        self.name, self.hook, self.sae = name, hook, sae
+        lr = cfg.lr if cfg.lr is not None else default_lr(sae.d_sae)
+        # fused: one pass over Adam's state instead of ~10 per tensor; 190 → 30 ms per step at
+        # d_sae 9216 × d_in 576 on 2 CPU cores (same update up to float rounding).
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_multiplier(s, n_steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction),
+        )
+        self.tokens_since_fired_S = torch.zeros(sae.d_sae, dtype=torch.long, device=cfg.device)
+        self.fire_count_S = torch.zeros(sae.d_sae, dtype=torch.float64, device=cfg.device)
+        self.controller = l0_controller(sae, name)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "tokens_since_fired": self.tokens_since_fired_S,
+            "fire_count": self.fire_count_S,
+            "controller": self.controller.state_dict() if self.controller else None,
+            "sparsity_coefficient": getattr(self.sae, "sparsity_coefficient", None),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.tokens_since_fired_S.copy_(state["tokens_since_fired"])
+        self.fire_count_S.copy_(state["fire_count"])
+        if self.controller and state["controller"]:
+            self.controller.load_state_dict(state["controller"])
+        if state["sparsity_coefficient"] is not None:
+            self.sae.sparsity_coefficient = state["sparsity_coefficient"]  # type: ignore[assignment]
+
+
+def resolve_hook(i: int, sae_cfg: SAEConfig, stream: BaseStream) -> str:
+    """The hook saes[i] reads (default: the stream's first); it must be streamed."""
+    hook = sae_cfg.hook or stream.cfg.hooks[0]
+    if hook not in stream.d_in:
+        raise SaekitError(
+            f"saes[{i}].hook {hook!r} is not streamed; add it to "
+            f"stream.hooks (now {list(stream.cfg.hooks)})."
+        )
+    return hook
+
+
+def slot_name(i: int, cfg: SAEConfig, hook: str) -> str:
+    return f"{i:02d}-{cfg.method}-{hook.replace('/', '_').replace(':', '_')}"
