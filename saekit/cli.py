@@ -22,10 +22,12 @@ BENCHES = {
     "synthetic": "saekit.bench.synthetic",
     "train": "saekit.bench.train",
     "snmf": "saekit.bench.snmf",
+    "select": "saekit.bench.select",
+    "kernels": "saekit.bench.kernels",
 }
 """`saekit bench NAME` → module with run(**kwargs) -> dict and table(dict) -> str."""
 
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("saekit.steering.cli", "saekit.dashboard.cli", "saekit.selection.cli")
 """Modules that add their own subcommand: each has register(subparsers) -> None."""
 
 

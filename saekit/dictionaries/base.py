@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from saekit.errors import SaekitError
 from saekit.kernels.aux_k import aux_k_loss as aux_k_loss
 from saekit.kernels.aux_k import resolve_k_aux as resolve_k_aux
+from saekit.kernels.csr import KernelMode
+from saekit.kernels.sparse_ops import CsrCodes
 from saekit.kernels.sparse_topk import SparseCodes
 
 DictionaryT = TypeVar("DictionaryT", bound="Dictionary")
@@ -87,6 +89,10 @@ class SAEConfig:
     """mp: probability that an atom is barred from a training batch's pursuit (atom dropout)."""
     mp_revival_coefficient: float = 0.0
     """mp: weight of the term pulling dead atoms toward the mean final residual (0 disables)."""
+    kernels: KernelMode = "auto"
+    """topk/batchtopk/jumprelu/matryoshka training after the encoder GEMM: auto = sparse
+    kernels (Triton on CUDA when installed, else torch's CSR kernels), triton, torch, or
+    dense (plain autograd on dense codes: the reference the sparse paths are tested against)."""
 
 
 class TrainOutput:
@@ -99,7 +105,7 @@ class TrainOutput:
         x_hat_BD: Tensor,
         z_BS: Tensor | None,
         losses: dict[str, Tensor],
-        codes: SparseCodes | None = None,
+        codes: SparseCodes | CsrCodes | None = None,
     ) -> None:
         self.x_hat_BD, self.losses, self.codes, self._z_BS = x_hat_BD, losses, codes, z_BS
 

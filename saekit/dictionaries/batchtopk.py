@@ -13,7 +13,10 @@ is usable from step 1 instead of reaching 1 − 0.99³⁰⁰ = 95% of its level 
 Saved for SAELens as "jumprelu" with the per-latent `threshold` filled with θ; the exact
 float64 θ is also kept in cfg.json for saekit reloads.
 
-Losses as TopK: `mse` + `aux_k`. Decoding is sparse (embedding_bag over the k·B entries).
+Losses as TopK: `mse` + `aux_k`. With cfg.kernels ≠ "dense" the kept entries are CSR codes of
+variable L0 and training runs the sparse kernels (`saekit.kernels.sparse_ops`): sparse decode
+and sparse encoder backward, AuxK on the dead latents' columns only. "dense" keeps plain
+autograd through the dense pre-activations (the reference; same results).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from saekit.dictionaries.base import (
     resolve_k_aux,
     sum_sq_error,
 )
+from saekit.kernels.aux_k import aux_k_loss_gathered
+from saekit.kernels.csr import CsrOps, CsrPattern, select_ops
+from saekit.kernels.sparse_ops import CsrCodes, csr_decode, csr_pre_acts
+from saekit.kernels.sparse_topk import batch_topk_entries
 
 THRESHOLD_EMA_RATE = 0.01
 """EMA rate of θ (SAELens topk_threshold_lr): averages θ over the last ~100 batches."""
@@ -108,7 +115,41 @@ class BatchTopKSAE(Dictionary):
         # A batch with no positive activation (all inf) leaves θ unchanged.
         theta.copy_(torch.where(torch.isfinite(positive_min), new, theta))
 
+    def sparse_entries(self, x_BD: Tensor, ops: CsrOps) -> tuple[CsrPattern, Tensor]:
+        """The kept entries as CSR and their ReLU'd values, differentiable through the sparse
+        encoder backward (selected without autograd and without a B×S buffer)."""
+        W_enc_DS, b_enc_S, b_dec_D = self.W_enc, self.b_enc, self.b_dec
+        with torch.no_grad():
+            xc_BD = x_BD.to(W_enc_DS.dtype) - b_dec_D
+            flat_N, pre_N = batch_topk_entries(xc_BD, W_enc_DS, b_enc_S, self.k)
+        p = CsrPattern.from_flat(flat_N, (x_BD.shape[0], self.d_sae))
+        pre_N = csr_pre_acts(pre_N, x_BD, W_enc_DS, b_enc_S, b_dec_D, p, ops)
+        return p, pre_N.relu()
+
+    def _aux_k_sparse(self, x_BD: Tensor, x_hat_BD: Tensor, ctx: TrainContext) -> Tensor:
+        return aux_k_loss_gathered(
+            x_BD,
+            x_hat_BD,
+            self.W_enc,
+            self.b_enc,
+            self.W_dec,
+            self.b_dec,
+            ctx.dead_mask_S,
+            self.k_aux,
+            self.cfg.aux_k_coefficient,
+        )
+
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
+        ops = select_ops(x_BD.device, self.cfg.kernels)
+        if ops is not None:
+            p, vals_N = self.sparse_entries(x_BD, ops)
+            self.update_threshold(vals_N.detach())
+            x_hat_BD = csr_decode(vals_N, self.W_dec, self.b_dec, p, ops)
+            losses = {
+                "mse": sum_sq_error(x_hat_BD, x_BD),
+                "aux_k": self._aux_k_sparse(x_BD, x_hat_BD, ctx),
+            }
+            return TrainOutput(x_hat_BD, None, losses, CsrCodes(p, vals_N))
         pre_BS = self.pre_acts(x_BD)
         entries = self.select(pre_BS)
         x_hat_BD = entries.decode(self.W_dec) + self.b_dec

@@ -19,6 +19,11 @@ step on θ ≈ 0.05 is below its spacing (2.4e-4) and rounds away. `post_step` p
 below zero the gate would pass negative pre-activations, and SAELens' relu(pre)·H(pre − θ)
 would then disagree.
 
+Sparse training (cfg.kernels ≠ "dense"): the only entries with a nonzero z or a nonzero
+gradient (to pre or θ) are those with pre − θ > −ε/2: the active ones and the STE window
+below θ. Those become CSR codes of variable L0; the gate, both STEs and the L0 count run on
+them alone, then the sparse decode and encoder backward (`saekit.kernels.sparse_ops`).
+
 Decoder rows are unit norm (as in dictionary_learning's JumpReLU trainer): L0 ignores scale,
 so without the constraint (W_enc, b_enc, θ)/c with W_dec·c is the same model, and ε = 0.05
 would mean a different width for every c. λ lives in `self.sparsity_coefficient`.
@@ -33,11 +38,18 @@ from torch import Tensor, nn
 
 from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext, TrainOutput, sum_sq_error
 from saekit.errors import SaekitError
+from saekit.kernels.csr import CsrOps, select_ops
+from saekit.kernels.sparse_ops import CsrCodes, csr_decode, gathered_pre_acts
 
 
 def _rectangle(u_BS: Tensor, theta_S: Tensor, eps: float) -> Tensor:
     """K((u − θ)/ε)/ε with K the unit rectangle."""
     return ((u_BS - theta_S).abs() < eps / 2).to(u_BS.dtype) / eps
+
+
+def _to_theta(g_BS: Tensor, theta_S: Tensor) -> Tensor:
+    """Sum a per-entry θ gradient over the batch, unless θ was given per entry (sparse codes)."""
+    return (g_BS.sum(dim=0) if g_BS.dim() > theta_S.dim() else g_BS).to(theta_S.dtype)
 
 
 class StepSTE(torch.autograd.Function):
@@ -52,8 +64,8 @@ class StepSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_BS: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
         u_BS, theta_S = ctx.saved_tensors
-        g_theta_S = -(_rectangle(u_BS, theta_S, ctx.eps) * g_BS).sum(dim=0)
-        return None, g_theta_S.to(theta_S.dtype), None
+        g_theta_S = _to_theta(-(_rectangle(u_BS, theta_S, ctx.eps) * g_BS), theta_S)
+        return None, g_theta_S, None
 
 
 class JumpReLUSTE(torch.autograd.Function):
@@ -69,8 +81,8 @@ class JumpReLUSTE(torch.autograd.Function):
     def backward(ctx: Any, g_BS: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
         u_BS, theta_S = ctx.saved_tensors
         g_u_BS = (u_BS > theta_S).to(g_BS.dtype) * g_BS
-        g_theta_S = -(theta_S * _rectangle(u_BS, theta_S, ctx.eps) * g_BS).sum(dim=0)
-        return g_u_BS, g_theta_S.to(theta_S.dtype), None
+        g_theta_S = _to_theta(-(theta_S * _rectangle(u_BS, theta_S, ctx.eps) * g_BS), theta_S)
+        return g_u_BS, g_theta_S, None
 
 
 class JumpReLUSAE(Dictionary):
@@ -105,6 +117,9 @@ class JumpReLUSAE(Dictionary):
         return pre_BS * (pre_BS > self.threshold.to(pre_BS.dtype))
 
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
+        ops = select_ops(x_BD.device, self.cfg.kernels)
+        if ops is not None:
+            return self.training_forward_sparse(x_BD, ctx, ops)
         pre_BS = self.pre_acts(x_BD)
         theta_S = self.threshold.to(pre_BS.dtype)
         z_BS = JumpReLUSTE.apply(pre_BS, theta_S, self.bandwidth)
@@ -117,6 +132,27 @@ class JumpReLUSAE(Dictionary):
             "l0": coefficient * ctx.sparsity_scale * l0_B.mean(),
         }
         return TrainOutput(x_hat_BD, z_BS, losses)
+
+    def training_forward_sparse(self, x_BD: Tensor, ctx: TrainContext, ops: CsrOps) -> TrainOutput:
+        """The same forward on the entries with pre − θ > −ε/2 only (see the module doc)."""
+        theta_S = self.threshold.to(self.W_enc.dtype)
+        with torch.no_grad():
+            pre_BS = self.pre_acts(x_BD)
+            # Written as the STE's own test (|u − θ| < ε/2 for u < θ): the same entries, bit
+            # for bit, as the dense path's rectangle.
+            flat_N = ((pre_BS - theta_S) > -self.bandwidth / 2).flatten().nonzero().squeeze(1)
+        W_enc_DS, b_enc_S, b_dec_D = self.W_enc, self.b_enc, self.b_dec
+        p, pre_N = gathered_pre_acts(pre_BS, flat_N, x_BD, W_enc_DS, b_enc_S, b_dec_D, ops)
+        theta_N = theta_S.index_select(0, p.col_N)
+        z_N = JumpReLUSTE.apply(pre_N, theta_N, self.bandwidth)
+        x_hat_BD = csr_decode(z_N, self.W_dec, b_dec_D, p, ops)
+        l0 = StepSTE.apply(pre_N.detach(), theta_N, self.bandwidth).float().sum() / p.B
+        coefficient = self.sparsity_coefficient or 0.0
+        losses = {
+            "mse": sum_sq_error(x_hat_BD, x_BD),
+            "l0": coefficient * ctx.sparsity_scale * l0,
+        }
+        return TrainOutput(x_hat_BD, None, losses, CsrCodes(p, z_N))
 
     @torch.no_grad()
     def post_step(self) -> None:

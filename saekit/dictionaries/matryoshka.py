@@ -15,6 +15,7 @@ Widths default to d_sae/16, d_sae/4, d_sae (widths < 1 dropped). Pitfall (method
 Chanin et al. 2025, arXiv 2505.11756): a narrow inner level "hedges" — its latents absorb
 parts of child features they cannot afford separately — so do not make the first level tiny
 (d_sae/16 = 576 latents at d_sae 9,216). AuxK uses the full-width residual, not per level.
+With cfg.kernels ≠ "dense" each band decodes through the sparse kernels (as BatchTopK).
 Saved as BatchTopK: SAELens "jumprelu" with the learned global threshold.
 """
 
@@ -25,6 +26,8 @@ from torch import Tensor
 from saekit.dictionaries.base import SAEConfig, TrainContext, TrainOutput, sum_sq_error
 from saekit.dictionaries.batchtopk import BatchTopKSAE
 from saekit.errors import SaekitError
+from saekit.kernels.csr import select_ops
+from saekit.kernels.sparse_ops import CsrCodes, csr_decode
 
 
 def resolve_widths(cfg: SAEConfig) -> tuple[int, ...]:
@@ -56,18 +59,37 @@ class MatryoshkaSAE(BatchTopKSAE):
         self.widths = resolve_widths(cfg)
 
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
-        pre_BS = self.pre_acts(x_BD)
-        entries = self.select(pre_BS)
-        self.update_threshold(entries.vals_N)
+        ops = select_ops(x_BD.device, self.cfg.kernels)
+        if ops is None:
+            pre_BS = self.pre_acts(x_BD)
+            entries = self.select(pre_BS)
+            vals_N, idx_N = entries.vals_N, entries.idx_N
+
+            def decode(in_band_N: Tensor) -> Tensor:
+                return entries.decode(self.W_dec, in_band_N.to(vals_N.dtype))
+        else:
+            p, vals_N = self.sparse_entries(x_BD, ops)
+            idx_N = p.col_N
+
+            def decode(in_band_N: Tensor) -> Tensor:
+                # The band's own sub-pattern: each band's decode and backward touch only its
+                # entries, so all levels together cost one full-width decode.
+                band = p.select(in_band_N)
+                return csr_decode(vals_N[in_band_N], self.W_dec, None, band, ops)
+
+        self.update_threshold(vals_N.detach())
         losses: dict[str, Tensor] = {}
-        x_hat_BD = self.b_dec.expand_as(x_BD).to(pre_BS.dtype)
+        x_hat_BD = self.b_dec.expand_as(x_BD).to(self.W_enc.dtype)
         start = 0
         for width in self.widths:
             # Decode only this band of latents and accumulate: level w sees latents [0, w).
-            in_band_N = (entries.idx_N >= start) & (entries.idx_N < width)
-            x_hat_BD = x_hat_BD + entries.decode(self.W_dec, in_band_N.to(entries.vals_N.dtype))
+            in_band_N = (idx_N >= start) & (idx_N < width)
+            x_hat_BD = x_hat_BD + decode(in_band_N)
             name = "mse" if width == self.d_sae else f"mse_{width}"
             losses[name] = sum_sq_error(x_hat_BD, x_BD)
             start = width
-        losses["aux_k"] = self._aux_k(x_BD, x_hat_BD, pre_BS, ctx)
-        return TrainOutput(x_hat_BD, entries.dense(), losses)
+        if ops is None:
+            losses["aux_k"] = self._aux_k(x_BD, x_hat_BD, pre_BS, ctx)
+            return TrainOutput(x_hat_BD, entries.dense(), losses)
+        losses["aux_k"] = self._aux_k_sparse(x_BD, x_hat_BD, ctx)
+        return TrainOutput(x_hat_BD, None, losses, CsrCodes(p, vals_N))

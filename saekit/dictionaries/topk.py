@@ -12,8 +12,10 @@ Training runs `saekit.kernels.topk_autoencoder`: after the encoder GEMM everythi
 only the B·k kept latents (decode, and the backward of decoder and encoder), and AuxK reads
 only the dead latents' columns. At B=4096, d_in=576, d_sae=9216, k=32 a whole trainer step
 costs 1.35 encoder GEMMs on one CPU thread (`saekit bench train`). The codes come back sparse
-(TrainOutput.codes); z_BS is built only if read. In bf16/fp16, which torch's CPU sparse
-kernels lack, training falls back to `training_forward_dense` (plain autograd, same results).
+(TrainOutput.codes); z_BS is built only if read. cfg.kernels picks the path: on CPU in fp32
+the fused autograd function above; with Triton (CUDA), or in bf16/fp16 (which torch's CPU
+sparse kernels lack), the CSR kernels of `saekit.kernels.sparse_ops`; "dense" runs
+`training_forward_dense` (plain autograd, the reference; same results).
 Saved as SAELens "topk" with rescale_acts_by_decoder_norm = False: our selection is on the raw
 pre-activations, which is what SAELens does when that flag is off.
 """
@@ -36,8 +38,16 @@ from saekit.dictionaries.base import (
     resolve_k_aux,
     sum_sq_error,
 )
-from saekit.kernels.aux_k import aux_k_loss_dead
-from saekit.kernels.sparse_topk import SPARSE_DTYPES, SparseCodes, sorted_topk, topk_autoencoder
+from saekit.kernels.aux_k import aux_k_loss_dead, aux_k_loss_gathered
+from saekit.kernels.csr import CsrOps, CsrPattern, select_ops
+from saekit.kernels.sparse_ops import csr_decode, csr_pre_acts
+from saekit.kernels.sparse_topk import (
+    SPARSE_DTYPES,
+    SparseCodes,
+    encode_topk,
+    sorted_topk,
+    topk_autoencoder,
+)
 
 
 class TopKSAE(Dictionary):
@@ -71,8 +81,11 @@ class TopKSAE(Dictionary):
         return out_BD + self.b_dec
 
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
-        if self.W_enc.dtype not in SPARSE_DTYPES:
+        ops = select_ops(x_BD.device, self.cfg.kernels)
+        if ops is None:
             return self.training_forward_dense(x_BD, ctx)
+        if ops.name != "torch" or self.W_enc.dtype not in SPARSE_DTYPES:
+            return self.training_forward_csr(x_BD, ctx, ops)
         dead_N = None
         if ctx.dead_mask_S is not None and self.cfg.aux_k_coefficient != 0:
             # The dead latents' indices (a host sync on GPU): AuxK then reads only their
@@ -93,6 +106,33 @@ class TopKSAE(Dictionary):
                 self.cfg.aux_k_coefficient,
             )
         losses = {"mse": sum_sq_error(x_hat_BD, x_BD), "aux_k": aux_k}
+        return TrainOutput(x_hat_BD, None, losses, codes)
+
+    def training_forward_csr(self, x_BD: Tensor, ctx: TrainContext, ops: CsrOps) -> TrainOutput:
+        """The same forward on the CSR kernels (`ops`): sparse decode and encoder backward."""
+        W_enc_DS, b_enc_S, b_dec_D = self.W_enc, self.b_enc, self.b_dec
+        with torch.no_grad():
+            xc_BD = x_BD.to(W_enc_DS.dtype) - b_dec_D
+            no_dead = torch.zeros(0, dtype=torch.long, device=x_BD.device)
+            # ReLU'd values stand in for pre: where they differ both are ≤ 0, ReLU's grad 0.
+            vals_BK, idx_BK, _ = encode_topk(xc_BD, W_enc_DS, b_enc_S, self.k, no_dead)
+        p = CsrPattern.fixed_k(idx_BK, self.d_sae)
+        pre_N = csr_pre_acts(vals_BK.flatten(), x_BD, W_enc_DS, b_enc_S, b_dec_D, p, ops)
+        vals_N = pre_N.relu()
+        x_hat_BD = csr_decode(vals_N, self.W_dec, b_dec_D, p, ops)
+        aux_k = aux_k_loss_gathered(
+            x_BD,
+            x_hat_BD,
+            W_enc_DS,
+            b_enc_S,
+            self.W_dec,
+            b_dec_D,
+            ctx.dead_mask_S,
+            self.k_aux,
+            self.cfg.aux_k_coefficient,
+        )
+        losses = {"mse": sum_sq_error(x_hat_BD, x_BD), "aux_k": aux_k}
+        codes = SparseCodes(vals_N.view_as(vals_BK), idx_BK, self.d_sae)
         return TrainOutput(x_hat_BD, None, losses, codes)
 
     def training_forward_dense(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:

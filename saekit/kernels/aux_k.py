@@ -94,3 +94,27 @@ def aux_k_loss_dead(
     e_hat_BD = z_dead_BN.to(W_dec_SD.dtype) @ W_dec_SD.index_select(0, dead_N)
     scale = min(n_dead / k_aux, 1.0)
     return _scaled_normalized_error(x_BD, x_hat_BD, e_hat_BD, coefficient * scale)
+
+
+def aux_k_loss_gathered(
+    x_BD: Tensor,
+    x_hat_BD: Tensor,
+    W_enc_DS: Tensor,
+    b_enc_S: Tensor,
+    W_dec_SD: Tensor,
+    b_dec_D: Tensor,
+    dead_mask_S: Tensor | None,
+    k_aux: int,
+    coefficient: float,
+) -> Tensor:
+    """`aux_k_loss_dead` for a sparse training path that kept no differentiable B×S
+    pre-activations: recomputes pre[:, dead] by a B×D×n_dead product (nothing while no
+    latent is dead). Finding the dead indices is a host sync on GPU."""
+    if dead_mask_S is None or coefficient == 0:
+        return x_hat_BD.new_zeros((), dtype=torch.float32)
+    dead_N = dead_mask_S.nonzero().squeeze(1)
+    if dead_N.numel() == 0:
+        return x_hat_BD.new_zeros((), dtype=torch.float32)
+    xc_BD = x_BD.to(W_enc_DS.dtype) - b_dec_D
+    pre_dead_BN = F.linear(xc_BD, W_enc_DS.index_select(1, dead_N).t(), b_enc_S[dead_N])
+    return aux_k_loss_dead(x_BD, x_hat_BD, pre_dead_BN, dead_N, W_dec_SD, k_aux, coefficient)

@@ -1,0 +1,261 @@
+"""`saekit dashboard RUN_DIR`: a static site from the run's interp data (computed first when
+missing). Layout under RUN_DIR/dashboard/:
+
+    index.html          every dictionary: summary scores next to the shuffled/random controls
+    NAME/index.html     the feature table (sortable, filterable; works without JS as a table)
+    NAME/I.html         feature I: contexts, quantile samples, histogram, logits, neighbours,
+                        and the steering curve when RUN_DIR/steering.json has one
+    assets/             style.css, table.js
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from html import escape
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from saekit.dashboard.html import bar_chart, context, examples, fmt, line_chart, page, table
+from saekit.errors import SaekitError
+
+SCORE_COLUMNS = ("detection", "fuzzing", "simulation")
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def steering_curves(run: Path, name: str) -> dict[str, dict[str, list[float]]]:
+    """{feature index: {"kl": [...], "score": [...]}} of one dictionary from steering.json.
+
+    Reads the layout `saekit steer` writes ({"sites": {HOOK: {"directions": {"NAME#I":
+    {"curve": [{"kl", "score", ...}, ...]}}}}}); also {NAME: {"features": {I: {"kl", "score"}}}}.
+    """
+    f = run / "steering.json"
+    if not f.is_file():
+        return {}
+    data = json.loads(f.read_text())
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, dict[str, list[float]]] = {}
+    for site in data.get("sites", {}).values():
+        for key, res in site.get("directions", {}).items():
+            owner, _, index = key.rpartition("#")
+            if owner != name:
+                continue
+            rows = [r for r in res.get("curve", []) if r.get("score") is not None]
+            out[index] = {"kl": [r["kl"] for r in rows], "score": [r["score"] for r in rows]}
+    entry = data.get("saes", data).get(name, {})
+    feats = entry.get("features", {}) if isinstance(entry, dict) else {}
+    out |= {str(k): v for k, v in feats.items() if isinstance(v, dict) and "kl" in v}
+    return out
+
+
+def _index_page(interp: dict[str, Any]) -> str:
+    rows: list[list[str]] = []
+    notes: list[str] = []
+    for name, s in interp["saes"].items():
+        ctrl = s.get("controls", {})
+        cells = [
+            f'<a href="{escape(name)}/index.html">{escape(name)}</a>',
+            escape(s["hook"]),
+            fmt(s["d_sae"]),
+            fmt(s["alive"]),
+            fmt(s["scored"]),
+        ]
+        for col in SCORE_COLUMNS:
+            base = s.get("dictionary_subset", s).get(f"{col}_mean")
+            nulls = " / ".join(fmt(ctrl[c].get(f"{col}_mean")) for c in ctrl)
+            cells.append(
+                f"{fmt(s.get(f'{col}_mean'))} <span class=muted>"
+                f"(subset {fmt(base)}; {escape(' / '.join(ctrl))} {nulls})</span>"
+            )
+        rows.append(cells)
+        if "llm" in s:
+            llm = s["llm"]
+            notes.append(
+                f"{escape(name)}: LLM judge {escape(llm['scorer'])} on {llm['scored']} features: "
+                f"detection {fmt(llm['detection_mean'])}, fuzzing {fmt(llm['fuzzing_mean'])} "
+                f"(n-gram rule on the same features: {fmt(llm['ngram_detection_mean'])}, "
+                f"{fmt(llm['ngram_fuzzing_mean'])})"
+            )
+    body = (
+        f"<h1>Features of {escape(str(interp.get('model', '')))}</h1>"
+        f'<p class="muted">{escape(str(interp.get("run", "")))} · scores are balanced accuracy '
+        "(detection, fuzzing; 0.5 = chance) and Pearson r (simulation), LLM-free (n-gram "
+        "explainer). In brackets: the same scores on a feature subset and on null controls.</p>"
+        + table(["dictionary", "hook", "d_sae", "alive", "scored", *SCORE_COLUMNS], rows)
+        + "".join(f"<p>{n}</p>" for n in notes)
+    )
+    return page("saekit dashboard", body, depth=0)
+
+
+def _table_page(name: str, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    heads = [
+        "feature",
+        "log10 density",
+        "max act",
+        "token entropy",
+        *SCORE_COLUMNS,
+        "explanation",
+        "top tokens",
+    ]
+    body_rows = []
+    for r in rows:
+        d = r["density"]
+        log_d = math.log10(d) if d > 0 else -99.0
+        link = f'<a href="{r["index"]}.html">{r["index"]}</a>' if d > 0 else str(r["index"])
+        vals = [
+            r["index"],
+            log_d,
+            r["max_act"],
+            r.get("token_entropy"),
+            *(r.get(c) for c in SCORE_COLUMNS),
+        ]
+        shown = [
+            link,
+            fmt(log_d, 2) if d > 0 else "dead",
+            fmt(r["max_act"]),
+            fmt(r.get("token_entropy")),
+            *(fmt(r.get(c)) for c in SCORE_COLUMNS),
+        ]
+        cells = "".join(
+            f'<td data-v="{v if v is not None else ""}">{s}</td>' for v, s in zip(vals, shown)
+        )
+        text = " | ".join(r["explanation"])
+        toks = " ".join(f"<code>{escape(t)}</code>" for t in r["top_tokens"])
+        body_rows.append(
+            f'<tr class="{"dead" if d <= 0 else ""}">{cells}'
+            f"<td>{escape(text)}</td><td>{toks}</td></tr>"
+        )
+    head = "".join(f'<th data-col="{i}">{escape(h)}</th>' for i, h in enumerate(heads))
+    controls = (
+        '<div class="filters"><input id="q" type="search" placeholder="filter: explanation, '
+        'tokens, index"> <label>min detection <input id="mindet" type="number" step="0.05" '
+        'value="0" min="0" max="1"></label> <label><input id="hidedead" type="checkbox" '
+        'checked> hide dead</label> <span id="shown"></span></div>'
+    )
+    body = (
+        f'<p><a href="../index.html">all dictionaries</a></p><h1>{escape(name)}</h1>'
+        f'<p class="muted">hook {escape(summary["hook"])} · {summary["d_sae"]} features · '
+        f"{summary['alive']} fired on {summary['n_tokens']:,} held-out tokens · "
+        f"{summary['scored']} scored. Click a header to sort.</p>{controls}"
+        f'<table id="features" class="features"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body_rows)}</tbody></table>"
+    )
+    return page(f"{name} features", body, depth=1, script=True)
+
+
+def _feature_page(name: str, f: dict[str, Any], curve: dict[str, list[float]] | None) -> str:
+    i, scale = f["index"], f["max_act"]
+    stats = [
+        ["density", fmt(f["density"])],
+        ["fired on tokens", fmt(f["count"])],
+        ["max / mean activation", f"{fmt(f['max_act'])} / {fmt(f['mean_act'])}"],
+        [
+            "top-token entropy / previous-token entropy",
+            f"{fmt(f.get('token_entropy'))} / {fmt(f.get('prev_token_entropy'))}",
+        ],
+        ["explanation (n-grams)", escape(" | ".join(f["explanation"])) or "–"],
+        [
+            "explanation train accuracy / F1",
+            f"{fmt(f.get('explanation_train_accuracy'))} / {fmt(f.get('explanation_f1'))}",
+        ],
+        *([c, fmt(f.get(c))] for c in SCORE_COLUMNS),
+        *([f"{c} (LLM judge)", fmt(f[c])] for c in ("llm_detection", "llm_fuzzing") if c in f),
+        [
+            "activating examples train / test",
+            f"{fmt(f.get('n_train_active'))} / {fmt(f.get('n_test_active'))}",
+        ],
+    ]
+    hist = f["histogram"]
+    parts = [
+        f'<p><a href="index.html">{escape(name)}</a> · <a href="../index.html">all</a></p>',
+        f"<h1>Feature {i}</h1>",
+        '<div class="cols"><div>' + table(["statistic", "value"], stats, "kv") + "</div><div>",
+        "<h3>Activation histogram</h3>",
+        bar_chart(hist["edges"], hist["counts"], "log10 activation"),
+        "<h3>Top tokens</h3><p>"
+        + " ".join(f"<code>{escape(t)}</code>×{c}" for t, c in f["top_token_counts"])
+        + "</p></div></div>",
+    ]
+    if curve is not None:
+        parts += [
+            "<h2>Steering</h2>",
+            line_chart(curve["kl"], curve["score"], "KL budget", "steering score"),
+        ]
+    parts += [
+        "<h2>Top activating examples</h2>",
+        '<p class="muted">max activation left; · marks a train-split example</p>',
+        examples(f["top_examples"], scale),
+        "<h2>Samples across activation quantiles</h2>",
+    ]
+    for q, group in enumerate(f["quantiles"]):
+        parts.append(f"<h4>quantile {q + 1} (highest first)</h4>" + examples(group, scale))
+    if "logits" in f:
+        lg = f["logits"]
+        rows = [
+            [f"<code>{escape(a[0])}</code>", fmt(a[1]), f"<code>{escape(b[0])}</code>", fmt(b[1])]
+            for a, b in zip(lg["top"], lg["bottom"])
+        ]
+        parts += [
+            "<h2>Vocabulary projection</h2>",
+            table(["promoted", "logit", "suppressed", "logit"], rows, "logits"),
+        ]
+    for key, title in (
+        ("cooccurrence", "Co-occurring features (Jaccard over examples)"),
+        ("decoder_neighbours", "Most similar decoder directions (cosine)"),
+    ):
+        links = " ".join(
+            f'<a href="{j}.html">{j}</a> <span class=muted>{v:.2f}</span>' for j, v in f[key]
+        )
+        parts.append(f"<h3>{title}</h3><p>{links or '–'}</p>")
+    return page(f"{name} feature {i}", "\n".join(parts), depth=1)
+
+
+def build_dashboard(
+    run_dir: str | Path, out_dir: str | Path | None = None, **interp_kwargs: Any
+) -> Path:
+    """Write the site (computing interp data first when missing); return its index.html."""
+    from saekit.interp.run import load_interp, run_interp_eval
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise SaekitError(f"{run} is not a directory; pass a run directory of `saekit train`.")
+    interp = load_interp(run) or run_interp_eval(run, **interp_kwargs)
+    site = Path(out_dir) if out_dir is not None else run / "dashboard"
+    assets = resources.files("saekit.dashboard") / "assets"
+    (site / "assets").mkdir(parents=True, exist_ok=True)
+    for fname in ("style.css", "table.js"):
+        (site / "assets" / fname).write_text((assets / fname).read_text())
+    for name, summary in interp["saes"].items():
+        src = run / summary["features_dir"]
+        if not (src / "table.json").is_file():
+            raise SaekitError(
+                f"{src}/table.json is missing; rerun `saekit dashboard {run} --recompute`."
+            )
+        rows = json.loads((src / "table.json").read_text())
+        dest = site / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        _write(dest / "index.html", _table_page(name, summary, rows))
+        curves = steering_curves(run, name)
+        for f in tqdm(
+            sorted((src / "features").glob("*.json")),
+            desc=f"pages {name}",
+            disable=len(rows) < 2000,
+        ):
+            feat = json.loads(f.read_text())
+            page_html = _feature_page(name, feat, curves.get(str(feat["index"])))
+            _write(dest / f"{feat['index']}.html", page_html)
+    _write(site / "index.html", _index_page(interp))
+    return site / "index.html"
+
+
+__all__ = ["build_dashboard", "context", "steering_curves"]

@@ -1,0 +1,23 @@
+"""Steering with learned features and a judge-free steering score (methods §4.5)."""
+
+from saekit.steering.api import feature_edit, resolve_dictionary, steer_generate
+from saekit.steering.calibrate import Calibration, calibrate
+from saekit.steering.directions import Direction
+from saekit.steering.evaluate import run_steering_eval, steering_table
+from saekit.steering.interventions import AddDirection, ClampFeature
+from saekit.steering.protocol import SiteStudy, SteeringConfig
+
+__all__ = [
+    "AddDirection",
+    "Calibration",
+    "ClampFeature",
+    "Direction",
+    "SiteStudy",
+    "SteeringConfig",
+    "calibrate",
+    "feature_edit",
+    "resolve_dictionary",
+    "run_steering_eval",
+    "steer_generate",
+    "steering_table",
+]

@@ -1,0 +1,92 @@
+"""Steer generation with one direction or feature: the functions behind `saekit steer`.
+
+edit = feature_edit(sae, feature=12, strength=8.0)         # add 8 · d_12 / ‖d_12‖
+edit = feature_edit(sae, feature=12, clamp=5.0)            # set z_12 = 5, keep the error
+text = steer_generate(model, "I think that", {hook: edit})  # hooks removed afterwards
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from saekit.dictionaries import load_dictionary
+from saekit.dictionaries.base import Dictionary
+from saekit.errors import SaekitError
+from saekit.models.hooks import HookedModel
+from saekit.steering.directions import dictionary_direction, load_run_dictionaries
+from saekit.steering.generate import Edits, encode_prompts, generate
+from saekit.steering.interventions import AddDirection, ClampFeature, PositionalEdit
+
+
+def resolve_dictionary(
+    run_dir: str | Path, dictionary: str | None = None, hook: str | None = None
+) -> tuple[Any, str, Dictionary, str]:
+    """(recipe, name, dictionary, hook) of the run's dictionary called `dictionary`
+    (optional when the run has exactly one)."""
+    recipe, targets = load_run_dictionaries(run_dir, hook)
+    names = [name for name, _, _ in targets]
+    if dictionary is None and len(targets) > 1:
+        raise SaekitError(
+            f"{run_dir} holds {len(targets)} dictionaries; pick one with --dictionary "
+            f"(one of: {', '.join(names)})."
+        )
+    chosen = [t for t in targets if dictionary in (None, t[0])]
+    if not chosen:
+        raise SaekitError(
+            f"No dictionary {dictionary!r} in {run_dir}; choose from: {', '.join(names)}."
+        )
+    name, sae_dir, sae_hook = chosen[0]
+    return recipe, name, load_dictionary(sae_dir), sae_hook
+
+
+def feature_edit(
+    sae: Dictionary,
+    feature: int,
+    strength: float | None = None,
+    clamp: float | None = None,
+    from_pos: int = 0,
+) -> PositionalEdit:
+    """Add `strength` × the feature's unit direction, or clamp its code to `clamp`."""
+    if (strength is None) == (clamp is None):
+        raise SaekitError("Give exactly one of a steering strength (--strength) or --clamp VALUE.")
+    if strength is not None:
+        if not math.isfinite(strength):
+            raise SaekitError(f"Steering strength must be a finite number, got {strength}.")
+        return AddDirection(dictionary_direction(sae, feature), strength, from_pos)
+    assert clamp is not None
+    return ClampFeature(sae, feature, clamp, from_pos)
+
+
+def check_edits(model: HookedModel, edits: Edits) -> None:
+    """Fail before generating if a hook is unknown or a vector has the wrong width."""
+    for hook, edit in edits.items():
+        width = model.width(hook)
+        if isinstance(edit, AddDirection):
+            need = edit.vector_D.shape[0]
+        elif isinstance(edit, ClampFeature):
+            need = edit.sae.d_in
+        else:
+            continue
+        if need != width:
+            raise SaekitError(
+                f"The steering direction has width {need} but {hook} has width {width}; steer "
+                "at the hook the direction was learned at (--hook)."
+            )
+
+
+def steer_generate(
+    model: HookedModel,
+    prompt: str,
+    edits: Edits | None,
+    n_new: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> str:
+    """The continuation of `prompt` with the edits active (none: the unsteered model)."""
+    if edits:
+        check_edits(model, edits)
+    (ids,) = encode_prompts(model, [prompt])
+    (cont,) = generate(model, [ids], n_new, edits, temperature, seed)
+    return str(model.tokenizer.decode(cont))

@@ -1,0 +1,101 @@
+"""`run_interp_eval` and `saekit dashboard` on a tiny run: files, summary keys, pages."""
+
+from __future__ import annotations
+
+import json
+
+from saekit.cli import main
+from saekit.dashboard import build_dashboard
+from saekit.interp import run_interp_eval
+
+SAE_NAME = "00-topk-model.layers.0"
+D_SAE = 32
+
+
+def test_run_interp_eval_writes_summary_table_and_feature_files(dash_run, dash_cfg):
+    report = run_interp_eval(dash_run, cfg=dash_cfg, progress=False)
+    assert json.loads((dash_run / "interp.json").read_text()) == report
+    s = report["saes"][SAE_NAME]
+    assert s["hook"] == "model.layers.0" and s["d_sae"] == D_SAE and s["n_tokens"] > 0
+    for key in (
+        "alive",
+        "dead_fraction",
+        "scored",
+        "detection_mean",
+        "fuzzing_mean",
+        "simulation_mean",
+        "controls",
+        "dictionary_subset",
+    ):
+        assert key in s
+    assert set(s["controls"]) == {"shuffled", "random"}
+    assert s["scored"] > 0
+    assert 0.0 <= s["detection_mean"] <= 1.0 and -1.0 <= s["simulation_mean"] <= 1.0
+    rows = json.loads((dash_run / s["features_dir"] / "table.json").read_text())
+    assert [r["index"] for r in rows] == list(range(D_SAE))
+    alive = [r["index"] for r in rows if r["density"] > 0]
+    assert len(alive) == s["alive"]
+    pages = sorted(int(p.stem) for p in (dash_run / s["features_dir"] / "features").glob("*.json"))
+    assert pages == alive
+    page = json.loads((dash_run / s["features_dir"] / "features" / f"{alive[0]}.json").read_text())
+    top = page["top_examples"]
+    assert top and all(len(ex["tokens"]) == len(ex["acts"]) == 8 for ex in top)
+    assert [ex["max"] for ex in top] == sorted((ex["max"] for ex in top), reverse=True)
+    assert max(top[0]["acts"]) == top[0]["max"] == page["max_act"]
+    assert len(page["logits"]["top"]) == dash_cfg.n_logits  # the hook is the residual stream
+    assert sum(page["histogram"]["counts"]) == page["count"]
+
+
+def test_dashboard_cli_computes_interp_when_missing(dash_run, capsys):
+    assert main(["dashboard", str(dash_run), "--windows", "24"]) == 0
+    assert "dashboard:" in capsys.readouterr().out
+    assert (dash_run / "interp.json").is_file()
+    site = dash_run / "dashboard"
+    assert (site / "assets" / "style.css").is_file() and (site / "assets" / "table.js").is_file()
+    index = (site / "index.html").read_text()
+    assert f'href="{SAE_NAME}/index.html"' in index
+    table = (site / SAE_NAME / "index.html").read_text()
+    assert table.count("<tr") == D_SAE + 1  # header + one row per feature
+    interp = json.loads((dash_run / "interp.json").read_text())
+    alive = interp["saes"][SAE_NAME]["alive"]
+    assert len(list((site / SAE_NAME).glob("*.html"))) == alive + 1
+
+
+def test_feature_page_shows_highlights_and_steering_curve(dash_run, dash_cfg):
+    run_interp_eval(dash_run, cfg=dash_cfg, progress=False)
+    build_dashboard(dash_run)
+    rows = json.loads((dash_run / "interp" / SAE_NAME / "table.json").read_text())
+    alive = [r["index"] for r in rows if r["density"] > 0]
+    for i in alive[:3]:
+        html = (dash_run / "dashboard" / SAE_NAME / f"{i}.html").read_text()
+        assert 'class="tok on"' in html
+        assert ("<h2>Steering</h2>" in html) == (i == 0)  # steering.json only has feature 0
+
+
+def test_bad_run_dir_is_one_line_error(tmp_path, capsys):
+    assert main(["dashboard", str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_steering_curves_read_the_steer_layout(tmp_path):
+    from saekit.dashboard import steering_curves
+
+    curve = [
+        {"kappa": 0.05, "kl": 0.051, "score": 0.2},
+        {"kappa": 0.1, "kl": 0.1, "score": 0.4},
+        {"kappa": 0.5, "kl": 0.3, "reached": False},
+    ]
+    report = {
+        "sites": {
+            "h": {
+                "directions": {
+                    f"{SAE_NAME}#7": {"curve": curve},
+                    "random:0": {"curve": curve},
+                    "other#7": {"curve": curve},
+                }
+            }
+        }
+    }
+    (tmp_path / "steering.json").write_text(json.dumps(report))
+    assert steering_curves(tmp_path, SAE_NAME) == {"7": {"kl": [0.051, 0.1], "score": [0.2, 0.4]}}
+    assert steering_curves(tmp_path / "missing", SAE_NAME) == {}
