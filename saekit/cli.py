@@ -108,15 +108,30 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from saekit.eval.report import evaluate_run, summary_table
 
     report = evaluate_run(
-        args.run_dir, model_name=args.model, hook=args.hook, n_windows=args.windows
+        args.run_dir,
+        model_name=args.model,
+        hook=args.hook,
+        n_windows=args.windows,
+        interp_windows=args.interp_windows,
+        steering_features=args.steering_features if args.steering else 0,
     )
     print(summary_table(report))
     print(f"report: {args.run_dir}/report.json")
+    if args.interp_windows > 0:
+        print(f"next: saekit dashboard {args.run_dir}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    import inspect
+
     module = importlib.import_module(BENCHES[args.name])
-    result = module.run()
+    options = {"quick": args.quick, "device": args.device}
+    accepted = inspect.signature(module.run).parameters
+    kwargs = {k: v for k, v in options.items() if v not in (False, None)}
+    for key in kwargs:
+        if key not in accepted:
+            raise SaekitError(f"`saekit bench {args.name}` has no --{key} option.")
+    result = module.run(**kwargs)
     print(json.dumps(result) if args.json else module.table(result))
 
 
@@ -167,11 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="override the model spec of the run")
     p.add_argument("--hook", default=None, help="hook to evaluate at (default: the SAE's own)")
     p.add_argument("--windows", type=int, default=64, help="held-out context windows to use")
+    p.add_argument(
+        "--interp-windows",
+        type=int,
+        default=256,
+        help="held-out windows for the interpretability scores of every feature (0: skip)",
+    )
+    p.add_argument(
+        "--steering",
+        action="store_true",
+        help="also score features for steering (KL-calibrated, judge-free; minutes per feature)",
+    )
+    p.add_argument(
+        "--steering-features", type=int, default=2, help="features per dictionary to steer"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks against an anchor, side by side")
     p.add_argument("name", choices=sorted(BENCHES))
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="kernels: one shape instead of the grid")
+    p.add_argument("--device", default=None, help="kernels: cuda for the GPU mode (default cpu)")
     p.set_defaults(func=cmd_bench)
     for module_name in COMMANDS:
         importlib.import_module(module_name).register(sub)

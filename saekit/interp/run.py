@@ -158,11 +158,11 @@ def run_interp_eval(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score every dictionary of a run (or one SAE dir); write interp.json into `out_dir`."""
-    from saekit.eval.report import _targets
+    from saekit.eval.report import resolve_targets
 
     cfg = cfg or InterpConfig()
     run = Path(path)
-    recipe, targets = _targets(run, hook)
+    recipe, targets = resolve_targets(run, hook)
     if model_name is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=model_name))
     out = Path(out_dir) if out_dir is not None else run

@@ -41,13 +41,13 @@ def load_selector(
     model: HookedModel | None = None,
 ) -> Selector:
     """The run's (or SAE dir's) dictionary and model; `sae_name` picks one of several."""
-    from saekit.eval.report import _targets
+    from saekit.eval.report import resolve_targets
 
-    recipe, targets = _targets(Path(run_dir), hook)
+    recipe, targets = resolve_targets(Path(run_dir), hook)
     if sae_name is not None:
         targets = [t for t in targets if t[0] == sae_name]
         if not targets:
-            names = ", ".join(t[0] for t in _targets(Path(run_dir), hook)[1])
+            names = ", ".join(t[0] for t in resolve_targets(Path(run_dir), hook)[1])
             raise SaekitError(f"No dictionary {sae_name!r} in {run_dir}; choose one of: {names}.")
     name, sae_dir, sae_hook = targets[0]
     if model is None:

@@ -186,6 +186,6 @@ def load_run_dictionaries(
     path: str | Path, hook: str | None = None
 ) -> tuple[Any, list[tuple[str, Path, str]]]:
     """(recipe, [(name, dictionary dir, hook)]) of a run directory or one SAE directory."""
-    from saekit.eval.report import _targets
+    from saekit.eval.report import resolve_targets
 
-    return _targets(Path(path), hook)
+    return resolve_targets(Path(path), hook)

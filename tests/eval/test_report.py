@@ -154,3 +154,32 @@ def test_saelens_trained_sae_evaluates_end_to_end(tmp_path, smollm2_tl, monkeypa
     assert math.isfinite(metrics["ce_loss_score"]) and metrics["ce_sae"] > metrics["ce_clean"]
     assert metrics["l0_max"] <= 32
     assert is_png(metrics["plots"]["density"])
+
+
+def test_eval_aggregates_interp_steering_and_selection(
+    tmp_path, saekit_home, corpus_jsonl, tokenizer, eval_tl, pm_identity
+):
+    run = tmp_path / "run"
+    names = make_run(run, corpus_jsonl, pm_identity)
+    steering_row = {"hook": HOOK, "method": "sae", "kappa": "selected", "score": 0.25,
+                    "concept_gain": 0.2, "fluency": 0.7}  # fmt: skip
+    (run / "steering.json").write_text(json.dumps({"table": [steering_row]}))
+    (run / "selection").mkdir()
+    selection = {"retrieval": {"summary": {"mona": {"auc": {"mean": 0.9, "std": 0.1}}}},
+                 "downstream": {"mean": {"mona": {"response_loss": 2.5}}}}  # fmt: skip
+    (run / "selection" / "selection.json").write_text(json.dumps(selection))
+    model = HookedModel(eval_tl, tokenizer)
+    report = evaluate_run(run, n_windows=6, model=model, interp_windows=6)
+    for name in names:
+        interp = report["saes"][name]["interp"]
+        assert {"detection_mean", "fuzzing_mean", "simulation_mean", "alive"} <= set(interp)
+        assert report["saes"][name]["detection"] == interp["detection_mean"]
+    assert (run / "interp.json").is_file()
+    assert report["steering"]["table"] == [steering_row]
+    assert report["selection"]["retrieval"]["mona"]["auc"]["mean"] == 0.9
+    assert report["selection"]["downstream"]["mona"]["response_loss"] == 2.5
+    table = summary_table(report)
+    scored = any(report["saes"][n]["detection"] is not None for n in names)
+    assert ("detection" in table) == scored and "S 0.250" in table
+    saved = json.loads((run / "report.json").read_text())
+    assert saved["steering"]["table"] == [steering_row]
