@@ -23,6 +23,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    # Triton reads this when its @jit decorators run, i.e. on the first import of any module
+    # with kernels — which a test of the dispatch can do long before the Triton tests load.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from torch import nn  # noqa: E402
 
 from saekit.models.hooks import HookedModel  # noqa: E402

@@ -81,8 +81,14 @@ class Distributed:
         """Whether dictionary `index` of the recipe trains on this rank."""
         return self.mode == "data" or index % self.world == self.rank
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Leave the group. After a normal end, first wait for every rank: a rank that tears
+        down gloo while rank 0 still writes the final save aborted the job in CI ("terminate
+        called without an active exception", SIGABRT). After an error, leave at once: torchrun
+        stops the others, and a barrier could hang on a rank that is gone."""
         if self.owns_group and td.is_initialized():
+            if finished:
+                td.barrier()
             td.destroy_process_group()
 
     # ---- agreement: an error on one rank becomes the same error on all -------------------------

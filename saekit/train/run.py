@@ -77,10 +77,13 @@ def train_recipe(
 ) -> dict[str, Any]:
     """Train a recipe in this process, or as one rank of a torchrun launch (see distributed.py)."""
     dist = Distributed.from_env(recipe.train.parallel, recipe.train.device)
+    finished = False
     try:
-        return _train(recipe, resume, model, dist)
+        summary = _train(recipe, resume, model, dist)
+        finished = True
+        return summary
     finally:
-        dist.close()
+        dist.close(finished)
 
 
 def _train(
