@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 MIN_ROUNDS = 5
 """The fewest timed rounds a published figure may rest on."""
@@ -68,12 +69,12 @@ def _changed(before: list[torch.Tensor] | None, side: Side) -> bool | None:
 
 
 def run_rounds(
-    sides: Mapping[str, Side], rounds: int = MIN_ROUNDS, warmup: int = 1
+    sides: Mapping[str, Side], rounds: int = MIN_ROUNDS, warmup: int = 1, desc: str = "bench"
 ) -> dict[str, Any]:
     """Warm up every side alike, then time `rounds` rounds in rotating order.
 
     Returns medians (ms), every round's times, tokens/s from the medians, `did_work` per side
-    and the order each round ran in."""
+    and the order each round ran in. A progress bar (`desc`) counts calls on stderr."""
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be ≥ 1 and warmup ≥ 0, got {rounds}, {warmup}")
     names = list(sides)
@@ -82,12 +83,14 @@ def run_rounds(
         counts = {n: sides[n].tokens for n in names}
         raise ValueError(f"sides count different tokens per call: {counts}")
     before = {n: _snapshot(sides[n]) for n in names}
+    bar = tqdm(total=(warmup + rounds) * len(names), desc=desc, unit="call", leave=False)
     for _ in range(warmup):
         for n in names:
             side = sides[n]
             if side.before_round is not None:
                 side.before_round(-1)
             side.step()
+            bar.update()
     times: dict[str, list[float]] = {n: [] for n in names}
     order: list[list[str]] = []
     for r in range(rounds):
@@ -100,6 +103,8 @@ def run_rounds(
             t0 = time.perf_counter()
             side.step()
             times[n].append(time.perf_counter() - t0)
+            bar.update()
+    bar.close()
     (n_tokens,) = tokens
     median_ms = {n: 1e3 * statistics.median(t) for n, t in times.items()}
     return {
