@@ -19,7 +19,10 @@ Backward (MatchingPursuit): with ḡ_t = ∂L/∂r_t, going t = k … 1,
     s̄_t = (∂L/∂a_t − ⟨ḡ_t, d_j⟩)·[a_t > 0]
     ∂e_j += s̄_t r_{t−1},   ∂d_j −= a_t ḡ_t,   ḡ_{t−1} = ḡ_t + s̄_t e_j
 so the saved state is r_k, a and j: O(B·(D + k)), never a B×S tensor, and the backward costs
-~6k passes over B×D, no GEMM. Nothing in the loops reads a value back to the host.
+~6k passes over B×D, no GEMM. Each worker thread adds into its own S×D gradient buffer; the
+buffers are summed in the order of their row spans, never in the order the threads finish, so
+a run is bit-for-bit reproducible at a given thread count. Nothing in the loops reads a value
+back to the host.
 """
 
 from __future__ import annotations
@@ -309,7 +312,9 @@ class MatchingPursuit(torch.autograd.Function):
             grads[lo] = (g_E_SD, g_D_SD)
 
         map_rows(rows, B, -(-B // threads), r_BD.device)
-        (g_E_SD, g_D_SD), *others = grads.values()
+        # In span order, not in the order the workers finished: float addition is not
+        # associative, so with 3 or more buffers another order gives other bits.
+        (g_E_SD, g_D_SD), *others = (grads[lo] for lo in sorted(grads))
         for g_E_other, g_D_other in others:
             g_E_SD += g_E_other
             if not tied:

@@ -1,0 +1,78 @@
+"""MP backward: bit-for-bit reproducible however the worker threads are scheduled (CPU, ~5 s)."""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+import torch
+
+from saekit.activations.stream import StreamConfig
+from saekit.activations.synthetic import SyntheticStream
+from saekit.dictionaries import SAEConfig
+from saekit.eval.synthetic import FlatSuperposition
+from saekit.kernels import pursuit
+from saekit.kernels.pursuit import MatchingPursuit
+from saekit.train.trainer import TrainConfig, Trainer
+
+
+def unit_rows(S: int, D: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    W = torch.randn(S, D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return W / W.norm(dim=1, keepdim=True)
+
+
+def _mp_grads(x, W, E, k, order):
+    """Gradients of one MP loss with the backward's worker spans run in `order`."""
+    real = pursuit.map_rows
+
+    def scheduled(fn, n, per_chunk, device):
+        found: list[tuple[int, int]] = []
+        real(lambda lo, hi: found.append((lo, hi)), n, per_chunk, device)  # the real spans
+        spans = sorted(found)
+        for i in order(len(spans)):
+            fn(*spans[i])
+
+    pursuit.map_rows = scheduled
+    try:
+        a, _, r = MatchingPursuit.apply(x, E, W, k, "gram", None, None)
+        return torch.autograd.grad(r.pow(2).sum() + a.sum(), [W] if E is W else [E, W])
+    finally:
+        pursuit.map_rows = real
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_backward_sum_does_not_depend_on_which_worker_finishes_first(tied):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)  # 4 row spans, 4 gradient buffers
+    try:
+        W = unit_rows(300, 16, 0).requires_grad_()
+        E = W if tied else unit_rows(300, 16, 5).requires_grad_()
+        x = torch.randn(400, 16, generator=torch.Generator().manual_seed(1))
+        first = _mp_grads(x, W, E, 6, lambda n: range(n))
+        for order in (lambda n: reversed(range(n)), lambda n: [2, 0, 3, 1]):
+            for mine, ref in zip(_mp_grads(x, W, E, 6, order), first):
+                assert torch.equal(mine, ref)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_mp(out_dir: str) -> torch.Tensor:
+    data = FlatSuperposition(n_features=256, d_in=32, expected_l0=4.0, seed=1)
+    stream = SyntheticStream(data, StreamConfig(hooks=("x",), batch_size=512))
+    cfg = TrainConfig(
+        total_tokens=512 * 6, lr=3e-3, log_every=100, output_dir=out_dir, wandb_mode="disabled"
+    )
+    trainer = Trainer((SAEConfig(method="mp", d_sae=256, k=6),), cfg, stream, run_config={})
+    trainer.train()
+    return trainer.slots[0].sae.W_dec.detach().clone()
+
+
+def test_mp_training_is_bit_identical_at_4_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)  # 4 workers in the pursuit and 4 gradient buffers to sum
+    try:
+        with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
+            first, second = _train_mp(one), _train_mp(two)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(first, second)
