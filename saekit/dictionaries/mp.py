@@ -20,9 +20,11 @@ Options (SAEConfig):
   All dead atoms get the same pull, toward the batch's mean residual.
 
 Inference: `encode` runs the k training steps. `encode_adaptive` runs up to max_steps with
-per-row stops; with tied unit atoms every step lowers ‖r‖², so more steps never hurt. While the
-weights stay equal (checked by value) the Gram matrix of no-grad calls is cached, so an eval
-pays for it once: 340 MB at d_sae 9216.
+per-row stops; with tied unit atoms every step lowers ‖r‖², so more steps never hurt.
+
+Gram path (saekit/kernels/gram.py): the dictionary keeps one Gram buffer (340 MB at d_sae 9216)
+for its lifetime. Training rebuilds G in it every step (the weights changed); no-grad calls
+reuse G while the weights stay equal (checked by value), so an eval pays for it once.
 
 Saved as SAELens "matching_pursuit" with residual_threshold 0, max_iterations k and
 stop_on_duplicate_support False: exactly the fixed-k `encode` (tested). SAELens keeps only
@@ -40,7 +42,8 @@ from torch import Tensor, nn
 
 from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext, TrainOutput, check_k
 from saekit.errors import SaekitError
-from saekit.kernels.pursuit import MatchingPursuit, Path, Stop, choose_path, gram_matrix, pursue
+from saekit.kernels.gram import GramCache
+from saekit.kernels.pursuit import MatchingPursuit, Path, Stop, choose_path, padded_width, pursue
 from saekit.kernels.sparse_topk import SparseCodes
 
 
@@ -108,7 +111,7 @@ class MatchingPursuitSAE(Dictionary):
         if not self.tied:
             self.W_sel = nn.Parameter(W_dec_SD.clone())
             self.saelens_architecture = ""  # type: ignore[misc]  # SAELens MP is tied only
-        self._gram: tuple[Tensor, Tensor, Tensor] | None = None
+        self._gram = GramCache()
 
     def selector(self) -> Tensor:
         """Rows (S, D) that select atoms: W_dec itself when tied."""
@@ -126,26 +129,15 @@ class MatchingPursuitSAE(Dictionary):
 
     # -- pursuit ---------------------------------------------------------------------------
 
-    def _inference_gram(self, rows: int, steps: int) -> tuple[Tensor | None, Path]:
-        """Outside autograd, reuse G while the weights are unchanged; else let pursue decide."""
-        if torch.is_grad_enabled():
-            return None, "auto"
-        E_SD, D_SD = self.selector().detach(), self.W_dec.detach()
-        c = self._gram
-        ready = (
-            c is not None
-            and c[0].dtype == E_SD.dtype
-            and c[0].device == E_SD.device
-            and torch.equal(c[0], E_SD)
-            and torch.equal(c[1], D_SD)
-        )
-        path = choose_path(rows, self.d_in, self.d_sae, steps, gram_ready=ready)
+    def _gram_for(self, rows: int, steps: int) -> tuple[Tensor | None, Path]:
+        """The path for this call and, on the gram path, G from the dictionary's buffer."""
+        reuse = not torch.is_grad_enabled()  # training: the optimizer moved the weights
+        ready = reuse and self._gram.holds(self.selector(), self.W_dec)
+        path = choose_path(rows, self.d_in, self.d_sae, steps, ready, self.tied)
         if path != "gram":
             return None, path
-        if not ready:
-            self._gram = (E_SD.clone(), D_SD.clone(), gram_matrix(E_SD, D_SD))
-        assert self._gram is not None
-        return self._gram[2], path
+        G_SP = self._gram.get(self.selector(), self.W_dec, padded_width(self.d_sae), reuse)
+        return G_SP, path
 
     def pursuit(
         self, x_BD: Tensor, steps: int | None = None, drop_S: Tensor | None = None
@@ -153,7 +145,7 @@ class MatchingPursuitSAE(Dictionary):
         """(a_BT, j_BT, r_BD): coefficients and atoms in selection order, final residual."""
         steps = self.k if steps is None else steps
         r0_BD = x_BD.to(self.W_dec.dtype) - self.b_dec
-        G_SP, path = self._inference_gram(r0_BD.shape[0], steps)
+        G_SP, path = self._gram_for(r0_BD.shape[0], steps)
         out = MatchingPursuit.apply(r0_BD, self.selector(), self.W_dec, steps, path, drop_S, G_SP)
         a_BT, j_BT, r_BD = out
         return a_BT, j_BT, r_BD
@@ -188,7 +180,7 @@ class MatchingPursuitSAE(Dictionary):
             )
         r_BD = x_BD.to(self.W_dec.dtype) - self.b_dec
         norm0_B = r_BD.norm(dim=1)
-        G_SP, path = self._inference_gram(r_BD.shape[0], max_steps)
+        G_SP, path = self._gram_for(r_BD.shape[0], max_steps)
         stop = None
         if residual_threshold > 0 or stop_on_unchanged_support:
             stop = Stop(residual_threshold, stop_on_unchanged_support)
@@ -250,4 +242,3 @@ class MatchingPursuitSAE(Dictionary):
         self.b_dec.data.copy_(tensors["b_dec"])
         if not self.tied:
             self.W_sel.data.copy_(tensors["W_enc"].T)
-        self._gram = None

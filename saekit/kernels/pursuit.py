@@ -8,9 +8,11 @@
 
 Correlations c_t = r_t Eᵀ (B × S per step) only drive the argmax, by one of two paths:
 - "recompute": one GEMM per step, k·B·S·D multiply-adds;
-- "gram": c_t = c_{t−1} − a_t G[j_t] with G = D Eᵀ (S × S, built once per call: S²·D), so a
-  step is a row gather and a B×S update. At B 4096, D 576, S 9216, k 16 that is 2.25 + 1
-  GEMMs of work instead of 16; `choose_path` weighs the two (and G's memory, 340 MB there).
+- "gram": c_t = c_{t−1} − a_t G[j_t] with G = D Eᵀ (S × S, built once per call, symmetric
+  when tied: S²·D/2, saekit/kernels/gram.py), so a step is one pass over the B×S correlations
+  reading one row of G per batch row. At B 4096, D 576, S 9216, k 16 that is 1 + 1.1 GEMMs of
+  multiply-adds plus 15 memory-bound passes, instead of 16 GEMMs; `choose_path` weighs the two
+  (and G's memory, 340 MB there).
 Both select the same atoms up to rounding-level ties (tested), and both recompute a_t from the
 residual, so codes and residuals agree to rounding.
 
@@ -28,12 +30,13 @@ back to the host.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+
+from saekit.kernels.gram import gram_matrix
+from saekit.kernels.row_threads import map_rows
 
 Path = Literal["auto", "gram", "recompute"]
 
@@ -43,18 +46,24 @@ faster on CPU than torch's max-with-index over the row (96 vs ~590 ms per 16-ste
 B 4096, S 9216, one thread). Rows are padded to a multiple of it with −inf."""
 CHUNK_BYTES = 1 << 24
 """Correlation block per chunk of rows: 16 MB (455 rows at S 9216) stays in a 32 MB L3."""
+BACKWARD_BYTES = 1 << 20
+"""Backward row block: 1 MB per B×D temporary (455 rows at D 576), so the ~6k passes over them
+run in cache; smaller blocks pay more per-op overhead than they save."""
 GRAM_BUDGET_BYTES = 1 << 30
 """Largest Gram matrix the "auto" path builds: 1 GiB = S ≤ 16,384 in fp32."""
-GRAM_STEP_COST = 16
-"""One Gram-path element step (gather, update, block argmax) in GEMM multiply-adds: ~0.33 ns
-against ~0.023 ns per multiply-add on 2 Zen3 cores (B 4096, S 9216, cache-sized chunks)."""
+GRAM_STEP_COST = 40
+"""One Gram-path element step (block argmax, CSR update reading a row of G) in GEMM
+multiply-adds: both are memory-bound passes, ~40x the time of one multiply-add inside a GEMM on
+this class of CPU (one thread, B 4096, S 9216, D 576)."""
 
 
-def choose_path(rows: int, d_in: int, d_sae: int, steps: int, gram_ready: bool = False) -> Path:
+def choose_path(
+    rows: int, d_in: int, d_sae: int, steps: int, gram_ready: bool = False, tied: bool = True
+) -> Path:
     """The cheaper path by multiply-add count; gram only if G fits GRAM_BUDGET_BYTES."""
     if steps < 2 or 4 * d_sae * d_sae > GRAM_BUDGET_BYTES:
         return "recompute"
-    build = 0 if gram_ready else d_sae * d_sae * d_in
+    build = 0 if gram_ready else d_sae * d_sae * d_in // (2 if tied else 1)
     gram = build + rows * d_sae * (d_in + GRAM_STEP_COST * (steps - 1))
     return "gram" if gram < steps * rows * d_sae * d_in else "recompute"
 
@@ -67,12 +76,6 @@ def pad_rows(E_SD: Tensor) -> Tensor:
     """E with zero rows appended up to `padded_width` (P × D)."""
     S, D = E_SD.shape
     return torch.cat([E_SD.detach(), E_SD.new_zeros(padded_width(S) - S, D)])
-
-
-@torch.no_grad()
-def gram_matrix(E_SD: Tensor, D_SD: Tensor) -> Tensor:
-    """G = D Eᵀ (S × P, zero padding columns): G[j] = d_j Eᵀ."""
-    return D_SD.detach() @ pad_rows(E_SD).T
 
 
 def block_argmax(c_RP: Tensor) -> Tensor:
@@ -95,39 +98,6 @@ class Stop(NamedTuple):
     """Stop after a step that adds no new atom (re-selection or a_t = 0), as SAELens does."""
 
 
-def map_rows(fn: Callable[[int, int], None], n: int, per_chunk: int, device: torch.device) -> None:
-    """fn(lo, hi) over row chunks of at most per_chunk rows, in threads on a multi-core CPU.
-
-    Rows are independent, so each worker thread runs whole chunks single-threaded instead of
-    every op splitting its chunk across OpenMP threads: a chunk-step is ~9 ops, and one barrier
-    each (1,300 per MP step at B 4096) cost 10 s instead of 0.1 s on a loaded 2-core machine.
-    """
-    threads = torch.get_num_threads() if device.type == "cpu" else 1
-    if n == 0:
-        return
-    n_chunks = -(-n // per_chunk)
-    n_chunks = -(-n_chunks // threads) * threads  # equal shares per worker
-    size = -(-n // n_chunks)
-    spans = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
-    if threads == 1 or len(spans) == 1:
-        for lo, hi in spans:
-            fn(lo, hi)
-        return
-
-    inference = torch.is_inference_mode_enabled()
-
-    def work(span: tuple[int, int]) -> None:
-        with torch.inference_mode(inference), torch.no_grad():  # both modes are per thread
-            fn(*span)
-
-    torch.set_num_threads(1)  # workers start with it (torch sets a new thread's pool lazily)
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, spans))
-    finally:
-        torch.set_num_threads(threads)
-
-
 @torch.no_grad()
 def pursue(
     r_BD: Tensor,
@@ -141,19 +111,20 @@ def pursue(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run `steps` MP steps on r (in place, ends as r_k); returns (a_BT, j_BT, steps_B).
 
-    drop_S: atoms that may not be selected (atom dropout). G_SP: a prebuilt `gram_matrix`.
-    Without `stop` every row takes every step (steps_B = steps).
+    drop_S: atoms that may not be selected (atom dropout). G_SP: a prebuilt Gram matrix
+    (S × padded_width(S), see saekit/kernels/gram.py). Without `stop` every row takes every
+    step (steps_B = steps).
     """
     (B, D), S = r_BD.shape, E_SD.shape[0]
+    tied = E_SD is D_SD
     if path == "auto":
-        path = choose_path(B, D, S, steps, gram_ready=G_SP is not None)
+        path = choose_path(B, D, S, steps, gram_ready=G_SP is not None, tied=tied)
     E_PD = pad_rows(E_SD)
     P = E_PD.shape[0]
-    tied = E_SD is D_SD
     E_SD = E_PD[:S]
     D_SD = E_SD if tied else D_SD.detach()
     if path == "gram" and G_SP is None:
-        G_SP = D_SD @ E_PD.T
+        G_SP = gram_matrix(E_SD, D_SD, P, tied)
     bias_P = E_SD.new_zeros(P)  # −inf: never selected (padding, dropped atoms)
     bias_P[S:] = float("-inf")
     if drop_S is not None:
@@ -291,10 +262,8 @@ class MatchingPursuit(torch.autograd.Function):
         # One weight-gradient buffer per worker (S×D each), summed at the end.
         grads: dict[int, tuple[Tensor, Tensor]] = {}
 
-        def rows(lo: int, hi: int) -> None:
+        def unroll(lo: int, hi: int, g_E_SD: Tensor, g_D_SD: Tensor) -> None:
             r_RD, g_RD = r_BD[lo:hi], g_BD[lo:hi]  # in place: r_k → r_0, ∂L/∂r_k → ∂L/∂r_0
-            g_E_SD = torch.zeros_like(E_SD)
-            g_D_SD = g_E_SD if tied else torch.zeros_like(D_SD)
             for t in reversed(range(a_BT.shape[1])):
                 j_R, a_R = j_BT[lo:hi, t], a_BT[lo:hi, t]
                 e_RD = E_SD.index_select(0, j_R)
@@ -309,6 +278,14 @@ class MatchingPursuit(torch.autograd.Function):
                     g_E_SD.index_add_(0, j_R, row_RD)
                     g_D_SD.index_add_(0, j_R, g_RD * a_R[:, None], alpha=-1)
                 g_RD.addcmul_(s_R[:, None], e_RD)
+
+        def rows(lo: int, hi: int) -> None:
+            g_E_SD = torch.zeros_like(E_SD)
+            g_D_SD = g_E_SD if tied else torch.zeros_like(D_SD)
+            # Blocks of rows whose B×D temporaries stay in cache through all k steps.
+            per = max(1, BACKWARD_BYTES // (D_SD.shape[1] * r_BD.element_size()))
+            for c0 in range(lo, hi, per):
+                unroll(c0, min(c0 + per, hi), g_E_SD, g_D_SD)
             grads[lo] = (g_E_SD, g_D_SD)
 
         map_rows(rows, B, -(-B // threads), r_BD.device)

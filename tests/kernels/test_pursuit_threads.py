@@ -1,4 +1,5 @@
-"""MP backward: bit-for-bit reproducible however the worker threads are scheduled (CPU, ~5 s)."""
+"""MP kernels: the symmetric Gram build, its cache, and a backward that is bit-for-bit
+reproducible however the worker threads are scheduled (CPU, ~5 s)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,46 @@ from saekit.activations.stream import StreamConfig
 from saekit.activations.synthetic import SyntheticStream
 from saekit.dictionaries import SAEConfig
 from saekit.eval.synthetic import FlatSuperposition
-from saekit.kernels import pursuit
-from saekit.kernels.pursuit import MatchingPursuit
+from saekit.kernels import gram, pursuit
+from saekit.kernels.gram import GramCache, gram_matrix
+from saekit.kernels.pursuit import MatchingPursuit, padded_width
 from saekit.train.trainer import TrainConfig, Trainer
 
 
 def unit_rows(S: int, D: int, seed: int, dtype=torch.float32) -> torch.Tensor:
     W = torch.randn(S, D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     return W / W.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("S", [300, 256, 97])  # a partial last block, whole blocks, one block
+def test_symmetric_gram_equals_the_full_product(S, monkeypatch):
+    monkeypatch.setattr(gram, "GRAM_BLOCK", 64)
+    W, E = unit_rows(S, 24, 0, torch.float64), unit_rows(S, 24, 1, torch.float64)
+    P = padded_width(S)
+    G = gram_matrix(W, W, P, tied=True)
+    assert G.shape == (S, P) and not G[:, S:].any()  # padding columns stay zero
+    torch.testing.assert_close(G[:, :S], W @ W.T, rtol=0, atol=1e-13)
+    block = torch.arange(S) // 64
+    mirrored = block[:, None] != block[None, :]  # outside the diagonal blocks: copies
+    assert torch.equal(G[:, :S][mirrored], G[:, :S].T[mirrored])
+    torch.testing.assert_close(gram_matrix(E, W, P, tied=False)[:, :S], W @ E.T)
+
+
+def test_gram_cache_reuses_only_for_equal_weights():
+    W = unit_rows(200, 16, 0)
+    cache = GramCache()
+    G = cache.get(W, W, 256, reuse=True)
+    before = G.clone()
+    assert cache.get(W, W, 256, reuse=True) is G and torch.equal(G, before)
+    W2 = W.clone()
+    W2[3] *= -1  # changed weights, same shapes: rebuilt in the same buffer
+    G2 = cache.get(W2, W2, 256, reuse=True)
+    assert G2.data_ptr() == G.data_ptr()
+    torch.testing.assert_close(G2[:, :200], W2 @ W2.T)
+    # A training call (reuse=False) rebuilds and forgets the weights, so the next reusable call
+    # cannot mistake the buffer for the Gram matrix of weights it was not built from.
+    cache.get(W, W, 256, reuse=False)
+    torch.testing.assert_close(cache.get(W2, W2, 256, reuse=True)[:, :200], W2 @ W2.T)
 
 
 def _mp_grads(x, W, E, k, order):

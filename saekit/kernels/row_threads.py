@@ -1,0 +1,41 @@
+"""Run a function over chunks of independent rows in worker threads (CPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+
+def map_rows(fn: Callable[[int, int], None], n: int, per_chunk: int, device: torch.device) -> None:
+    """fn(lo, hi) over row chunks of at most per_chunk rows, in threads on a multi-core CPU.
+
+    Rows are independent, so each worker thread runs whole chunks single-threaded instead of
+    every op splitting its chunk across OpenMP threads: a chunk-step is ~9 ops, and one barrier
+    each (1,300 per MP step at B 4096) cost 10 s instead of 0.1 s on a loaded 2-core machine.
+    """
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    if n == 0:
+        return
+    n_chunks = -(-n // per_chunk)
+    n_chunks = -(-n_chunks // threads) * threads  # equal shares per worker
+    size = -(-n // n_chunks)
+    spans = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+    if threads == 1 or len(spans) == 1:
+        for lo, hi in spans:
+            fn(lo, hi)
+        return
+
+    inference = torch.is_inference_mode_enabled()
+
+    def work(span: tuple[int, int]) -> None:
+        with torch.inference_mode(inference), torch.no_grad():  # both modes are per thread
+            fn(*span)
+
+    torch.set_num_threads(1)  # workers start with it (torch sets a new thread's pool lazily)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, spans))
+    finally:
+        torch.set_num_threads(threads)
