@@ -1,191 +1,237 @@
-"""`saekit bench mp`: one MP-SAE training step, saekit vs SAELens, and saekit MP vs TopK.
+"""`saekit bench mp`: one MP-SAE training step, saekit vs SAELens and overcomplete, and against
+the floor no exact matching pursuit can beat.
 
-Shape: d_in 576, d_sae 9216, k 16, 4096 tokens per step, fp32, CPU. The timed steps run in one
-process, interleaved in rounds (the order rotates), medians over rounds after one untimed
-warm-up step each, on the same activations (`saekit.bench.train.activations`).
+Shape: d_in 576, d_sae 9216, k 16, 4096 tokens per step, fp32, CPU. Every side runs on the same
+fixed batch in one process under the shared protocol (`saekit.bench.protocol`): at 1 thread and
+at all threads, one warm-up call each, ≥ 5 rounds in rotating order, medians. The training
+steps and each peer's configuration are in `saekit.bench.mp_anchors`; the JSON's `protocol`
+block lists every difference from saekit's step. overcomplete's dense MP keeps k dense [B, S]
+tensors for its backward (6.3 GB peak RSS here) and is by far the slowest side, so the whole
+bench takes 20-40 minutes on 2 cores.
 
-- saekit mp: `Trainer._step` of a real Trainer on a tied "mp" slot (fixed k, Gram path chosen
-  by `choose_path`): pursuit + sparse backward, parallel-gradient removal, clip, Adam, renorm.
-- SAELens: `SAETrainer.step` on `MatchingPursuitTrainingSAE` at fixed k (residual_threshold 0,
-  max_iterations k, stop_on_duplicate_support False): a dense residual @ W_decᵀ per step, dense
-  B×S codes decoded by a GEMM, dense backward.
-- saekit topk: `Trainer._step` on `TopKSAE` at the same k (AuxK on, nothing dead yet).
+The floor and the parts of saekit's step are sides of the same rounds (medians, same batch):
+- c0_gemm: (x − b) Wᵀ, [B, D] × [D, S], into a kept output buffer (no page faults).
+- gram_syrk: W Wᵀ by BLAS ssyrk (scipy, its threads limited alike by threadpoolctl): one
+  triangle, S²D/2 multiply-adds. gram_panels: saekit's symmetric block GEMMs alone.
+- gram_saekit: saekit's exact build of the full G (the GEMMs plus the mirror copies).
+- pursuit_first_step / pursuit_forward: saekit's pursuit with G prebuilt, 1 and k steps
+  (c0 per row chunk, then k − 1 passes over the B×S correlations).
+- forward_backward: the k-step pursuit and its backward.
 
-ratio_vs_anchor = saekit MP tokens/s ÷ SAELens tokens/s (target ≥ 10); mp_vs_topk = saekit MP
-step ÷ saekit TopK step (target ≤ 3). `breakdown` times the parts of saekit's MP step once
-(encoder GEMM c_0, Gram GEMM G = W Wᵀ, the k-step loop, backward) to show what dominates.
-
-`exact_mp_ceiling` = SAELens step ÷ (c_0 GEMM + Gram GEMM): the ratio no exact k-step MP could
-beat here. Every exact pursuit needs c_0 = (x − b)Wᵀ (B·S·D) and, for steps 2..k, either one
-such GEMM per step or the S·S·D Gram matrix of the current weights (which change every step);
-at B 4096, S 9216 the Gram is S/B = 2.25 encoder GEMMs, so the floor is 3.25 of them even with
-a free loop, backward and optimizer.
+floor = c0_gemm + the faster of gram_syrk and gram_panels. Every exact k-step MP needs c0 and,
+for steps 2..k, either one such GEMM per step or the Gram matrix of the current weights (they
+change every step), whose cheapest exact form is a symmetric product. Per thread count:
+`step_vs_floor` = saekit MP step ÷ floor; `exact_mp_ceiling` = SAELens step ÷ floor, the most
+an exact MP could gain over SAELens here. Target: ratio_vs_saelens ≥ 10, or, where the ceiling
+is below 10, step_vs_floor ≤ 1.3. `ratio_vs_anchor` is against the fastest peer.
 """
 
 from __future__ import annotations
 
-import statistics
-import tempfile
-import time
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-from saekit.bench.train import _FixedStream, activations
+from saekit.bench.mp_anchors import BUILDERS, PEERS
+from saekit.bench.protocol import (
+    MIN_ROUNDS,
+    Side,
+    at_threads,
+    fastest,
+    protocol_block,
+    run_rounds,
+)
+from saekit.bench.protocol import thread_counts as default_threads
+from saekit.bench.train import activations
+from saekit.bench.train_anchors import Shape
 from saekit.dictionaries import SAEConfig
 from saekit.dictionaries.mp import MatchingPursuitSAE
-from saekit.kernels.pursuit import MatchingPursuit, choose_path, gram_matrix
+from saekit.kernels.gram import gram_into, gram_matrix
+from saekit.kernels.pursuit import MatchingPursuit, padded_width, pursue
 
-D_IN, D_SAE, K, BATCH = 576, 9216, 16, 4096
-SIDES = ("saekit_mp", "saelens_mp", "saekit_topk")
+SHAPE = Shape(d_in=576, d_sae=9216, k=16, batch=4096)
+DATA_SEED = 1
+"""Not the dictionaries' seed 0: both draw randn first, so seed 0 would make the batch's rows
+copies of saekit's initial atoms."""
+TARGETS = {
+    "ratio_vs_saelens": ">= 10 (where exact_mp_ceiling >= 10)",
+    "step_vs_floor": "<= 1.3 (where exact_mp_ceiling < 10)",
+    "mp_vs_topk": "<= 3",
+}
 
 
-def trainer_step(x_BD: torch.Tensor, sae_cfg: SAEConfig) -> Callable[[], None]:
-    """One `Trainer._step` on a fresh slot of `sae_cfg` (b_dec 0 on both sides)."""
-    from saekit.train.trainer import TrainConfig, Trainer
+def _syrk() -> Any:
+    """scipy's BLAS ssyrk and threadpoolctl's limiter, or None (then the floor uses the panels)."""
+    try:
+        from scipy.linalg import blas
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return blas.ssyrk, threadpool_limits
 
-    cfg = TrainConfig(
-        total_tokens=x_BD.shape[0] * 1000, output_dir=tempfile.mkdtemp(), wandb_mode="disabled"
+
+def part_sides(x_BD: torch.Tensor, shape: Shape) -> dict[str, Side]:
+    """The floor's products and the parts of saekit's MP step, on saekit's initial atoms."""
+    sae = MatchingPursuitSAE(SAEConfig(method="mp", d_sae=shape.d_sae, k=shape.k), shape.d_in)
+    W_SD, S, P = sae.W_dec.detach(), shape.d_sae, padded_width(shape.d_sae)
+    c_BS, r_BD, G_SP = x_BD.new_empty(x_BD.shape[0], S), x_BD.clone(), x_BD.new_zeros(S, P)
+    G_exact = gram_matrix(W_SD, W_SD, P, tied=True)  # what the pursuit parts read
+
+    def forward_backward() -> None:
+        _, _, r = MatchingPursuit.apply(x_BD, sae.W_dec, sae.W_dec, shape.k, "gram", None, G_exact)
+        r.pow(2).sum(dim=1).mean().backward()
+        sae.W_dec.grad = None
+
+    def out(*tensors: torch.Tensor) -> Any:  # what a part writes: `did_work` and tests read it
+        return lambda: list(tensors)
+
+    B = shape.batch
+    sides = {
+        "c0_gemm": Side(lambda: torch.mm(x_BD, W_SD.T, out=c_BS), B, out(c_BS)),
+        "gram_panels": Side(lambda: gram_into(G_SP, W_SD, W_SD, True, True), B, out(G_SP)),
+        "gram_saekit": Side(lambda: gram_into(G_SP, W_SD, W_SD, True), B, out(G_SP)),
+        "pursuit_first_step": Side(
+            lambda: pursue(r_BD.copy_(x_BD), W_SD, W_SD, 1, "gram", None, G_exact), B, out(r_BD)
+        ),
+        "pursuit_forward": Side(
+            lambda: pursue(r_BD.copy_(x_BD), W_SD, W_SD, shape.k, "gram", None, G_exact),
+            B,
+            out(r_BD),
+        ),
+        "forward_backward": Side(forward_backward, B),
+    }
+    syrk = _syrk()
+    if syrk is not None:
+        W_np, C_SS = W_SD.numpy(), torch.zeros(S, S)
+        C_np = C_SS.numpy().T  # Fortran order: ssyrk fills its upper = C_SS's lower triangle
+        sides["gram_syrk"] = Side(
+            lambda: syrk[0](1.0, W_np.T, trans=1, c=C_np, overwrite_c=1), B, out(C_SS)
+        )
+    return sides
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int) -> Iterator[None]:
+    """scipy's BLAS at n threads, like torch (no-op without threadpoolctl)."""
+    syrk = _syrk()
+    if syrk is None:
+        yield
+        return
+    with syrk[1](limits=n, user_api="blas"):
+        yield
+
+
+def _per_threads(sides: dict[str, Side], rounds: int, k: int) -> dict[str, Any]:
+    n = torch.get_num_threads()
+    with _blas_threads(n):
+        res = run_rounds(sides, rounds=rounds, desc=f"bench mp, {n} threads")
+    ms, tps = res["median_ms"], res["tokens_per_s"]
+    peers = [p for p in PEERS if p in sides]
+    best = fastest(tps, peers)
+    gram_ms = min(ms[s] for s in ("gram_syrk", "gram_panels") if s in ms)
+    floor_ms = ms["c0_gemm"] + gram_ms
+    ceiling = ms["saelens_mp"] / floor_ms
+    ratio_saelens = tps["saekit_mp"] / tps["saelens_mp"]
+    step_vs_floor = ms["saekit_mp"] / floor_ms
+    target = (
+        {"ratio_vs_saelens": ratio_saelens >= 10}
+        if ceiling >= 10
+        else {"step_vs_floor": step_vs_floor <= 1.3}
     )
-    trainer = Trainer((sae_cfg,), cfg, _FixedStream(x_BD), {})
-    slot = trainer.slots[0]
-
-    def step() -> None:
-        trainer._step(slot, x_BD, log_now=False)
-
-    return step
-
-
-def saelens_step(x_BD: torch.Tensor, d_sae: int, k: int) -> Callable[[], None]:
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.saes.matching_pursuit_sae import (
-        MatchingPursuitTrainingSAE,
-        MatchingPursuitTrainingSAEConfig,
-    )
-    from sae_lens.training.sae_trainer import SAETrainer
-
-    sae_cfg = MatchingPursuitTrainingSAEConfig(
-        d_in=x_BD.shape[1],
-        d_sae=d_sae,
-        dtype="float32",
-        decoder_init_norm=1.0,
-        residual_threshold=0.0,
-        max_iterations=k,
-        stop_on_duplicate_support=False,
-    )
-    cfg = SAETrainerConfig(
-        total_training_samples=x_BD.shape[0] * 1000,
-        train_batch_size_samples=x_BD.shape[0],
-        lr_end=3e-4,  # set by the runner config's post-init in a full SAELens run
-        logger=LoggingConfig(log_to_wandb=False),
-    )
-    trainer = SAETrainer(cfg, MatchingPursuitTrainingSAE(sae_cfg), data_provider=iter(()))
-
-    def step() -> None:
-        trainer.step(x_BD)
-
-    return step
-
-
-def _ms(t0: float) -> float:
-    return 1e3 * (time.perf_counter() - t0)
-
-
-def breakdown(x_BD: torch.Tensor, d_sae: int, k: int) -> dict[str, Any]:
-    """Milliseconds of each part of saekit's MP step (the second of two passes: warm pools)."""
-    sae = MatchingPursuitSAE(SAEConfig(method="mp", d_sae=d_sae, k=k), x_BD.shape[1])
-    W = sae.W_dec
-    path = choose_path(x_BD.shape[0], x_BD.shape[1], d_sae, k)
-    parts: dict[str, Any] = {"path": path}
-    for _ in range(2):
-        t0 = time.perf_counter()
-        x_BD @ W.detach().T
-        parts["encoder_gemm_c0"] = _ms(t0)
-        t0 = time.perf_counter()
-        if path == "gram":
-            gram_matrix(W, W)
-        parts["gram_gemm"] = _ms(t0)
-        t0 = time.perf_counter()
-        _, _, r_BD = MatchingPursuit.apply(x_BD, W, W, k, path, None, None)
-        parts["forward"] = _ms(t0)
-        t0 = time.perf_counter()
-        r_BD.pow(2).sum(dim=1).mean().backward()
-        parts["backward"] = _ms(t0)
-        W.grad = None
-    parts["pursuit_loop"] = parts["forward"] - parts["encoder_gemm_c0"] - parts["gram_gemm"]
-    return parts
+    return {
+        **res,
+        "fastest_peer": best,
+        "ratio_vs_anchor": tps["saekit_mp"] / tps[best],
+        "ratio_vs_peer": {p: tps["saekit_mp"] / tps[p] for p in peers},
+        "ratio_vs_saelens": ratio_saelens,
+        "mp_vs_topk": ms["saekit_mp"] / ms["saekit_topk"],
+        "floor_ms": {"c0_gemm": ms["c0_gemm"], "symmetric_gram": gram_ms, "total": floor_ms},
+        "step_vs_floor": step_vs_floor,
+        "exact_mp_ceiling": ceiling,
+        "target_met": target,
+        "saekit_step_parts_ms": {
+            "gram_build": ms["gram_saekit"],
+            "gram_mirror_copies": ms["gram_saekit"] - ms["gram_panels"],
+            "c0_and_first_step": ms["pursuit_first_step"],
+            f"steps_2_to_{k}": ms["pursuit_forward"] - ms["pursuit_first_step"],
+            "backward": ms["forward_backward"] - ms["pursuit_forward"],
+            "optimizer_and_rest": ms["saekit_mp"] - ms["gram_saekit"] - ms["forward_backward"],
+        },
+    }
 
 
 def run(
-    rounds: int = 3, d_in: int = D_IN, d_sae: int = D_SAE, k: int = K, batch: int = BATCH
+    rounds: int = MIN_ROUNDS, threads: Sequence[int] | None = None, shape: Shape = SHAPE
 ) -> dict[str, Any]:
-    from importlib.metadata import version
-
-    if (batch, d_in) == (BATCH, D_IN):
-        x_BD = activations()  # the same input as `saekit bench train`
-    else:  # smaller shapes (smoke tests): the same recipe, Gaussian rows plus an offset
-        gen = torch.Generator().manual_seed(0)
-        x_BD = torch.randn(batch, d_in, generator=gen) + 0.5 * torch.randn(d_in, generator=gen)
-    steps = {
-        "saekit_mp": trainer_step(x_BD, SAEConfig(method="mp", d_sae=d_sae, k=k)),
-        "saelens_mp": saelens_step(x_BD, d_sae, k),
-        "saekit_topk": trainer_step(x_BD, SAEConfig(method="topk", d_sae=d_sae, k=k)),
-    }
-    for step in steps.values():
-        step()  # warm-up: Adam state, allocator pools, lazy imports
-    times: dict[str, list[float]] = {side: [] for side in SIDES}
-    for r in range(rounds):
-        for side in SIDES[r % 3 :] + SIDES[: r % 3]:
-            t0 = time.perf_counter()
-            steps[side]()
-            times[side].append(_ms(t0))
-    ms = {side: statistics.median(t) for side, t in times.items()}
-    parts = breakdown(x_BD, d_sae, k)
-    # Steps 2..k cost at least min(Gram GEMM, k − 1 encoder GEMMs); gram_gemm is 0 when unused.
-    c0 = parts["encoder_gemm_c0"]
-    floor_ms = c0 + (parts["gram_gemm"] if parts["path"] == "gram" else (k - 1) * c0)
-    tps = {side: batch / (ms[side] / 1e3) for side in SIDES}
+    """Every side at each thread count (default: 1 and all)."""
+    load_before = os.getloadavg()
+    counts = list(threads) if threads else default_threads()
+    x_BD = activations(seed=DATA_SEED, shape=shape)
+    sides: dict[str, Side] = {}
+    info: dict[str, Any] = {}
+    for name, build in BUILDERS.items():
+        sides[name], info[name] = build(x_BD, shape)
+    sides |= part_sides(x_BD, shape)
+    per = at_threads(lambda n: _per_threads(sides, rounds, shape.k), counts)
+    floor_gram = "BLAS ssyrk (scipy) or saekit's symmetric panels, the faster"
+    if "gram_syrk" not in sides:
+        floor_gram = "saekit's symmetric panels (scipy/threadpoolctl absent: no ssyrk)"
     return {
         "bench": "mp",
-        "shape": {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": batch, "dtype": "float32"},
-        "torch_threads": torch.get_num_threads(),
-        "rounds": rounds,
-        "anchor": f"sae_lens {version('sae-lens')} MatchingPursuitTrainingSAE + SAETrainer.step",
-        "step_ms": ms,
-        "step_ms_rounds": {s: [round(t, 1) for t in v] for s, v in times.items()},
-        "tokens_per_s": tps,
-        "ratio_vs_anchor": tps["saekit_mp"] / tps["saelens_mp"],
-        "mp_vs_topk": ms["saekit_mp"] / ms["saekit_topk"],
-        "breakdown_ms": parts,
-        "exact_mp_ceiling": ms["saelens_mp"] / floor_ms,
-        "targets": {"ratio_vs_anchor": ">= 10", "mp_vs_topk": "<= 3"},
+        "shape": shape._asdict() | {"dtype": "float32", "data_seed": DATA_SEED},
+        "protocol": protocol_block(
+            rounds=rounds,
+            warmup=1,
+            threads=counts,
+            tokens=shape.batch,
+            anchors={p: info[p] for p in PEERS},
+            load_before=load_before,
+        ),
+        "saekit": info["saekit_mp"],
+        "saekit_topk": info["saekit_topk"],
+        "floor": {
+            "definition": "c0 GEMM + symmetric Gram product, medians of the same rounds",
+            "gram": floor_gram,
+        },
+        "threads": per,
+        "ratio_vs_anchor": min(p["ratio_vs_anchor"] for p in per),
+        "step_vs_floor": max(p["step_vs_floor"] for p in per),
+        "targets": TARGETS,
     }
+
+
+NAMES = {
+    "saekit_mp": "saekit MP Trainer._step",
+    "saelens_mp": "SAELens MatchingPursuitTrainingSAE",
+    "overcomplete_mp": "overcomplete MpSAE train_sae",
+    "saekit_topk": "saekit TopK (same k)",
+}
 
 
 def table(result: dict[str, Any]) -> str:
-    shape, ms, tps = result["shape"], result["step_ms"], result["tokens_per_s"]
+    shape = result["shape"]
     lines = [
         f"bench mp — d_in {shape['d_in']}, d_sae {shape['d_sae']}, k {shape['k']}, "
-        f"{shape['batch']} tokens/step, {shape['dtype']}, {result['torch_threads']} threads, "
-        f"median of {result['rounds']} interleaved rounds",
-        f"{'path':40s} {'step ms':>9s} {'tokens/s':>9s}",
+        f"{shape['batch']} tokens/step, fp32, median of {result['protocol']['rounds']} rounds "
+        f"(rotating order), load {result['protocol']['load_average_before'][0]:.1f}",
     ]
-    names = {
-        "saekit_mp": "saekit MP Trainer._step",
-        "saelens_mp": f"SAELens MP ({result['anchor'].split(' ')[1]}, fixed k)",
-        "saekit_topk": "saekit TopK Trainer._step (same k)",
-    }
-    for side in SIDES:
-        lines.append(f"{names[side]:40s} {ms[side]:9.0f} {tps[side]:9.0f}")
-    b = result["breakdown_ms"]
-    lines += [
-        f"ratio_vs_anchor = {result['ratio_vs_anchor']:.2f} (target ≥ 10); "
-        f"MP / TopK step = {result['mp_vs_topk']:.2f} (target ≤ 3)",
-        f"saekit MP step parts ({b['path']} path): c0 GEMM {b['encoder_gemm_c0']:.0f} ms, "
-        f"Gram GEMM {b['gram_gemm']:.0f} ms, {shape['k']}-step loop {b['pursuit_loop']:.0f} ms, "
-        f"backward {b['backward']:.0f} ms",
-        f"exact_mp_ceiling = SAELens step / (c0 + Gram GEMMs) = {result['exact_mp_ceiling']:.2f}: "
-        "the most any exact k-step MP could gain here",
-    ]
+    for per in result["threads"]:
+        ms, tps = per["median_ms"], per["tokens_per_s"]
+        lines.append(f"{per['threads']} thread(s): {'step ms':>28s} {'tokens/s':>9s}")
+        for side, name in NAMES.items():
+            lines.append(f"  {name:36s} {ms[side]:8.0f} {tps[side]:9.0f}")
+        floor = per["floor_ms"]
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in per["saekit_step_parts_ms"].items())
+        lines += [
+            f"  ratio_vs_anchor = {per['ratio_vs_anchor']:.2f} vs {per['fastest_peer']}; "
+            f"vs SAELens {per['ratio_vs_saelens']:.2f}; MP / TopK step {per['mp_vs_topk']:.2f}",
+            f"  floor = c0 GEMM {floor['c0_gemm']:.0f} + symmetric Gram "
+            f"{floor['symmetric_gram']:.0f} = {floor['total']:.0f} ms; step_vs_floor = "
+            f"{per['step_vs_floor']:.2f}; exact_mp_ceiling (SAELens / floor) = "
+            f"{per['exact_mp_ceiling']:.2f}; target met: {per['target_met']}",
+            f"  saekit step parts (ms): {parts}",
+        ]
     return "\n".join(lines)

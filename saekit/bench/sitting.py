@@ -142,6 +142,20 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     f"streaming 1M tokens: {_fmt(r['stream_peak_rss_gb'])} GB peak RSS",
                 ]
             )
+        elif name == "mp":
+            tps, best = t["tokens_per_s"], t["fastest_peer"]
+            rows.append(
+                [
+                    n,
+                    f"{_fmt(tps['saekit_mp'])} tok/s",
+                    f"{best} {_fmt(tps[best])} tok/s",
+                    _fmt(t["ratio_vs_anchor"]),
+                    f"vs SAELens {_fmt(t['ratio_vs_saelens'])}x; step = "
+                    f"{_fmt(t['step_vs_floor'])}x the exact-MP floor (c0 GEMM + symmetric Gram), "
+                    f"which caps any exact MP at {_fmt(t['exact_mp_ceiling'])}x SAELens; "
+                    f"MP step = {_fmt(t['mp_vs_topk'])}x TopK step",
+                ]
+            )
         else:
             rows.append([n, "", "", _fmt(t["ratio_vs_anchor"]), ""])
     if not rows and "ratio_vs_anchor" in r:  # a bench not (yet) on the shared protocol

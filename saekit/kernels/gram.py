@@ -28,8 +28,14 @@ GRAM_BLOCK = 512
 
 
 @torch.no_grad()
-def gram_into(G_SP: Tensor, E_SD: Tensor, D_SD: Tensor, tied: bool) -> Tensor:
-    """G_SP[:, :S] = D Eᵀ (rows d_j Eᵀ); columns S.. of G_SP are left as they are (padding)."""
+def gram_into(
+    G_SP: Tensor, E_SD: Tensor, D_SD: Tensor, tied: bool, upper_only: bool = False
+) -> Tensor:
+    """G_SP[:, :S] = D Eᵀ (rows d_j Eᵀ); columns S.. of G_SP are left as they are (padding).
+
+    upper_only (tied): only the upper triangle's block columns, written straight into G by the
+    GEMMs: the symmetric product alone, without the copies (`saekit bench mp` times it).
+    """
     S = E_SD.shape[0]
     if not tied:
         torch.mm(D_SD, E_SD.T, out=G_SP[:, :S])
@@ -38,6 +44,9 @@ def gram_into(G_SP: Tensor, E_SD: Tensor, D_SD: Tensor, tied: bool) -> Tensor:
     scratch = W_SD.new_empty(S * min(GRAM_BLOCK, S))
     for p0 in range(0, S, GRAM_BLOCK):
         p1 = min(p0 + GRAM_BLOCK, S)
+        if upper_only:
+            torch.mm(W_SD[:p1], W_SD[p0:p1].T, out=G_SP[:p1, p0:p1])
+            continue
         panel = scratch[: p1 * (p1 - p0)].view(p1, p1 - p0)
         torch.mm(W_SD[:p1], W_SD[p0:p1].T, out=panel)  # G[:p1, P], rows 0..p1 of the column
         G_SP[:p1, p0:p1].copy_(panel)
