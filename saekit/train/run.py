@@ -99,7 +99,9 @@ def _train(
     if model is None and stream_cfg.cache_dir is None:
         device = local_device(recipe.model.device)
         model = dist.everywhere(lambda: build_hooked_model(replace(recipe.model, device=device)))
-    stream = dist.everywhere(lambda: open_stream(model, recipe.data, stream_cfg, "train"))
+    stream = dist.everywhere(
+        lambda: open_stream(model, recipe.data, stream_cfg, "train", verify=recipe.cache.verify)
+    )
     shard_stream(stream, dist)
     train_cfg = replace(recipe.train, device=local_device(recipe.train.device))
 

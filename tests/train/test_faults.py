@@ -136,11 +136,9 @@ def build_cache(out: Path) -> Path:
     return write_cache(stream, cfg, {"synthetic": ["h0"]})
 
 
-def assert_no_valid_looking_shard(out: Path, complete: int) -> None:
-    assert sorted(p.name for p in (out / "h0").iterdir()) == [
-        f"shard_{i:05d}.bin" for i in range(complete)
-    ]  # the failed shard is gone, no .partial left
-    assert not (out / "manifest.json").exists()
+def assert_nothing_left(out: Path) -> None:
+    """The unfinished cache was removed whole: no directory, no temp dir, nothing to misread."""
+    assert list(out.parent.iterdir()) == []
     with pytest.raises(SaekitError, match="no manifest.json"):
         ActivationCache(out)
 
@@ -153,10 +151,13 @@ def test_a_full_disk_while_caching_is_a_clear_error(tmp_path, monkeypatch) -> No
         return FullDisk(fh, 3000) if self.name == "shard_00002.partial" else fh
 
     monkeypatch.setattr(Path, "open", open_)
+    out = tmp_path / "caches" / "cache"
     with pytest.raises(SaekitError, match="The disk is full: writing shard_00002.bin") as err:
-        build_cache(tmp_path / "cache")
-    assert "rerun `saekit cache`" in str(err.value)
-    assert_no_valid_looking_shard(tmp_path / "cache", complete=2)
+        build_cache(out)
+    assert "nothing in" in str(err.value) and "rerun `saekit cache RECIPE`" in str(err.value)
+    assert_nothing_left(out)
+    monkeypatch.undo()  # space freed, as advised: the rerun builds the cache
+    assert ActivationCache(build_cache(out)).rows == 2048
 
 
 def test_a_full_tmpfs_while_caching_is_a_clear_error(tmp_path) -> None:
@@ -173,6 +174,40 @@ def test_a_full_tmpfs_while_caching_is_a_clear_error(tmp_path) -> None:
     try:
         with pytest.raises(SaekitError, match="The disk is full"):
             build_cache(mount / "cache")
-        assert_no_valid_looking_shard(mount / "cache", complete=2)
+        assert_nothing_left(mount / "cache")
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+class NaNSource(SyntheticStream):
+    """The synthetic stream with NaN in two rows of batch 3 (a source gone wrong for 2 tokens)."""
+
+    def raw_batch(self, index: int) -> dict[str, torch.Tensor]:
+        batch = super().raw_batch(index)
+        if index == 3:
+            batch["h0"][[7, 100], 2] = float("nan")
+        return batch
+
+
+def test_nan_rows_in_a_cache_are_skipped_like_the_live_streams(tmp_path, capsys) -> None:
+    out = tmp_path / "cache"
+    cfg = CacheConfig(output_dir=str(out), n_tokens=256 * 40, shard_tokens=2048)
+    write_cache(NaNSource({"h0": 16}, batch_size=256), cfg, {"synthetic": ["h0"]})
+    assert int(ActivationCache(out).read("h0", 0, 256 * 40).isnan().any(dim=1).sum()) == 2
+    # 2 of 10,240 tokens (0.02%) is under stream.max_nonfinite_fraction (0.1%): skipped.
+    recipe = write_recipe(tmp_path / "r.yaml", out, tmp_path / "run", SAES[:1], **SETTINGS)
+    assert main(["train", str(recipe)]) == 0, capsys.readouterr().err
+    weights = exported(tmp_path / "run")["00-topk-h0"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_train_reads_cache_verify(tmp_path, capsys) -> None:
+    cache = make_cache(tmp_path / "cache", {"h0": 16}, n_tokens=4096)
+    shard = cache / "h0/shard_00001.bin"
+    data = bytearray(shard.read_bytes())
+    data[400] ^= 0x01  # the lowest mantissa bit of one value: same size, other checksum
+    shard.write_bytes(bytes(data))
+    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES[:1], **SETTINGS)
+    assert main(["train", str(recipe)]) == 2
+    assert "shard_00001.bin is corrupt (sha256 mismatch)" in one_error(capsys)
+    assert main(["train", str(recipe), "--cache.verify", "false"]) == 0
