@@ -3,8 +3,10 @@
 A checkpoint is a directory `checkpoints/step-00001200/` written under a temporary name and
 renamed when complete; `checkpoints/latest` (a one-line file, replaced atomically) names the
 newest one. A crash mid-write leaves only a `.partial` directory, so `latest` always points at
-a complete checkpoint. Dictionary weights are safetensors; optimizer, scheduler and RNG states
-are tensors and plain numbers saved with torch.save and read back with weights_only=True.
+a complete checkpoint. Resuming reads the newest checkpoint that loads: one truncated by a
+dying disk is set aside, one deleted by hand is passed over. Dictionary weights are
+safetensors; optimizer, scheduler and RNG states are tensors and plain numbers saved with
+torch.save and read back with weights_only=True.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,35 +61,67 @@ def save_checkpoint(
     os.replace(partial, final)
     _replace_file(root / LATEST, final.name + "\n")
     shutil.rmtree(final.with_name(final.name + ".old"), ignore_errors=True)
-    done = sorted(p for p in root.glob("step-*") if p.is_dir() and "." not in p.name)
-    for stale in done[:-keep]:
+    for stale in _complete(root)[keep:]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
+def _complete(root: Path) -> list[Path]:
+    """Complete checkpoint directories, newest first (.partial/.old/.unreadable are not)."""
+    return sorted(
+        (p for p in root.glob("step-*") if p.is_dir() and "." not in p.name), reverse=True
+    )
+
+
 def has_checkpoint(root: Path) -> bool:
-    return (root / LATEST).is_file()
+    return (root / LATEST).is_file() or bool(_complete(root))
+
+
+def _read_checkpoint(
+    ckpt: Path,
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict[str, Any]]:
+    meta = json.loads((ckpt / "meta.json").read_text())
+    weights = {p.stem: load_file(str(p)) for p in sorted(ckpt.glob("*.safetensors"))}
+    missing = [name for name in meta.get("slots", {}) if name not in weights]
+    if missing:
+        raise FileNotFoundError(f"no weights for {missing}")
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    return weights, state, meta
 
 
 def load_checkpoint(
     root: Path,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict[str, Any]]:
-    """(weights per dictionary, trainer state, meta) of the newest checkpoint."""
-    pointer = root / LATEST
-    if not pointer.is_file():
+    """(weights per dictionary, trainer state, meta) of the newest readable checkpoint.
+
+    An unreadable one (truncated, torn, missing files) is renamed `step-N.unreadable` (the
+    next checkpoint write deletes it), `latest` is pointed at the one read, and a warning line
+    names both. `latest` is a hint: the step directories themselves are the record."""
+    if not has_checkpoint(root):
         raise SaekitError(f"No checkpoint to resume from in {root}; run without --resume.")
-    ckpt = root / pointer.read_text().strip()
-    try:
-        meta = json.loads((ckpt / "meta.json").read_text())
-        weights = {p.stem: load_file(str(p)) for p in sorted(ckpt.glob("*.safetensors"))}
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable piece is one clear message
-        raise SaekitError(
-            f"Checkpoint {ckpt} is unreadable or truncated ({type(exc).__name__}: "
-            f"{str(exc)[:160]}). Delete it to fall back to an older one, or start "
-            "over without --resume."
-        ) from None
-    return weights, state, meta
+    failed: list[str] = []
+    for ckpt in _complete(root):
+        try:
+            loaded = _read_checkpoint(ckpt)
+        except Exception as exc:  # noqa: BLE001 - any unreadable piece: try the previous one
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+            failed.append(f"{ckpt.name} is unreadable or truncated ({reason})")
+            os.replace(ckpt, ckpt.with_name(ckpt.name + ".unreadable"))
+            continue
+        if failed:
+            _replace_file(root / LATEST, ckpt.name + "\n")
+            print(
+                f"saekit: warning: {'; '.join(failed)}; set aside as *.unreadable, resuming "
+                f"from {ckpt.name}.",
+                file=sys.stderr,
+            )
+        return loaded
+    raise SaekitError(
+        f"No readable checkpoint in {root}: "
+        f"{'; '.join(failed) or 'latest names a step directory that is gone'}. To restart "
+        f"this run from step 0, delete {root} and rerun with --resume; or train into another "
+        "train.output_dir."
+    )
 
 
 class RunLock:

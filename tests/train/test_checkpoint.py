@@ -94,18 +94,33 @@ def test_rewriting_the_same_step_keeps_a_complete_checkpoint(trained, train_cfg,
 
 
 @pytest.mark.parametrize("victim", ["trainer_state.pt", "00-topk-h0.safetensors", "meta.json"])
-def test_a_truncated_checkpoint_file_is_a_clear_error(trained: Path, victim: str) -> None:
-    path = trained / "checkpoints/step-00000040" / victim
+def test_a_truncated_checkpoint_file_falls_back_to_the_previous_one(
+    trained: Path, victim: str, capsys
+) -> None:
+    root = trained / "checkpoints"
+    path = root / "step-00000040" / victim
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    with pytest.raises(SaekitError, match="unreadable or truncated") as err:
-        load_checkpoint(trained / "checkpoints")
-    assert "step-00000040" in str(err.value) and "\n" not in str(err.value)
+    assert load_checkpoint(root)[2]["step"] == 30
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("saekit: warning: step-00000040 is unreadable or truncated (")
+    assert warning.endswith("resuming from step-00000030.") and "\n" not in warning
+    assert (root / "latest").read_text() == "step-00000030\n"
+    assert sorted(p.name for p in root.iterdir()) == [
+        "latest", "step-00000030", "step-00000040.unreadable",
+    ]  # fmt: skip
+    path = root / "step-00000030" / victim
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(SaekitError, match="No readable checkpoint.*step-00000030 is unreadable"):
+        load_checkpoint(root)
 
 
-def test_a_missing_weights_file_is_a_clear_error(trained, train_cfg, make_trainer) -> None:
+def test_a_missing_weights_file_falls_back_to_the_previous_one(
+    trained, train_cfg, make_trainer
+) -> None:
     (trained / "checkpoints/step-00000040/00-topk-h0.safetensors").unlink()
-    with pytest.raises(SaekitError, match="00-topk-h0"):
-        make_trainer(TOPK, train_cfg()).resume()
+    trainer = make_trainer(TOPK, train_cfg())
+    trainer.resume()
+    assert trainer.step == 30
 
 
 def test_resume_without_a_checkpoint_says_so(train_cfg, make_trainer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -90,14 +91,44 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(
     assert diff <= 1e-6
 
 
-def test_a_truncated_checkpoint_is_one_clear_error(cache, tmp_path, capsys) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES[:1], **SETTINGS)
+@pytest.mark.parametrize("fault", ["truncated", "deleted as once advised"])
+def test_resume_falls_back_past_an_unreadable_newest_checkpoint(
+    cache, uninterrupted, tmp_path, capsys, fault
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES, **SETTINGS)
     assert main(["train", str(recipe)]) == 0
-    state = tmp_path / "run/checkpoints/step-00000020/trainer_state.pt"
-    state.write_bytes(state.read_bytes()[:500])
+    root = tmp_path / "run/checkpoints"
+    newest = root / "step-00000020"
+    if fault == "truncated":
+        (newest / "trainer_state.pt").write_bytes((newest / "trainer_state.pt").read_bytes()[:500])
+    else:
+        shutil.rmtree(newest)  # `latest` still names it
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--resume"]) == 0
+    err = capsys.readouterr().err
+    if fault == "truncated":
+        assert "saekit: warning: step-00000020 is unreadable or truncated" in err
+        assert "resuming from step-00000015" in err
+    assert max_abs_diff(uninterrupted, exported(tmp_path / "run")) <= 1e-6
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000015", "step-00000020"]
+
+
+def test_no_readable_checkpoint_names_a_command_that_works(
+    cache, uninterrupted, tmp_path, capsys
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES, **SETTINGS)
+    assert main(["train", str(recipe)]) == 0
+    root = tmp_path / "run/checkpoints"
+    for step in (15, 20):
+        (root / f"step-{step:08d}/meta.json").write_text("{")
+    capsys.readouterr()
     assert main(["train", str(recipe), "--resume"]) == 2
     line = one_error(capsys)
-    assert "step-00000020 is unreadable or truncated" in line and "Delete it" in line
+    assert "step-00000020" in line and "step-00000015" in line
+    assert f"delete {root} and rerun with --resume" in line
+    shutil.rmtree(root)  # as advised: the run starts over from step 0
+    assert main(["train", str(recipe), "--resume"]) == 0
+    assert max_abs_diff(uninterrupted, exported(tmp_path / "run")) <= 1e-6
 
 
 def test_a_truncated_cache_shard_is_one_clear_error(tmp_path, capsys) -> None:
