@@ -217,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """End the bars an error left open, so the message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -224,9 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         func(args)
     except SaekitError as exc:
+        _close_progress_bars()
         print(f"saekit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("saekit: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -159,6 +159,14 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
 
+    def holder(self) -> int | None:
+        """The pid of the live process holding the lock (this one included), else None."""
+        try:
+            pid = int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        return pid if pid and (pid == os.getpid() or _alive(pid)) else None
+
 
 def _alive(pid: int) -> bool:
     try:
