@@ -125,7 +125,14 @@ def load_checkpoint(
 
 
 class RunLock:
-    """Refuses a second live run on the same output directory (pid file, stale-aware)."""
+    """Refuses a second live run on the same output directory (pid file, stale-aware).
+
+    Every change to the lock file is atomic: it is created complete by hard-linking a file
+    that already holds our pid (create-if-absent), and a stale one (its process is gone) is
+    replaced by rename. Which of several processes may replace a stale lock of pid P is decided
+    by who creates `run.lock.stale-P` (O_EXCL), and the winner re-reads the lock under that
+    claim, so two resumers that both saw P dead cannot both take it.
+    """
 
     NAME = "run.lock"
 
@@ -134,38 +141,75 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and _alive(pid):
-                raise SaekitError(
-                    f"Another run (pid {pid}) is writing to {self.path.parent}; "
-                    "wait for it or choose another train.output_dir."
-                )
-            self.path.unlink(missing_ok=True)
+        mine = self.path.with_name(f"{self.NAME}.{os.getpid()}")
+        mine.write_text(str(os.getpid()))
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            raise SaekitError(
-                f"Another run started writing to {self.path.parent} just now; "
-                "choose another train.output_dir."
-            ) from None
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+            self._acquire(mine)
+        finally:
+            mine.unlink(missing_ok=True)  # linked or renamed into place, or refused
         return self
+
+    def _acquire(self, mine: Path) -> None:
+        try:
+            os.link(mine, self.path)
+            return
+        except FileExistsError:
+            pass
+        pid = self._pid()
+        where = self.path.parent
+        if pid and _alive(pid):
+            raise SaekitError(
+                f"Another run (pid {pid}) is writing to {where}; "
+                "wait for it or choose another train.output_dir."
+            )
+        claim = self.path.with_name(f"{self.NAME}.stale-{pid}")
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise _claimed(claim, where) from None
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            if self._pid() != pid:  # replaced or released since we read it: another run won
+                raise SaekitError(
+                    f"Another run started writing to {where} just now; "
+                    "choose another train.output_dir."
+                )
+            os.replace(mine, self.path)
+        finally:
+            claim.unlink(missing_ok=True)
+
+    def _pid(self) -> int:
+        """The pid in the lock file; 0 if it is gone, empty or not a number (stale)."""
+        try:
+            return int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
 
     def holder(self) -> int | None:
         """The pid of the live process holding the lock (this one included), else None."""
-        try:
-            pid = int(self.path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            return None
+        pid = self._pid()
         return pid if pid and (pid == os.getpid() or _alive(pid)) else None
+
+
+def _claimed(claim: Path, where: Path) -> SaekitError:
+    """The error for a stale lock another process is replacing (or died replacing)."""
+    try:
+        claimant = int(claim.read_text().strip() or 0)
+    except (OSError, ValueError):
+        claimant = 0
+    if claimant and not _alive(claimant):
+        return SaekitError(
+            f"A takeover of the stale lock of {where} by pid {claimant} was interrupted; "
+            f"delete {claim}, then rerun."
+        )
+    return SaekitError(
+        f"Another run is taking over the stale lock of {where} just now; wait for it or "
+        "choose another train.output_dir."
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -57,7 +57,7 @@ def check_output_dir(recipe: Recipe, out: Path, resume: bool) -> None:
             f"{out} holds {what}{f' ({status})' if status else ''}; pass --resume to continue "
             "it, or set train.output_dir to a new directory. Nothing was overwritten."
         )
-    if out.exists() and any(p.name != RunLock.NAME for p in out.iterdir()):
+    if out.exists() and any(not p.name.startswith(RunLock.NAME) for p in out.iterdir()):
         raise SaekitError(
             f"{out} is not empty and holds no saekit run; choose another "
             "train.output_dir. Nothing was overwritten."

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cached_runs import child_env
 from synthetic_stream import SyntheticStream
 
 import saekit.train.checkpoint as checkpoint
@@ -230,3 +231,84 @@ def test_run_lock_refuses_the_parent_process(tmp_path: Path) -> None:
     (tmp_path / "run.lock").write_text(str(os.getppid()))
     with pytest.raises(SaekitError, match="Another run"), RunLock(tmp_path):
         pass
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+import saekit.train.checkpoint as checkpoint
+
+run, role, stale, first = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+seen = run / "second-saw-the-stale-lock"
+real_alive = checkpoint._alive
+
+
+def wait_for(done):
+    deadline = time.monotonic() + 120
+    while not done():
+        if time.monotonic() > deadline:
+            sys.exit("timed out")
+        time.sleep(0.005)
+
+
+def alive(pid):
+    # The injected delay: both racers judge the same dead pid before either acts on it; the
+    # second then acts only once the first has taken the lock (the worst interleaving).
+    result = real_alive(pid)
+    if pid == stale and role == "first":
+        wait_for(seen.exists)
+    elif pid == stale:
+        seen.touch()
+        wait_for(lambda: (run / "run.lock").read_text().strip() == first)
+    return result
+
+
+checkpoint._alive = alive
+try:
+    with checkpoint.RunLock(run):
+        print("WON", flush=True)
+        sys.stdin.read()  # hold the lock until the test closes stdin
+except checkpoint.SaekitError as exc:
+    print("LOST", exc, flush=True)
+"""
+
+
+def test_two_resumers_racing_for_a_stale_lock_exactly_one_wins(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "run.lock").write_text(str(dead.pid))
+
+    def racer(role: str, first: int) -> subprocess.Popen[str]:
+        argv = [str(tmp_path), role, str(dead.pid), str(first)]
+        return subprocess.Popen(
+            [sys.executable, "-c", RACER, *argv],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(),
+        )  # fmt: skip
+
+    first = racer("first", 0)
+    second = racer("second", first.pid)
+    try:
+        assert first.stdout is not None and second.stdout is not None
+        results = [first.stdout.readline().strip(), second.stdout.readline().strip()]
+        assert results[0] == "WON", results
+        assert results[1].startswith("LOST Another run"), results
+        assert (tmp_path / "run.lock").read_text() == str(first.pid)
+    finally:
+        for child in (first, second):
+            child.communicate(timeout=120)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["second-saw-the-stale-lock"]
+
+
+def test_an_interrupted_takeover_names_the_file_to_delete(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "run.lock").write_text(str(dead.pid))
+    claim = tmp_path / f"run.lock.stale-{dead.pid}"
+    claim.write_text(str(dead.pid))  # its claimant died between claiming and replacing
+    with pytest.raises(SaekitError) as err, RunLock(tmp_path):
+        pass
+    assert f"delete {claim}, then rerun" in str(err.value)
+    claim.unlink()  # as advised
+    with RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text() == str(os.getpid())
+    assert list(tmp_path.iterdir()) == []
