@@ -155,6 +155,14 @@ class RunLock:
             return
         except FileExistsError:
             pass
+        except OSError:  # a file system without hard links (some FUSE mounts): O_EXCL, write
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return
+            except FileExistsError:
+                pass
         pid = self._pid()
         where = self.path.parent
         if pid and _alive(pid):

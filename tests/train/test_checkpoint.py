@@ -312,3 +312,17 @@ def test_an_interrupted_takeover_names_the_file_to_delete(tmp_path: Path) -> Non
     with RunLock(tmp_path):
         assert (tmp_path / "run.lock").read_text() == str(os.getpid())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_lock_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(checkpoint.os, "link", no_link)
+    (tmp_path / "run.lock").write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(SaekitError, match="Another run"), RunLock(tmp_path):
+        pass
+    (tmp_path / "run.lock").unlink()
+    with RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text() == str(os.getpid())
+    assert list(tmp_path.iterdir()) == []
