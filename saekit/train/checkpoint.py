@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saekit.errors import SaekitError
+from saekit.files import follow_umask
 
 LATEST = "latest"
 
@@ -54,6 +55,7 @@ def save_checkpoint(
         )
     torch.save(state, partial / "trainer_state.pt")
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+    follow_umask(partial)  # safetensors writes 0600
     if final.exists():
         # Rewriting a step: rename the old copy aside rather than delete it first, so the window
         # in which `latest` names no directory is two renames, not a recursive delete.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -525,3 +527,14 @@ def test_write_cache_refuses_a_dtype_that_overflows(tmp_path):
     out = write_cache(ListStream(rows, batch_size=24), replace(cfg, dtype="bfloat16"), PROVENANCE)
     got = ActivationCache(out).read(HOOKS[1], 0, 100)
     assert torch.isfinite(got).all() and float(got[70, 3]) == pytest.approx(1e5, rel=1e-2)
+
+
+def test_cache_files_follow_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        out = build(tmp_path)
+    finally:
+        os.umask(old)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    dirs = {stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()] if p.is_dir()}
+    assert modes == {0o664} and dirs == {0o775}

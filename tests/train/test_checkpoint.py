@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -326,3 +327,18 @@ def test_run_lock_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with RunLock(tmp_path):
         assert (tmp_path / "run.lock").read_text() == str(os.getpid())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_files_follow_the_umask(trained, train_cfg, make_trainer) -> None:
+    trainer = make_trainer(TOPK, train_cfg(checkpoint_every=10))
+    trainer.resume()
+    old = os.umask(0o002)
+    try:
+        trainer.checkpoint()
+    finally:
+        os.umask(old)
+    ckpt = trained / "checkpoints/step-00000040"
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in ckpt.iterdir()} == dict.fromkeys(
+        ["00-topk-h0.safetensors", "meta.json", "trainer_state.pt"], 0o664
+    )
+    assert stat.S_IMODE(ckpt.stat().st_mode) == 0o775
