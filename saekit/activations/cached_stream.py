@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from saekit.activations.cache import ActivationCache
-from saekit.activations.stream import BaseStream, StreamConfig, check_nonfinite
+from saekit.activations.stream import BaseStream, StreamConfig, check_nonfinite, finite_rows
 from saekit.errors import SaekitError
 
 
@@ -59,7 +59,7 @@ class CachedActivationStream(BaseStream):
         perm = torch.randperm(count, generator=gen)
         dtype = getattr(torch, self.cfg.dtype)
         rows = {h: self.cache.read(h, start, count)[perm].to(dtype) for h in self.cfg.hooks}
-        finite_N = torch.stack([torch.isfinite(x).all(dim=1) for x in rows.values()]).all(dim=0)
+        finite_N = torch.stack([finite_rows(x) for x in rows.values()]).all(dim=0)
         self._finite_N = None if bool(finite_N.all()) else finite_N
         self._estimate_norm_factors(rows if self._finite_N is None else self._finite(rows))
         self._rows, self._chunk_id = rows, c

@@ -120,7 +120,9 @@ def test_open_stream_reads_the_cache_when_cache_dir_is_set(tmp_path):
 
 
 # ---- non-finite rows -------------------------------------------------------------------------
-def poison(out: Path, hook: str, rows: list[int], value: float = float("nan")) -> None:
+def poison(
+    out: Path, hook: str, rows: list[int], value: float = float("nan"), col: int = 1
+) -> None:
     """Set `rows` of `hook` to `value` in place and re-checksum: a cache whose source held NaN
     (it verifies), not a damaged one."""
     manifest = json.loads((out / "manifest.json").read_text())
@@ -130,7 +132,7 @@ def poison(out: Path, hook: str, rows: list[int], value: float = float("nan")) -
         arr = np.memmap(path, dtype=np.float32, mode="r+", shape=(shard["rows"], info["d_in"]))
         for row in rows:
             if start <= row < start + shard["rows"]:
-                arr[row - start, 1] = value
+                arr[row - start, col] = value
         arr.flush()
         del arr
         shard["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -224,3 +226,20 @@ def test_too_many_nonfinite_cached_rows_abort_with_the_live_streams_limit(tmp_pa
     # Following the advice: a limit above 3 of 1,000 tokens serves the finite rows.
     stream = CachedActivationStream(cached_cfg(out, max_nonfinite_fraction=0.004))
     assert all(torch.isfinite(x).all() for x in stream.next_batch().values())
+
+
+def test_a_cache_of_nonfinite_rows_only_is_an_error_not_a_hang(tmp_path):
+    out, _ = finite_cache(tmp_path)
+    poison(out, HOOKS[1], list(range(400)))
+    stream = CachedActivationStream(cached_cfg(out, max_nonfinite_fraction=1.0))
+    with pytest.raises(SaekitError, match="Every row of the cache .* holds NaN/inf"):
+        stream.next_batch()
+
+
+def test_a_row_whose_sum_overflows_is_finite_and_kept(tmp_path):
+    out, _ = finite_cache(tmp_path)
+    for col in (1, 2):  # two finite 3e38 in one row: its fp32 sum is inf
+        poison(out, HOOKS[0], [3], 3e38, col)
+    stream = CachedActivationStream(cached_cfg(out, batch_size=127))
+    assert float(stream.next_batch()[HOOKS[0]].max()) == pytest.approx(3e38, rel=1e-6)
+    assert stream.n_nonfinite == 0
