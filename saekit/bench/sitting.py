@@ -173,6 +173,7 @@ def render(sitting_dir: Path) -> str:
             lines += [
                 "| " + " | ".join(row) + " |" for row in _rows(name, json.loads(path.read_text()))
             ]
+    lines += _kernel_methods(sitting_dir / "kernels.json")
     train_path = sitting_dir / "train.json"
     if train_path.exists():
         errors = json.loads(train_path.read_text()).get("errors", {})
@@ -187,6 +188,31 @@ def render(sitting_dir: Path) -> str:
         "medians of ≥ 5 rounds in rotating order after the same warm-up per side.",
     ]
     return "\n".join(lines)
+
+
+def _kernel_methods(path: Path) -> list[str]:
+    """`bench kernels`' training_forward + backward per method, kernels auto vs dense."""
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    shape = r.get("methods_shape")
+    if not shape:
+        return []
+    lines = [
+        "",
+        f"`kernels`, one training_forward + backward at d_in {shape['d_in']}, d_sae "
+        f"{shape['d_sae']}, k {shape['k']}, B {r['batch']} (ms, sparse kernels vs dense autograd):",
+        "",
+        "| method | threads | sparse (auto) ms | dense ms | speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for t in r["threads"]:
+        for method, ms in t["methods_ms"].items():
+            lines.append(
+                f"| {method} | {t['threads']} | {ms['auto']:.0f} | {ms['dense']:.0f} | "
+                f"{ms['dense'] / ms['auto']:.1f}x |"
+            )
+    return lines
 
 
 def markdown_files(root: Path) -> list[Path]:
