@@ -34,15 +34,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from saekit.bench.protocol import (
-    MIN_ROUNDS,
-    Side,
-    at_threads,
-    fastest,
-    protocol_block,
-    run_rounds,
-    thread_counts,
-)
+from saekit.bench import protocol
 from saekit.bench.train_anchors import BUILDERS, PEERS, FixedStream, Shape
 
 D_IN, D_SAE, K, BATCH = 576, 9216, 32, 4096
@@ -101,9 +93,9 @@ def peak_memory(side: str, threads: int, dead_fraction: float, shape: Shape) -> 
 
 def build_sides(
     x_BD: torch.Tensor, dead_S: torch.Tensor | None, shape: Shape
-) -> tuple[dict[str, Side], dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, protocol.Side], dict[str, Any], dict[str, str]]:
     """Every side that runs (one probe call each), their info, and the errors of the rest."""
-    sides: dict[str, Side] = {}
+    sides: dict[str, protocol.Side] = {}
     info: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for name, build in tqdm(BUILDERS.items(), desc="bench train: build + probe", leave=False):
@@ -118,12 +110,14 @@ def build_sides(
     return sides, info, errors
 
 
-def _per_threads(sides: dict[str, Side], rounds: int, shape: Shape) -> dict[str, Any]:
-    res = run_rounds(sides, rounds=rounds, desc=f"bench train, {torch.get_num_threads()} threads")
+def _per_threads(sides: dict[str, protocol.Side], rounds: int, shape: Shape) -> dict[str, Any]:
+    res = protocol.run_rounds(
+        sides, rounds=rounds, desc=f"bench train, {torch.get_num_threads()} threads"
+    )
     tps, ms = res["tokens_per_s"], res["median_ms"]
     peers = [p for p in PEERS if p in sides]
-    best = fastest(tps, peers)
-    saelens = fastest(tps, [p for p in peers if p.startswith("saelens")])
+    best = protocol.fastest(tps, peers)
+    saelens = protocol.fastest(tps, [p for p in peers if p.startswith("saelens")])
     return {
         **res,
         "fastest_peer": best,
@@ -136,7 +130,7 @@ def _per_threads(sides: dict[str, Side], rounds: int, shape: Shape) -> dict[str,
 
 
 def run(
-    rounds: int = MIN_ROUNDS,
+    rounds: int = protocol.MIN_ROUNDS,
     threads: Sequence[int] | None = None,
     dead_fraction: float = 0.0,
     memory: bool = True,
@@ -144,17 +138,17 @@ def run(
 ) -> dict[str, Any]:
     """Every side at each thread count (default: 1 and all); ~2-4 minutes on 2 shared cores."""
     load_before = os.getloadavg()
-    counts = list(threads) if threads else thread_counts()
+    counts = list(threads) if threads else protocol.thread_counts()
     x_BD = activations(shape=shape)
     dead_S = dead_mask(dead_fraction, shape.d_sae)
     sides, info, errors = build_sides(x_BD, dead_S, shape)
-    per = at_threads(lambda n: _per_threads(sides, rounds, shape), counts)
+    per = protocol.at_threads(lambda n: _per_threads(sides, rounds, shape), counts)
     anchors = {p: info[p] | ({"error": errors[p]} if p in errors else {}) for p in PEERS}
     result: dict[str, Any] = {
         "bench": "train",
         "shape": shape._asdict() | {"dtype": "float32"},
         "dead_fraction": dead_fraction,
-        "protocol": protocol_block(
+        "protocol": protocol.protocol_block(
             rounds=rounds,
             warmup=1,
             threads=counts,
