@@ -100,7 +100,7 @@ def _stream_side(
 def run(
     layer: int = 15,
     rounds: int = protocol.MIN_ROUNDS,
-    buffer_sequences: int = 32,
+    buffer_sequences: int = 16,
     model_batch_size: int = 16,
     threads: Sequence[int] | None = None,
     n_hooks: int = 5,
