@@ -77,11 +77,20 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:,.0f}"
 
 
+MET: dict[str, Any] = {
+    "train": lambda t: t["ratio_vs_anchor"] >= 1.8 and t["saekit_step_vs_gemm"] <= 1.3,
+    "stream": lambda t: t["ratio_vs_anchor"] >= 0.9 and t["five_hooks_cost_vs_one"] <= 1.2,
+    "snmf": lambda t: t["ratio_vs_anchor"] > 1,
+}
+"""Each bench's targets (its JSON `targets`) as a test of one thread count's figures."""
+
+
 def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
     """Cells per thread count: bench, threads, saekit, anchor, ratio_vs_anchor, also, target."""
-    rows = []
+    rows, mets = [], []
     for t in r.get("threads", []):
         n = str(t["threads"])
+        mets.append("" if name not in MET else " (met)" if MET[name](t) else " (**missed**)")
         if name == "train":
             best = t["fastest_peer"]
             tps = t["tokens_per_s"]
@@ -155,7 +164,8 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
             ]
         )
     target = "; ".join(f"{k} {v}" for k, v in r.get("targets", {}).items())
-    return [[f"`{name}`", *row, target] for row in rows]
+    mets += [""] * (len(rows) - len(mets))
+    return [[f"`{name}`", *row, target + met] for row, met in zip(rows, mets)]
 
 
 def render(sitting_dir: Path) -> str:

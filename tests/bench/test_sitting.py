@@ -37,6 +37,8 @@ def test_table_carries_the_json_figures(sitting_dir):
     assert cells[1] == "1"
     assert cells[3].startswith(per["fastest_peer"])
     assert cells[4] == f"{per['ratio_vs_anchor']:.2f}"
+    met = per["ratio_vs_anchor"] >= 1.8 and per["saekit_step_vs_gemm"] <= 1.3
+    assert cells[-1].endswith("(met)" if met else "(**missed**)")
     assert "`stream`" not in table
     assert "load average 0.5 before and 0.7 after" in table and "commit abc1234" in table
 
