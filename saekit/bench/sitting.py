@@ -1,7 +1,7 @@
 """One sitting of every anchored bench, and the README table generated from its JSON.
 
-    python -m saekit.bench.sitting run runs/bench-sitting     # every bench, one JSON each
-    python -m saekit.bench.sitting table runs/bench-sitting   # rewrite the Markdown tables
+    python -m saekit.bench.sitting run benchmarks/sitting     # every bench, one JSON each
+    python -m saekit.bench.sitting table benchmarks/sitting   # rewrite the Markdown tables
 
 `run` executes the benches one after the other in this process (each under the shared
 protocol, at 1 thread and at all threads) and writes NAME.json plus sitting.json (date, commit,
@@ -27,12 +27,14 @@ START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 SITTING: dict[str, dict[str, Any]] = {
     "stream": {},
     "train": {},
-    "kernels": {"quick": True},
-    "select": {},
+    "kernels": {"quick": True, "methods": False},
+    "select": {"n_samples": 32},
     "snmf": {},
     "mp": {},
 }
-"""Benches of a sitting and their options (kernels: its first shape only)."""
+"""Benches of a sitting and their options, sized so a sitting on 2 shared cores takes well
+under an hour: kernels at its first shape without the per-method steps, select on 37
+samples (32 pool + 5 target)."""
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -138,7 +140,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     f"MoNA {_fmt(t['mona_samples_per_s'])} samples/s",
                     f"RDS {_fmt(t['rds_samples_per_s'])} samples/s",
                     _fmt(t["ratio_vs_anchor"]),
-                    "",
+                    f"{r['samples']} samples embedded and scored per call",
                 ]
             )
         elif name == "snmf":
@@ -186,8 +188,16 @@ def render(sitting_dir: Path) -> str:
     lines += _kernel_methods(sitting_dir / "kernels.json")
     train_path = sitting_dir / "train.json"
     if train_path.exists():
-        errors = json.loads(train_path.read_text()).get("errors", {})
-        lines += ["", *(f"Not timed in `train`: {k}: {v}." for k, v in errors.items())]
+        train = json.loads(train_path.read_text())
+        lines += ["", *(f"Not timed in `train`: {k}: {v}." for k, v in train["errors"].items())]
+        if train.get("memory"):
+            peaks = ", ".join(
+                f"{side} {m['step_peak_delta_mb']:+.0f} MB" for side, m in train["memory"].items()
+            )
+            lines.append(
+                f"`train` step working memory (peak RSS above resident, each side alone in a "
+                f"subprocess, {train['protocol']['threads'][-1]} threads): {peaks}."
+            )
     before, after = meta["load_average_before"], meta["load_average_after"]
     lines += [
         "",
