@@ -87,6 +87,13 @@ MET: dict[str, Any] = {
 """Each bench's targets (its JSON `targets`) as a test of one thread count's figures."""
 
 
+def _ratio(t: dict[str, Any], anchor: str, side: str) -> str:
+    """ratio_vs_anchor and, in brackets, its range over the rounds: each round times both
+    sides back to back, so the spread of the per-round ratios shows the machine's noise."""
+    per_round = [a / b for a, b in zip(t["rounds_ms"][anchor], t["rounds_ms"][side])]
+    return f"{_fmt(t['ratio_vs_anchor'])} ({min(per_round):.2f}–{max(per_round):.2f})"
+
+
 def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
     """Cells per thread count: bench, threads, saekit, anchor, ratio_vs_anchor, also, target."""
     rows, mets = [], []
@@ -104,7 +111,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"{_fmt(tps['saekit'])} tok/s",
                     f"{best} {_fmt(tps[best])} tok/s",
-                    _fmt(t["ratio_vs_anchor"]),
+                    _ratio(t, best, "saekit"),
                     f"step = {_fmt(t['saekit_step_vs_gemm'])}x encoder GEMM; vs {others}",
                 ]
             )
@@ -115,7 +122,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"{_fmt(tps['stream_1'])} tok/s",
                     f"bare forward {_fmt(tps['bare'])} tok/s",
-                    _fmt(t["ratio_vs_anchor"]),
+                    _ratio(t, "bare", "stream_1"),
                     f"{r['n_hooks']} hooks cost {_fmt(t['five_hooks_cost_vs_one'])}x one hook",
                 ]
             )
@@ -139,7 +146,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"MoNA {_fmt(t['mona_samples_per_s'])} samples/s",
                     f"RDS {_fmt(t['rds_samples_per_s'])} samples/s",
-                    _fmt(t["ratio_vs_anchor"]),
+                    _ratio(t, "rds", "mona"),
                     f"{r['samples']} samples embedded and scored per call",
                 ]
             )
@@ -149,7 +156,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"{_fmt(t['saekit_s_per_iter'])} s/iter",
                     f"dense loop {_fmt(t['anchor_s_per_iter'])} s/iter",
-                    _fmt(t["ratio_vs_anchor"]),
+                    _ratio(t, "anchor", "saekit"),
                     f"streaming 1M tokens: {_fmt(r['stream_peak_rss_gb'])} GB peak RSS",
                 ]
             )
@@ -176,7 +183,8 @@ def render(sitting_dir: Path) -> str:
         raise SaekitError(f"{meta_path} not found: run `python -m saekit.bench.sitting run` first.")
     meta = json.loads(meta_path.read_text())
     lines = [
-        "| bench | threads | saekit | anchor (fastest peer) | ratio_vs_anchor | also | target |",
+        "| bench | threads | saekit | anchor (fastest peer) | ratio_vs_anchor (per-round range) "
+        "| also | target |",
         "|---|---:|---|---|---:|---|---|",
     ]
     for name in meta["benches"]:
