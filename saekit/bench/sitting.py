@@ -76,7 +76,12 @@ def run_sitting(out: Path, names: tuple[str, ...] = tuple(SITTING)) -> None:
 
 # ---- the table -------------------------------------------------------------------------------
 def _fmt(x: float) -> str:
-    return f"{x:.2f}" if x < 100 else f"{x:,.0f}"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def _r3(x: float) -> str:
+    """A ratio compared with a target: three decimals, so "met" never hides behind rounding."""
+    return f"{x:.3f}"
 
 
 MET: dict[str, Any] = {
@@ -91,7 +96,7 @@ def _ratio(t: dict[str, Any], anchor: str, side: str) -> str:
     """ratio_vs_anchor and, in brackets, its range over the rounds: each round times both
     sides back to back, so the spread of the per-round ratios shows the machine's noise."""
     per_round = [a / b for a, b in zip(t["rounds_ms"][anchor], t["rounds_ms"][side])]
-    return f"{_fmt(t['ratio_vs_anchor'])} ({min(per_round):.2f}–{max(per_round):.2f})"
+    return f"{_r3(t['ratio_vs_anchor'])} ({min(per_round):.2f}–{max(per_round):.2f})"
 
 
 def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
@@ -112,7 +117,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     f"{_fmt(tps['saekit'])} tok/s",
                     f"{best} {_fmt(tps[best])} tok/s",
                     _ratio(t, best, "saekit"),
-                    f"step = {_fmt(t['saekit_step_vs_gemm'])}x encoder GEMM; vs {others}",
+                    f"step = {_r3(t['saekit_step_vs_gemm'])}x encoder GEMM; vs {others}",
                 ]
             )
         elif name == "stream":
@@ -123,7 +128,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     f"{_fmt(tps['stream_1'])} tok/s",
                     f"bare forward {_fmt(tps['bare'])} tok/s",
                     _ratio(t, "bare", "stream_1"),
-                    f"{r['n_hooks']} hooks cost {_fmt(t['five_hooks_cost_vs_one'])}x one hook",
+                    f"{r['n_hooks']} hooks cost {_r3(t['five_hooks_cost_vs_one'])}x one hook",
                 ]
             )
         elif name == "kernels":
@@ -161,7 +166,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                 ]
             )
         else:
-            rows.append([n, "", "", _fmt(t["ratio_vs_anchor"]), ""])
+            rows.append([n, "", "", _r3(t["ratio_vs_anchor"]), ""])
     if not rows and "ratio_vs_anchor" in r:  # a bench not (yet) on the shared protocol
         rows.append(
             [

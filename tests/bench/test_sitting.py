@@ -38,7 +38,7 @@ def test_table_carries_the_json_figures(sitting_dir):
     assert cells[3].startswith(per["fastest_peer"])
     best = per["fastest_peer"]
     rounds = [p / s for p, s in zip(per["rounds_ms"][best], per["rounds_ms"]["saekit"])]
-    assert cells[4] == f"{per['ratio_vs_anchor']:.2f} ({min(rounds):.2f}–{max(rounds):.2f})"
+    assert cells[4] == f"{per['ratio_vs_anchor']:.3f} ({min(rounds):.2f}–{max(rounds):.2f})"
     met = per["ratio_vs_anchor"] >= 1.8 and per["saekit_step_vs_gemm"] <= 1.3
     assert cells[-1].endswith("(met)" if met else "(**missed**)")
     assert "`stream`" not in table
