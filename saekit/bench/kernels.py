@@ -33,14 +33,7 @@ from typing import Any
 
 import torch
 
-from saekit.bench.protocol import (
-    MIN_ROUNDS,
-    Side,
-    at_threads,
-    protocol_block,
-    run_rounds,
-    thread_counts,
-)
+from saekit.bench import protocol
 from saekit.dictionaries import build_dictionary
 from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext
 from saekit.errors import SaekitError
@@ -109,8 +102,8 @@ def _rounds(
 
         return call
 
-    sides = {name: Side(synced(fn), BATCH) for name, fn in fns.items()}
-    return run_rounds(sides, rounds=rounds, desc=desc)
+    sides = {name: protocol.Side(synced(fn), BATCH) for name, fn in fns.items()}
+    return protocol.run_rounds(sides, rounds=rounds, desc=desc)
 
 
 def _dense_ops(
@@ -197,7 +190,7 @@ def parse_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
 def run(
     quick: bool = False,
     device: str = "cpu",
-    rounds: int = MIN_ROUNDS,
+    rounds: int = protocol.MIN_ROUNDS,
     shapes: str = "",
     methods: bool = True,
     threads: Sequence[int] | None = None,
@@ -206,7 +199,7 @@ def run(
     steps at the first shape, at each thread count (default 1 and all)."""
     load_before = os.getloadavg()
     dev = torch.device(device)
-    counts = list(threads) if threads else thread_counts()
+    counts = list(threads) if threads else protocol.thread_counts()
     shape_list: tuple[tuple[int, int, int], ...] = (
         parse_shapes(shapes) if shapes else QUICK_SHAPES if quick else SHAPES
     )
@@ -226,7 +219,7 @@ def run(
         "bench": "kernels",
         "device": device,
         "batch": BATCH,
-        "protocol": protocol_block(
+        "protocol": protocol.protocol_block(
             rounds=rounds,
             warmup=1,
             threads=counts,
@@ -240,7 +233,7 @@ def run(
             load_before=load_before,
         ),
         "methods_shape": dict(zip(("d_in", "d_sae", "k"), shape_list[0])) if methods else {},
-        "threads": at_threads(measure, counts),
+        "threads": protocol.at_threads(measure, counts),
     }
 
 
@@ -284,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m saekit.bench.kernels", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"only shape {QUICK_SHAPES[0]}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU mode: Triton ops)")
-    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="timed rounds")
+    parser.add_argument("--rounds", type=int, default=protocol.MIN_ROUNDS, help="timed rounds")
     parser.add_argument("--shapes", default="", help="D_INxD_SAExK[,...] instead of the grid")
     parser.add_argument("--no-methods", action="store_true", help="skip the per-method steps")
     parser.add_argument("--threads", default="", help="thread counts, e.g. 1,2 (default 1 and all)")

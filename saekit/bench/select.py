@@ -23,14 +23,7 @@ from typing import Any
 
 import torch
 
-from saekit.bench.protocol import (
-    MIN_ROUNDS,
-    Side,
-    at_threads,
-    protocol_block,
-    run_rounds,
-    thread_counts,
-)
+from saekit.bench import protocol
 from saekit.dictionaries import SAEConfig, build_dictionary, load_dictionary
 from saekit.models.hooks import build_hooked_model
 from saekit.models.loading import ModelConfig
@@ -56,12 +49,12 @@ def run(
     d_sae: int = 4608,
     k: int = 32,
     n_samples: int = 96,
-    rounds: int = MIN_ROUNDS,
+    rounds: int = protocol.MIN_ROUNDS,
     sae_dir: str | None = None,
     threads: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     load_before = os.getloadavg()
-    counts = list(threads) if threads else thread_counts()
+    counts = list(threads) if threads else protocol.thread_counts()
     hooked = build_hooked_model(ModelConfig())
     hook = f"blocks.{layer}.hook_resid_post"
     if sae_dir is not None:
@@ -90,10 +83,10 @@ def run(
         scores["rds"] = cosine_scores(p.dense["rds"], t.dense["rds"])
 
     # The unit is samples: both sides embed and score the same pool and target.
-    sides = {"mona": Side(mona_call, n), "rds": Side(rds_call, n)}
+    sides = {"mona": protocol.Side(mona_call, n), "rds": protocol.Side(rds_call, n)}
 
     def measure(threads_now: int) -> dict[str, Any]:
-        res = run_rounds(sides, rounds=rounds, desc=f"bench select, {threads_now} threads")
+        res = protocol.run_rounds(sides, rounds=rounds, desc=f"bench select, {threads_now} threads")
         sps = res["tokens_per_s"]
         return {
             **res,
@@ -102,7 +95,7 @@ def run(
             "ratio_vs_anchor": sps["mona"] / sps["rds"],
         }
 
-    per = at_threads(measure, counts)
+    per = protocol.at_threads(measure, counts)
     big = _synthetic_pool(100_000, 128, sae.d_sae)
     proto = _synthetic_pool(5, 128, sae.d_sae)
     t0 = time.perf_counter()
@@ -116,7 +109,7 @@ def run(
         "samples": n,
         "pool_content_tokens": tokens[-1],
         "scores_shape": {m: list(v.shape) for m, v in scores.items()},
-        "protocol": protocol_block(
+        "protocol": protocol.protocol_block(
             rounds=rounds,
             warmup=1,
             threads=counts,

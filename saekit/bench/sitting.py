@@ -1,7 +1,7 @@
 """One sitting of every anchored bench, and the README table generated from its JSON.
 
-    python -m saekit.bench.sitting run runs/bench-sitting     # every bench, one JSON each
-    python -m saekit.bench.sitting table runs/bench-sitting   # rewrite the Markdown tables
+    python -m saekit.bench.sitting run benchmarks/sitting     # every bench, one JSON each
+    python -m saekit.bench.sitting table benchmarks/sitting   # rewrite the Markdown tables
 
 `run` executes the benches one after the other in this process (each under the shared
 protocol, at 1 thread and at all threads) and writes NAME.json plus sitting.json (date, commit,
@@ -27,12 +27,14 @@ START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 SITTING: dict[str, dict[str, Any]] = {
     "stream": {},
     "train": {},
-    "kernels": {"quick": True},
-    "select": {},
+    "kernels": {"quick": True, "methods": False},
+    "select": {"n_samples": 32},
     "snmf": {},
     "mp": {},
 }
-"""Benches of a sitting and their options (kernels: its first shape only)."""
+"""Benches of a sitting and their options, sized so a sitting on 2 shared cores takes well
+under an hour: kernels at its first shape without the per-method steps, select on 37
+samples (32 pool + 5 target)."""
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -74,14 +76,35 @@ def run_sitting(out: Path, names: tuple[str, ...] = tuple(SITTING)) -> None:
 
 # ---- the table -------------------------------------------------------------------------------
 def _fmt(x: float) -> str:
-    return f"{x:.2f}" if x < 100 else f"{x:,.0f}"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def _r3(x: float) -> str:
+    """A ratio compared with a target: three decimals, so "met" never hides behind rounding."""
+    return f"{x:.3f}"
+
+
+MET: dict[str, Any] = {
+    "train": lambda t: t["ratio_vs_anchor"] >= 1.8 and t["saekit_step_vs_gemm"] <= 1.3,
+    "stream": lambda t: t["ratio_vs_anchor"] >= 0.9 and t["five_hooks_cost_vs_one"] <= 1.2,
+    "snmf": lambda t: t["ratio_vs_anchor"] > 1,
+}
+"""Each bench's targets (its JSON `targets`) as a test of one thread count's figures."""
+
+
+def _ratio(t: dict[str, Any], anchor: str, side: str) -> str:
+    """ratio_vs_anchor and, in brackets, its range over the rounds: each round times both
+    sides back to back, so the spread of the per-round ratios shows the machine's noise."""
+    per_round = [a / b for a, b in zip(t["rounds_ms"][anchor], t["rounds_ms"][side])]
+    return f"{_r3(t['ratio_vs_anchor'])} ({min(per_round):.2f}–{max(per_round):.2f})"
 
 
 def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
     """Cells per thread count: bench, threads, saekit, anchor, ratio_vs_anchor, also, target."""
-    rows = []
+    rows, mets = [], []
     for t in r.get("threads", []):
         n = str(t["threads"])
+        mets.append("" if name not in MET else " (met)" if MET[name](t) else " (**missed**)")
         if name == "train":
             best = t["fastest_peer"]
             tps = t["tokens_per_s"]
@@ -93,8 +116,8 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"{_fmt(tps['saekit'])} tok/s",
                     f"{best} {_fmt(tps[best])} tok/s",
-                    _fmt(t["ratio_vs_anchor"]),
-                    f"step = {_fmt(t['saekit_step_vs_gemm'])}x encoder GEMM; vs {others}",
+                    _ratio(t, best, "saekit"),
+                    f"step = {_r3(t['saekit_step_vs_gemm'])}x encoder GEMM; vs {others}",
                 ]
             )
         elif name == "stream":
@@ -104,8 +127,8 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"{_fmt(tps['stream_1'])} tok/s",
                     f"bare forward {_fmt(tps['bare'])} tok/s",
-                    _fmt(t["ratio_vs_anchor"]),
-                    f"{r['n_hooks']} hooks cost {_fmt(t['five_hooks_cost_vs_one'])}x one hook",
+                    _ratio(t, "bare", "stream_1"),
+                    f"{r['n_hooks']} hooks cost {_r3(t['five_hooks_cost_vs_one'])}x one hook",
                 ]
             )
         elif name == "kernels":
@@ -128,8 +151,8 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"MoNA {_fmt(t['mona_samples_per_s'])} samples/s",
                     f"RDS {_fmt(t['rds_samples_per_s'])} samples/s",
-                    _fmt(t["ratio_vs_anchor"]),
-                    "",
+                    _ratio(t, "rds", "mona"),
+                    f"{r['samples']} samples embedded and scored per call",
                 ]
             )
         elif name == "snmf":
@@ -138,7 +161,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"{_fmt(t['saekit_s_per_iter'])} s/iter",
                     f"dense loop {_fmt(t['anchor_s_per_iter'])} s/iter",
-                    _fmt(t["ratio_vs_anchor"]),
+                    _ratio(t, "anchor", "saekit"),
                     f"streaming 1M tokens: {_fmt(r['stream_peak_rss_gb'])} GB peak RSS",
                 ]
             )
@@ -157,7 +180,7 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                 ]
             )
         else:
-            rows.append([n, "", "", _fmt(t["ratio_vs_anchor"]), ""])
+            rows.append([n, "", "", _r3(t["ratio_vs_anchor"]), ""])
     if not rows and "ratio_vs_anchor" in r:  # a bench not (yet) on the shared protocol
         rows.append(
             [
@@ -169,7 +192,8 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
             ]
         )
     target = "; ".join(f"{k} {v}" for k, v in r.get("targets", {}).items())
-    return [[f"`{name}`", *row, target] for row in rows]
+    mets += [""] * (len(rows) - len(mets))
+    return [[f"`{name}`", *row, target + met] for row, met in zip(rows, mets)]
 
 
 def render(sitting_dir: Path) -> str:
@@ -178,7 +202,8 @@ def render(sitting_dir: Path) -> str:
         raise SaekitError(f"{meta_path} not found: run `python -m saekit.bench.sitting run` first.")
     meta = json.loads(meta_path.read_text())
     lines = [
-        "| bench | threads | saekit | anchor (fastest peer) | ratio_vs_anchor | also | target |",
+        "| bench | threads | saekit | anchor (fastest peer) | ratio_vs_anchor (per-round range) "
+        "| also | target |",
         "|---|---:|---|---|---:|---|---|",
     ]
     for name in meta["benches"]:
@@ -187,10 +212,19 @@ def render(sitting_dir: Path) -> str:
             lines += [
                 "| " + " | ".join(row) + " |" for row in _rows(name, json.loads(path.read_text()))
             ]
+    lines += _kernel_methods(sitting_dir / "kernels.json")
     train_path = sitting_dir / "train.json"
     if train_path.exists():
-        errors = json.loads(train_path.read_text()).get("errors", {})
-        lines += ["", *(f"Not timed in `train`: {k}: {v}." for k, v in errors.items())]
+        train = json.loads(train_path.read_text())
+        lines += ["", *(f"Not timed in `train`: {k}: {v}." for k, v in train["errors"].items())]
+        if train.get("memory"):
+            peaks = ", ".join(
+                f"{side} {m['step_peak_delta_mb']:+.0f} MB" for side, m in train["memory"].items()
+            )
+            lines.append(
+                f"`train` step working memory (peak RSS above resident, each side alone in a "
+                f"subprocess, {train['protocol']['threads'][-1]} threads): {peaks}."
+            )
     before, after = meta["load_average_before"], meta["load_average_after"]
     lines += [
         "",
@@ -201,6 +235,31 @@ def render(sitting_dir: Path) -> str:
         "medians of ≥ 5 rounds in rotating order after the same warm-up per side.",
     ]
     return "\n".join(lines)
+
+
+def _kernel_methods(path: Path) -> list[str]:
+    """`bench kernels`' training_forward + backward per method, kernels auto vs dense."""
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    shape = r.get("methods_shape")
+    if not shape:
+        return []
+    lines = [
+        "",
+        f"`kernels`, one training_forward + backward at d_in {shape['d_in']}, d_sae "
+        f"{shape['d_sae']}, k {shape['k']}, B {r['batch']} (ms, sparse kernels vs dense autograd):",
+        "",
+        "| method | threads | sparse (auto) ms | dense ms | speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for t in r["threads"]:
+        for method, ms in t["methods_ms"].items():
+            lines.append(
+                f"| {method} | {t['threads']} | {ms['auto']:.0f} | {ms['dense']:.0f} | "
+                f"{ms['dense'] / ms['auto']:.1f}x |"
+            )
+    return lines
 
 
 def markdown_files(root: Path) -> list[Path]:

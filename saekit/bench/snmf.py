@@ -33,14 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.bench.protocol import (
-    MIN_ROUNDS,
-    Side,
-    at_threads,
-    protocol_block,
-    run_rounds,
-    thread_counts,
-)
+from saekit.bench import protocol
 from saekit.dictionaries.snmf_fit import init_codes, snmf_step, sq_norm, wta_
 
 D, K, SPARSITY = 1536, 100, 0.01
@@ -84,7 +77,7 @@ def anchor_step(A_DN: Tensor, G_NK: Tensor, s: float) -> tuple[Tensor, Tensor, f
 
 
 def iteration_times(
-    tokens: int = 16384, iters: int = 2, rounds: int = MIN_ROUNDS, desc: str = "bench snmf"
+    tokens: int = 16384, iters: int = 2, rounds: int = protocol.MIN_ROUNDS, desc: str = "bench snmf"
 ) -> dict[str, Any]:
     """Both solvers from the same codes under the shared protocol: a call = `iters` iterations;
     every call continues from the side's previous iterate (the same path for both)."""
@@ -109,10 +102,10 @@ def iteration_times(
             )
 
     sides = {
-        "saekit": Side(saekit_call, tokens, state=lambda: [ours["G_KN"]]),
-        "anchor": Side(anchor_call, tokens, state=lambda: [theirs["G_NK"]]),
+        "saekit": protocol.Side(saekit_call, tokens, state=lambda: [ours["G_KN"]]),
+        "anchor": protocol.Side(anchor_call, tokens, state=lambda: [theirs["G_NK"]]),
     }
-    res = run_rounds(sides, rounds=rounds, desc=desc)
+    res = protocol.run_rounds(sides, rounds=rounds, desc=desc)
     ms = res["median_ms"]
     F_KD, F_DK, G_KN, G_NK = ours["F_KD"], theirs["F_DK"], ours["G_KN"], theirs["G_NK"]
     exact = _loss64(A_DN, F_KD.T, G_KN.T)
@@ -164,15 +157,15 @@ def run(
     tokens: int = 1_000_000,
     passes: int = 2,
     threads: Sequence[int] | None = None,
-    rounds: int = MIN_ROUNDS,
+    rounds: int = protocol.MIN_ROUNDS,
     full_batch_tokens: int = 16384,
 ) -> dict[str, Any]:
     """Iteration times at each thread count (default 1 and all), then the streaming fit on one
     thread: on 2 cores shared with other jobs, OpenMP barriers made each small elementwise op
     ~60x slower with 2 threads (49 ms vs 0.8 ms for 800k floats)."""
     load_before = os.getloadavg()
-    counts = list(threads) if threads else thread_counts()
-    per = at_threads(
+    counts = list(threads) if threads else protocol.thread_counts()
+    per = protocol.at_threads(
         lambda n: iteration_times(
             full_batch_tokens, rounds=rounds, desc=f"bench snmf, {n} threads"
         ),
@@ -187,7 +180,7 @@ def run(
     return {
         "bench": "snmf",
         "shape": {"d_mlp": D, "features": K, "sparsity": SPARSITY},
-        "protocol": protocol_block(
+        "protocol": protocol.protocol_block(
             rounds=rounds,
             warmup=1,
             threads=counts,

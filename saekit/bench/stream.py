@@ -31,14 +31,7 @@ from typing import Any
 import torch
 
 from saekit.activations.stream import ActivationStream, StreamConfig
-from saekit.bench.protocol import (
-    MIN_ROUNDS,
-    Side,
-    at_threads,
-    protocol_block,
-    run_rounds,
-    thread_counts,
-)
+from saekit.bench import protocol
 from saekit.data.text import DataConfig, build_windows
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.models.loading import ModelConfig
@@ -53,7 +46,7 @@ def _layer(hook: str) -> int:
     return int(match.group(1))
 
 
-def _bare_side(hooked: HookedModel, windows: Any, cfg: StreamConfig, warm: int) -> Side:
+def _bare_side(hooked: HookedModel, windows: Any, cfg: StreamConfig, warm: int) -> protocol.Side:
     stop = _layer(cfg.hooks[-1]) + 1
     n, per_forward = cfg.buffer_sequences, cfg.model_batch_size
     current: dict[str, Any] = {}
@@ -69,14 +62,14 @@ def _bare_side(hooked: HookedModel, windows: Any, cfg: StreamConfig, warm: int) 
                 out = hooked.model(tokens_NT[i : i + per_forward], stop_at_layer=stop)
         last[0] = out.sum()
 
-    return Side(
+    return protocol.Side(
         step, n * windows.windows_NT.shape[1], state=lambda: last, before_round=before_round
     )
 
 
 def _stream_side(
     hooked: HookedModel, windows: Any, cfg: StreamConfig, warm: int, served: list[int]
-) -> Side:
+) -> protocol.Side:
     current: dict[str, ActivationStream] = {}
     last = [torch.zeros(())]
 
@@ -101,13 +94,13 @@ def _stream_side(
         last[0] = torch.stack([x.sum() for x in batch.values()]).sum()
 
     tokens = cfg.buffer_sequences * windows.windows_NT.shape[1]
-    return Side(step, tokens, state=lambda: last, before_round=before_round)
+    return protocol.Side(step, tokens, state=lambda: last, before_round=before_round)
 
 
 def run(
     layer: int = 15,
-    rounds: int = MIN_ROUNDS,
-    buffer_sequences: int = 32,
+    rounds: int = protocol.MIN_ROUNDS,
+    buffer_sequences: int = 16,
     model_batch_size: int = 16,
     threads: Sequence[int] | None = None,
     n_hooks: int = 5,
@@ -116,7 +109,7 @@ def run(
 ) -> dict[str, Any]:
     """Defaults: the offline SmolLM2 and corpus; `hooked` and `data` swap in others (tests)."""
     load_before = os.getloadavg()
-    counts = list(threads) if threads else thread_counts()
+    counts = list(threads) if threads else protocol.thread_counts()
     model_name = "smollm2-135m" if hooked is None else "given model"
     hooked = hooked or build_hooked_model(ModelConfig())
     data = data or DataConfig()
@@ -142,7 +135,7 @@ def run(
     }
 
     def measure(n: int) -> dict[str, Any]:
-        res = run_rounds(sides, rounds=rounds, desc=f"bench stream, {n} threads")
+        res = protocol.run_rounds(sides, rounds=rounds, desc=f"bench stream, {n} threads")
         tps, ms = res["tokens_per_s"], res["median_ms"]
         return {
             **res,
@@ -150,7 +143,7 @@ def run(
             "five_hooks_cost_vs_one": ms["stream_n"] / ms["stream_1"],
         }
 
-    per = at_threads(measure, counts)
+    per = protocol.at_threads(measure, counts)
     tokens = buffer_sequences * windows.windows_NT.shape[1]
     return {
         "bench": "stream",
@@ -158,7 +151,7 @@ def run(
         "hook": one.hooks[0],
         "n_hooks": n_hooks,
         "hooks_n": list(many.hooks),
-        "protocol": protocol_block(
+        "protocol": protocol.protocol_block(
             rounds=rounds,
             warmup=1,
             threads=counts,

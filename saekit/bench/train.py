@@ -1,9 +1,11 @@
 """`saekit bench train`: one TopK training step, saekit vs SAELens, sparsify and overcomplete.
 
-Shape: d_in 576, d_sae 9216, k 32, 4096 tokens per step, fp32, CPU. Every side trains on the
-same fixed batch in one process under the shared protocol (`saekit.bench.protocol`): one
-untimed probe call each (a side that raises is reported in `errors`, not timed), then at
-1 thread and at all threads: one warm-up call each, ≥ 5 rounds in rotating order, medians.
+Shape: d_in 576, d_sae 9216, k 32, 4096 tokens per step, fp32, CPU (`--device cuda` runs
+every side on the GPU, both SAELens modes included; we have no GPU figures). Every side
+trains on the same fixed batch in one process under the shared protocol
+(`saekit.bench.protocol`): one untimed probe call each (a side that raises is reported in
+`errors`, not timed), then at 1 thread and at all threads: one warm-up call each, ≥ 5 rounds
+in rotating order, medians.
 The sides and their configurations are in `saekit.bench.train_anchors`; the JSON's `protocol`
 block lists each anchor's configuration and every difference from saekit's step.
 
@@ -29,20 +31,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from saekit.bench.protocol import (
-    MIN_ROUNDS,
-    Side,
-    at_threads,
-    fastest,
-    protocol_block,
-    run_rounds,
-    thread_counts,
-)
+from saekit.bench import protocol
 from saekit.bench.train_anchors import BUILDERS, PEERS, FixedStream, Shape
 
 D_IN, D_SAE, K, BATCH = 576, 9216, 32, 4096
@@ -73,9 +68,10 @@ def _status_kb(key: str) -> int:
 
 def _memory_child(side: str, threads: int, dead_fraction: float, shape: Shape) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    step = BUILDERS[side](activations(shape=shape), dead_mask(dead_fraction, shape.d_sae), shape)[
-        0
-    ].step
+    built, _ = BUILDERS[side](
+        activations(shape=shape), dead_mask(dead_fraction, shape.d_sae), shape
+    )
+    step = built.step
     step()
     resident_kb = _status_kb("VmRSS")
     try:
@@ -99,18 +95,32 @@ def peak_memory(side: str, threads: int, dead_fraction: float, shape: Shape) -> 
         return pool.apply(_memory_child, (side, threads, dead_fraction, shape))
 
 
+def _synced(side: protocol.Side) -> protocol.Side:
+    """On CUDA a call ends when its kernels have finished."""
+
+    def step() -> None:
+        side.step()
+        torch.cuda.synchronize()
+
+    return replace(side, step=step)
+
+
 def build_sides(
     x_BD: torch.Tensor, dead_S: torch.Tensor | None, shape: Shape
-) -> tuple[dict[str, Side], dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, protocol.Side], dict[str, Any], dict[str, str]]:
     """Every side that runs (one probe call each), their info, and the errors of the rest."""
-    sides: dict[str, Side] = {}
+    sides: dict[str, protocol.Side] = {}
     info: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for name, build in tqdm(BUILDERS.items(), desc="bench train: build + probe", leave=False):
         side, info[name] = build(x_BD, dead_S, shape)
+        if x_BD.device.type == "cuda":
+            side = _synced(side)
         try:
             side.step()
         except (NotImplementedError, RuntimeError) as exc:
+            if name not in PEERS:  # saekit's own step and the GEMM must run
+                raise
             first_sentence = str(exc).splitlines()[0].split(". ")[0]
             errors[name] = f"{type(exc).__name__}: {first_sentence}"
             continue
@@ -118,12 +128,14 @@ def build_sides(
     return sides, info, errors
 
 
-def _per_threads(sides: dict[str, Side], rounds: int, shape: Shape) -> dict[str, Any]:
-    res = run_rounds(sides, rounds=rounds, desc=f"bench train, {torch.get_num_threads()} threads")
+def _per_threads(sides: dict[str, protocol.Side], rounds: int, shape: Shape) -> dict[str, Any]:
+    res = protocol.run_rounds(
+        sides, rounds=rounds, desc=f"bench train, {torch.get_num_threads()} threads"
+    )
     tps, ms = res["tokens_per_s"], res["median_ms"]
     peers = [p for p in PEERS if p in sides]
-    best = fastest(tps, peers)
-    saelens = fastest(tps, [p for p in peers if p.startswith("saelens")])
+    best = protocol.fastest(tps, peers)
+    saelens = protocol.fastest(tps, [p for p in peers if p.startswith("saelens")])
     return {
         **res,
         "fastest_peer": best,
@@ -136,25 +148,29 @@ def _per_threads(sides: dict[str, Side], rounds: int, shape: Shape) -> dict[str,
 
 
 def run(
-    rounds: int = MIN_ROUNDS,
+    rounds: int = protocol.MIN_ROUNDS,
     threads: Sequence[int] | None = None,
     dead_fraction: float = 0.0,
     memory: bool = True,
     shape: Shape = SHAPE,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Every side at each thread count (default: 1 and all); ~2-4 minutes on 2 shared cores."""
+    """Every side at each thread count (default: 1 and all); ~2-4 minutes on 2 shared cores.
+    `device` cuda runs every side on the GPU (memory is then not measured: it is CPU RSS)."""
     load_before = os.getloadavg()
-    counts = list(threads) if threads else thread_counts()
-    x_BD = activations(shape=shape)
+    counts = list(threads) if threads else protocol.thread_counts()
+    x_BD = activations(shape=shape).to(device)
     dead_S = dead_mask(dead_fraction, shape.d_sae)
+    dead_S = None if dead_S is None else dead_S.to(device)
     sides, info, errors = build_sides(x_BD, dead_S, shape)
-    per = at_threads(lambda n: _per_threads(sides, rounds, shape), counts)
+    per = protocol.at_threads(lambda n: _per_threads(sides, rounds, shape), counts)
     anchors = {p: info[p] | ({"error": errors[p]} if p in errors else {}) for p in PEERS}
     result: dict[str, Any] = {
         "bench": "train",
+        "device": device,
         "shape": shape._asdict() | {"dtype": "float32"},
         "dead_fraction": dead_fraction,
-        "protocol": protocol_block(
+        "protocol": protocol.protocol_block(
             rounds=rounds,
             warmup=1,
             threads=counts,
@@ -169,7 +185,7 @@ def run(
         "saekit_step_vs_gemm": max(p["saekit_step_vs_gemm"] for p in per),
         "targets": TARGETS,
     }
-    if memory:
+    if memory and device == "cpu":
         result["memory"] = {
             side: peak_memory(side, counts[-1], dead_fraction, shape)
             for side in sides

@@ -1,8 +1,9 @@
 """The peers' TopK training steps that `saekit bench train` times, each at its own defaults.
 
-Every builder takes the batch x_BD (fixed for the whole bench), an optional mask of latents to
-mark dead before each step, and the shape; it returns the `Side` to time plus `info`: the
-configuration the peer runs with and every way its step differs from saekit's.
+Every builder takes the batch x_BD (fixed for the whole bench; its device is the bench's), an
+optional mask of latents to mark dead before each step, and the shape; it returns the `Side`
+to time plus `info`: the configuration the peer runs with and every way its step differs
+from saekit's.
 
 - SAELens: its own `SAETrainer.step` on `TopKTrainingSAE` (default config), once with
   `use_sparse_activations` False and once True (the setting SAELens documents for fp32 with
@@ -65,7 +66,12 @@ def saekit_step(
 
     # A Trainer writes nothing before train(): the output dir is never created.
     out = str(Path(tempfile.gettempdir()) / "saekit-bench-train")
-    cfg = TrainConfig(total_tokens=shape.batch * 1000, output_dir=out, wandb_mode="disabled")
+    cfg = TrainConfig(
+        total_tokens=shape.batch * 1000,
+        output_dir=out,
+        wandb_mode="disabled",
+        device=str(x_BD.device),
+    )
     sae_cfg = SAEConfig(method="topk", d_sae=shape.d_sae, k=shape.k)
     trainer = Trainer((sae_cfg,), cfg, FixedStream(x_BD), {})
     slot = trainer.slots[0]
@@ -82,6 +88,8 @@ def saekit_step(
         "aux_k": f"on, variance-normalized, coefficient {sae_cfg.aux_k_coefficient}",
         "decoder": "unit-norm rows renormalized after each step, parallel gradient removed",
         "grad_clip_norm": cfg.grad_clip_norm,
+        "b_dec_init": "geometric median of the first batch in Trainer.train (outside the "
+        "timed step; zero here)",
     }
     return Side(step, shape.batch, state=lambda: list(slot.sae.parameters())), info
 
@@ -103,6 +111,7 @@ def saelens_step(sparse: bool) -> Builder:
             d_sae=shape.d_sae,
             k=shape.k,
             dtype="float32",
+            device=str(x_BD.device),
             use_sparse_activations=sparse,
         )
         sae = TopKTrainingSAE(sae_cfg)
@@ -129,6 +138,9 @@ def saelens_step(sparse: bool) -> Builder:
             "decoder": "no renormalization: rescale_acts_by_decoder_norm="
             f"{sae_cfg.rescale_acts_by_decoder_norm} puts the decoder norm in the forward",
             "grad_clip_norm": 1.0,
+            "clip_order": "clips the raw gradient (saekit clips after removing the decoder's "
+            "parallel component)",
+            "b_dec_init": "zeros",
         }
         return Side(step, shape.batch, state=lambda: list(sae.parameters())), info
 
@@ -143,13 +155,13 @@ def sparsify_step(
     from sparsify.sign_sgd import SignSGD
 
     tcfg = sp.TrainConfig(sp.SparseCoderConfig(num_latents=shape.d_sae, k=shape.k))
-    sae = sp.SparseCoder(shape.d_in, tcfg.sae, "cpu", dtype=torch.float32)
+    sae = sp.SparseCoder(shape.d_in, tcfg.sae, x_BD.device, dtype=torch.float32)
     # Trainer.__init__, case "signum" (the default optimizer)
     lr = tcfg.lr or 5e-3 / (sae.num_latents / 2**14) ** 0.5
     opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": lr}]), momentum=0.95)
     opt.train()
-    since_fired_S = torch.zeros(sae.num_latents, dtype=torch.long)
-    did_fire_S = torch.zeros(sae.num_latents, dtype=torch.bool)
+    since_fired_S = torch.zeros(sae.num_latents, dtype=torch.long, device=x_BD.device)
+    did_fire_S = torch.zeros(sae.num_latents, dtype=torch.bool, device=x_BD.device)
     first = [True]
 
     def step() -> None:
@@ -183,6 +195,9 @@ def sparsify_step(
         "decoder": "renormalized to unit norm before each forward, parallel gradient removed",
         "grad_clip_norm": None,
         "decoder_kernel": sp.sparse_coder.decoder_impl.__name__,
+        "b_dec_init": "batch mean before the first step (the untimed probe call)",
+        "not_reproduced": "Trainer.fit sets torch.set_float32_matmul_precision('high') for "
+        "CUDA tensor cores; it is process-wide, so it is left at the default for every side",
     }
     return Side(step, shape.batch, state=lambda: list(sae.parameters())), info
 
@@ -191,14 +206,15 @@ def overcomplete_step(
     x_BD: torch.Tensor, dead_S: torch.Tensor | None, shape: Shape
 ) -> tuple[Side, dict[str, Any]]:
     oc = peers.overcomplete_sae()
-    sae = oc.TopKSAE(shape.d_in, nb_concepts=shape.d_sae, top_k=shape.k, device="cpu")
+    device = str(x_BD.device)
+    sae = oc.TopKSAE(shape.d_in, nb_concepts=shape.d_sae, top_k=shape.k, device=device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=5e-4)
 
     def criterion(x, x_hat, pre_codes, codes, dictionary):  # type: ignore[no-untyped-def]
         return (x - x_hat).square().mean()
 
     def step() -> None:
-        oc.train_sae(sae, [x_BD], criterion, optimizer, nb_epochs=1, monitoring=0)
+        oc.train_sae(sae, [x_BD], criterion, optimizer, nb_epochs=1, monitoring=0, device=device)
 
     info = {
         "package": f"overcomplete {peers.peer_version('overcomplete')}",
@@ -209,6 +225,7 @@ def overcomplete_step(
         "decoder": "rows L2-normalized in place at every forward (DictionaryLayer 'l2'), "
         "no gradient projection; codes scattered into a dense [B, d_sae] matrix",
         "grad_clip_norm": 1.0,
+        "b_dec_init": "no decoder bias (x̂ = z D); the encoder Linear has its default init",
     }
     return Side(step, shape.batch, state=lambda: list(sae.parameters())), info
 
@@ -216,7 +233,8 @@ def overcomplete_step(
 def gemm_step(
     x_BD: torch.Tensor, dead_S: torch.Tensor | None, shape: Shape
 ) -> tuple[Side, dict[str, Any]]:
-    W_DS = torch.randn(shape.d_in, shape.d_sae, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    W_DS = torch.randn(shape.d_in, shape.d_sae, generator=gen).to(x_BD.device)
 
     def step() -> None:
         x_BD @ W_DS

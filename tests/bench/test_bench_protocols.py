@@ -139,3 +139,14 @@ def test_bad_kernel_shapes_name_the_format():
 
     with pytest.raises(SaekitError, match="D_INxD_SAExK"):
         kernels.parse_shapes("576x16384")
+
+
+def test_bench_cli_refuses_fewer_than_five_rounds_and_bad_threads(capsys):
+    from saekit.cli import main
+
+    assert main(["bench", "train", "--rounds", "3"]) == 2
+    assert "≥ 5 rounds" in capsys.readouterr().err
+    assert main(["bench", "train", "--threads", "1,x"]) == 2
+    assert "expected counts like 1,2" in capsys.readouterr().err
+    assert main(["bench", "synthetic", "--threads", "1"]) == 2
+    assert "has no --threads option" in capsys.readouterr().err

@@ -36,7 +36,11 @@ def test_table_carries_the_json_figures(sitting_dir):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "1"
     assert cells[3].startswith(per["fastest_peer"])
-    assert cells[4] == f"{per['ratio_vs_anchor']:.2f}"
+    best = per["fastest_peer"]
+    rounds = [p / s for p, s in zip(per["rounds_ms"][best], per["rounds_ms"]["saekit"])]
+    assert cells[4] == f"{per['ratio_vs_anchor']:.3f} ({min(rounds):.2f}–{max(rounds):.2f})"
+    met = per["ratio_vs_anchor"] >= 1.8 and per["saekit_step_vs_gemm"] <= 1.3
+    assert cells[-1].endswith("(met)" if met else "(**missed**)")
     assert "`stream`" not in table
     assert "load average 0.5 before and 0.7 after" in table and "commit abc1234" in table
 
