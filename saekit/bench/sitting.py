@@ -88,6 +88,8 @@ MET: dict[str, Any] = {
     "train": lambda t: t["ratio_vs_anchor"] >= 1.8 and t["saekit_step_vs_gemm"] <= 1.3,
     "stream": lambda t: t["ratio_vs_anchor"] >= 0.9 and t["five_hooks_cost_vs_one"] <= 1.2,
     "snmf": lambda t: t["ratio_vs_anchor"] > 1,
+    # mp: the speed target that applies (bench mp decides it from the floor) and MP ≤ 3x TopK.
+    "mp": lambda t: all(t["target_met"].values()) and t["mp_vs_topk"] <= 3,
 }
 """Each bench's targets (its JSON `targets`) as a test of one thread count's figures."""
 
@@ -172,11 +174,11 @@ def _rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                     n,
                     f"{_fmt(tps['saekit_mp'])} tok/s",
                     f"{best} {_fmt(tps[best])} tok/s",
-                    _fmt(t["ratio_vs_anchor"]),
-                    f"vs SAELens {_fmt(t['ratio_vs_saelens'])}x; step = "
-                    f"{_fmt(t['step_vs_floor'])}x the exact-MP floor (c0 GEMM + symmetric Gram), "
+                    _ratio(t, best, "saekit_mp"),
+                    f"vs SAELens {_r3(t['ratio_vs_saelens'])}x; step = "
+                    f"{_r3(t['step_vs_floor'])}x the exact-MP floor (c0 GEMM + symmetric Gram), "
                     f"which caps any exact MP at {_fmt(t['exact_mp_ceiling'])}x SAELens; "
-                    f"MP step = {_fmt(t['mp_vs_topk'])}x TopK step",
+                    f"MP step = {_r3(t['mp_vs_topk'])}x TopK step",
                 ]
             )
         else:

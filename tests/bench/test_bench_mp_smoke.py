@@ -50,9 +50,12 @@ def test_bench_mp_toy_shape():
     assert result["ratio_vs_anchor"] == per["ratio_vs_anchor"]
     text = bench_mp.table(result)
     assert "ratio_vs_anchor" in text and "step_vs_floor" in text
-    ((name_cell, n, _, anchor, ratio, also, _),) = sitting._rows("mp", result)  # README row
-    assert (name_cell, n, ratio) == ("`mp`", "1", f"{per['ratio_vs_anchor']:.2f}")
-    assert anchor.startswith(best) and f"{per['step_vs_floor']:.2f}x the exact-MP floor" in also
+    ((name_cell, n, _, anchor, ratio, also, target),) = sitting._rows("mp", result)  # README
+    assert (name_cell, n) == ("`mp`", "1") and anchor.startswith(best)
+    assert ratio.startswith(f"{per['ratio_vs_anchor']:.3f} (")
+    assert f"{per['step_vs_floor']:.3f}x the exact-MP floor" in also
+    met = all(per["target_met"].values()) and per["mp_vs_topk"] <= 3
+    assert target.endswith(" (met)" if met else " (**missed**)")
 
 
 def test_floor_products_compute_the_gram_matrix():
