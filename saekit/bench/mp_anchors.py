@@ -25,7 +25,7 @@ import torch
 
 from saekit.bench import peers
 from saekit.bench.protocol import Side
-from saekit.bench.train_anchors import FixedStream, Shape
+from saekit.bench.train_anchors import FixedStream, Shape, saelens_trainer
 
 Builder = Callable[[torch.Tensor, Shape], tuple[Side, dict[str, Any]]]
 
@@ -71,12 +71,10 @@ def saekit_step(method: Literal["mp", "topk"]) -> Builder:
 def saelens_step(x_BD: torch.Tensor, shape: Shape) -> tuple[Side, dict[str, Any]]:
     from importlib.metadata import version
 
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.matching_pursuit_sae import (
         MatchingPursuitTrainingSAE,
         MatchingPursuitTrainingSAEConfig,
     )
-    from sae_lens.training.sae_trainer import SAETrainer
 
     sae_cfg = MatchingPursuitTrainingSAEConfig(
         d_in=shape.d_in,
@@ -88,13 +86,8 @@ def saelens_step(x_BD: torch.Tensor, shape: Shape) -> tuple[Side, dict[str, Any]
         stop_on_duplicate_support=False,
     )
     sae = MatchingPursuitTrainingSAE(sae_cfg)
-    cfg = SAETrainerConfig(
-        total_training_samples=shape.batch * 1000,
-        train_batch_size_samples=shape.batch,
-        lr_end=3e-4,  # set by the runner config's post-init in a full SAELens run
-        logger=LoggingConfig(log_to_wandb=False),
-    )
-    trainer = SAETrainer(cfg, sae, data_provider=iter(()))
+    trainer = saelens_trainer(sae, shape)
+    cfg = trainer.cfg
 
     def step() -> None:
         trainer.step(x_BD)

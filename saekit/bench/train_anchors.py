@@ -94,6 +94,20 @@ def saekit_step(
     return Side(step, shape.batch, state=lambda: list(slot.sae.parameters())), info
 
 
+def saelens_trainer(sae: Any, shape: Shape) -> Any:
+    """SAELens' own `SAETrainer` around `sae`, configured as a full SAELens run would."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    cfg = SAETrainerConfig(
+        total_training_samples=shape.batch * 1000,
+        train_batch_size_samples=shape.batch,
+        lr_end=3e-4,  # set by the runner config's post-init in a full SAELens run
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    return SAETrainer(cfg, sae, data_provider=iter(()))
+
+
 def saelens_step(sparse: bool) -> Builder:
     """SAELens' step with `use_sparse_activations=sparse`."""
 
@@ -102,9 +116,7 @@ def saelens_step(sparse: bool) -> Builder:
     ) -> tuple[Side, dict[str, Any]]:
         from importlib.metadata import version
 
-        from sae_lens.config import LoggingConfig, SAETrainerConfig
         from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
-        from sae_lens.training.sae_trainer import SAETrainer
 
         sae_cfg = TopKTrainingSAEConfig(
             d_in=shape.d_in,
@@ -115,13 +127,8 @@ def saelens_step(sparse: bool) -> Builder:
             use_sparse_activations=sparse,
         )
         sae = TopKTrainingSAE(sae_cfg)
-        cfg = SAETrainerConfig(
-            total_training_samples=shape.batch * 1000,
-            train_batch_size_samples=shape.batch,
-            lr_end=3e-4,  # set by the runner config's post-init in a full SAELens run
-            logger=LoggingConfig(log_to_wandb=False),
-        )
-        trainer = SAETrainer(cfg, sae, data_provider=iter(()))
+        trainer = saelens_trainer(sae, shape)
+        cfg = trainer.cfg
 
         def step() -> None:
             if dead_S is not None:
