@@ -146,6 +146,8 @@ RESUME_SAES = (
     SAEConfig(method="batchtopk", d_sae=64, k=4),
     SAEConfig(method="relu", d_sae=64, target_l0=6.0),
     SAEConfig(method="jumprelu", hook="h1", d_sae=64, target_l0=3.0),
+    SAEConfig(method="matryoshka", hook="h1", d_sae=64, k=4),
+    SAEConfig(method="mp", d_sae=64, k=4, mp_dropout=0.25, mp_revival_coefficient=0.01),
 )
 
 
