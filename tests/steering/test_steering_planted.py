@@ -49,3 +49,12 @@ def test_planted_direction_scores_high_and_random_does_not(steer_planted):
     assert planted["token_change_overlap"] == 1.0  # the 5 most raised tokens are the targets
     rows = {(r["method"], r["kappa"]): r for r in summarize(results, study.cfg.kl_targets)}
     assert rows[("vector", "selected")]["score"] > rows[("random", "selected")]["score"] + 0.25
+
+
+def test_z_is_undefined_without_a_null_spread(steer_planted):
+    """One random direction has no spread: z is left undefined rather than divided by a
+    floor, and the null's max still shows that S beats it."""
+    study = _study(steer_planted, n_random=1)
+    planted = score_site(study, measure_curves(study))["planted"]["selected"]
+    assert planted["null_std"] == 0.0 and planted["z"] is None
+    assert planted["null_max"] == planted["null_mean"] < planted["score"] - 0.2
