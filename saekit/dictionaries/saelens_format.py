@@ -38,6 +38,7 @@ from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary, SAEConfig
 from saekit.errors import SaekitError
+from saekit.files import follow_umask
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -117,6 +118,7 @@ def save_dictionary(d: Dictionary, path: str | Path, log10_density_S: Tensor | N
             density = {"sparsity": log10_density_S.detach().float().cpu().contiguous()}
             save_file(density, str(tmp / SPARSITY_FILE))
         (tmp / CFG_FILE).write_text(cfg_text)
+        follow_umask(tmp)  # mkdtemp made it 0700 and safetensors writes 0600
         if not root.exists():
             os.rename(tmp, root)
             return root
@@ -215,6 +217,14 @@ def _load_saekit(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: Pat
     cfg = replace(SAEConfig(**raw), method=sk["method"])
     d = _build(cfg, int(sk["d_in"]), str(cfg_json.get("dtype", "float32")), root)
     _check_shapes(d, tensors, root)
+    for key in ("d_in", "d_sae"):  # the fields SAELens builds from: they must agree too
+        width = getattr(d, key)
+        if key in cfg_json and cfg_json[key] != width:
+            raise SaekitError(
+                f'{root / CFG_FILE}: "{key}" is {cfg_json[key]!r}, but the weights have {width} '
+                f'(as its "saekit" section says), and SAELens reads "{key}". Set "{key}": '
+                f"{width} in {CFG_FILE}, or re-save the dictionary."
+            )
     d.import_tensors(tensors, dict(sk.get("state") or {}))
     d.folded_norm_factor = float(sk.get("folded_norm_factor", 1.0))
     d.provenance = dict(sk.get("provenance") or {})

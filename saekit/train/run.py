@@ -39,6 +39,7 @@ def check_output_dir(recipe: Recipe, out: Path, resume: bool) -> None:
     if resume:
         if not saved.is_file():
             raise SaekitError(f"Nothing to resume in {out} (no recipe.yaml); run without --resume.")
+        settle_status(out)
         # Checked here, before run.json is rewritten; `train` (steps, LR, ...) may change.
         before = yaml.safe_load(saved.read_text()) or {}
         diff = describe_mismatch({k: before.get(k) for k in IDENTITY}, recipe.identity())
@@ -51,11 +52,12 @@ def check_output_dir(recipe: Recipe, out: Path, resume: bool) -> None:
     if saved.is_file():
         same = yaml.safe_load(saved.read_text()) == to_dict(recipe)
         what = "this run already" if same else "a different run"
+        status = settle_status(out)
         raise SaekitError(
-            f"{out} holds {what}; pass --resume to continue it, or set "
-            "train.output_dir to a new directory. Nothing was overwritten."
+            f"{out} holds {what}{f' ({status})' if status else ''}; pass --resume to continue "
+            "it, or set train.output_dir to a new directory. Nothing was overwritten."
         )
-    if out.exists() and any(p.name != RunLock.NAME for p in out.iterdir()):
+    if out.exists() and any(not p.name.startswith(RunLock.NAME) for p in out.iterdir()):
         raise SaekitError(
             f"{out} is not empty and holds no saekit run; choose another "
             "train.output_dir. Nothing was overwritten."
@@ -99,7 +101,9 @@ def _train(
     if model is None and stream_cfg.cache_dir is None:
         device = local_device(recipe.model.device)
         model = dist.everywhere(lambda: build_hooked_model(replace(recipe.model, device=device)))
-    stream = dist.everywhere(lambda: open_stream(model, recipe.data, stream_cfg, "train"))
+    stream = dist.everywhere(
+        lambda: open_stream(model, recipe.data, stream_cfg, "train", verify=recipe.cache.verify)
+    )
     shard_stream(stream, dist)
     train_cfg = replace(recipe.train, device=local_device(recipe.train.device))
 
@@ -118,7 +122,12 @@ def _train(
             if not resume:
                 save_yaml(recipe, out / "recipe.yaml")
             write_run_json(out, {"status": "training", "recipe": to_dict(recipe)})
-        summary = trainer.train(resume=resume)
+        try:
+            summary = trainer.train(resume=resume)
+        except BaseException as exc:
+            if dist.is_main:
+                write_run_json(out, ended(exc, getattr(trainer, "step", None), recipe))
+            raise
         summary["run_dir"] = str(out)
         if dist.is_main:
             write_run_json(out, {"status": "done", "recipe": to_dict(recipe), **summary})
@@ -142,6 +151,31 @@ def rank_split(recipe: Recipe, dist: Distributed) -> tuple[tuple[SAEConfig, ...]
         return saes, replace(cfg, batch_size=cfg.batch_size // dist.world)
     mine = {s.hook for i, s in enumerate(saes) if dist.owns(i)}
     return saes, replace(cfg, hooks=tuple(h for h in cfg.hooks if h in mine))
+
+
+def ended(exc: BaseException, step: int | None, recipe: Recipe) -> dict[str, Any]:
+    """run.json of a run stopped by `exc`: interrupted (Ctrl-C) or failed, with the reason."""
+    if isinstance(exc, KeyboardInterrupt):
+        status, reason = "interrupted", "stopped by Ctrl-C; continue it with --resume"
+    else:
+        status = "failed"
+        reason = str(exc) if isinstance(exc, SaekitError) else f"{type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split())  # one line, as the CLI prints it
+    return {"status": status, "error": reason, "step": step, "recipe": to_dict(recipe)}
+
+
+def settle_status(out: Path) -> str | None:
+    """run.json's status. A run it says is training while no live process holds the run's
+    lock was killed (kill -9, a crash, a lost machine): record it as interrupted."""
+    try:
+        data = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("status") == "training" and RunLock(out).holder() is None:
+        data["status"] = "interrupted"
+        data["error"] = "the process died without finishing; continue it with --resume"
+        write_run_json(out, data)
+    return str(data.get("status"))
 
 
 def write_run_json(out: Path, data: dict[str, Any]) -> None:

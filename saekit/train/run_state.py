@@ -108,12 +108,6 @@ def load_run_state(trainer: Trainer) -> int:
                 f"with train.parallel={saved_split[1]}; resume it with the same number of "
                 f"processes (now {dist.world}) and the same train.parallel."
             )
-        missing = [name for name in now["slots"] if name not in weights]
-        if missing:
-            raise SaekitError(
-                f"The newest checkpoint in {trainer.out} has no weights for {missing}: it is "
-                "incomplete. Delete it to fall back to an older one, or start over."
-            )
         return weights, state
 
     weights, state = dist.broadcast(dist.on_main(read))  # type: ignore[misc]

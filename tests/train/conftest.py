@@ -61,7 +61,9 @@ def synthetic_run(monkeypatch: pytest.MonkeyPatch) -> list[SyntheticStream]:
 
     opened: list[SyntheticStream] = []
 
-    def open_stream(model: Any, data: Any, cfg: StreamConfig, split: str) -> SyntheticStream:
+    def open_stream(
+        model: Any, data: Any, cfg: StreamConfig, split: str, verify: bool = True
+    ) -> SyntheticStream:
         stream = SyntheticStream(
             dict.fromkeys(cfg.hooks, D_IN), batch_size=cfg.batch_size, normalize=cfg.normalize
         )
