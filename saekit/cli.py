@@ -133,7 +133,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
     import inspect
 
     module = importlib.import_module(BENCHES[args.name])
-    options = {"quick": args.quick, "device": args.device}
+    threads = None
+    if args.threads:
+        try:
+            threads = [int(t) for t in args.threads.split(",")]
+        except ValueError:
+            threads = []
+        if not threads or min(threads) < 1:
+            raise SaekitError(f"--threads {args.threads!r}: expected counts like 1,2.")
+    if args.rounds is not None and args.rounds < 5:
+        raise SaekitError(f"--rounds {args.rounds}: published figures are medians of ≥ 5 rounds.")
+    options = {
+        "quick": args.quick,
+        "device": args.device,
+        "threads": threads,
+        "rounds": args.rounds,
+    }
     accepted = inspect.signature(module.run).parameters
     kwargs = {k: v for k, v in options.items() if v not in (False, None)}
     for key in kwargs:
@@ -211,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="kernels: one shape instead of the grid")
     p.add_argument("--device", default=None, help="kernels: cuda for the GPU mode (default cpu)")
+    p.add_argument(
+        "--threads", default=None, help="thread counts to measure at, e.g. 1,2 (default 1 and all)"
+    )
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, at least 5)")
     p.set_defaults(func=cmd_bench)
     for module_name in COMMANDS:
         importlib.import_module(module_name).register(sub)
