@@ -59,8 +59,6 @@ class Trainer:
         self.step = 0
         self.saved_step = -1
         """Step of the newest checkpoint written or loaded (the end skips rewriting it)."""
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
         self.slots = []
         for i, sae_cfg in enumerate(sae_cfgs):
             if not self.dist.owns(i):
@@ -102,7 +100,12 @@ class Trainer:
     def train(self, resume: bool = False) -> dict[str, Any]:
         # A run that died before its first checkpoint resumes from step 0.
         if resume and self.dist.broadcast(has_checkpoint(self.out / "checkpoints")):
-            self.resume()
+            self.resume()  # restores the RNG states too
+        if self.step == 0:
+            # Seeded here rather than at construction, so the random stream (MP's atom dropout)
+            # does not depend on what else drew random numbers in this process in between.
+            torch.manual_seed(self.cfg.seed)
+            random.seed(self.cfg.seed)
         main = self.dist.is_main
         logger = RunLogger(self.out, self.cfg, self.run_config, resume) if main else None
         if logger is not None:

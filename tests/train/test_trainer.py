@@ -26,20 +26,25 @@ def fresh_rows(stream: SyntheticStream, hook: str = "h0", n_batches: int = 16) -
     return rows * stream.norm_factors.get(hook, 1.0)
 
 
-@pytest.mark.parametrize(
-    ("method", "target"),
-    [("relu", 6.0), ("jumprelu", 3.0)],
-)
-def test_l0_controller_lands_on_target(method, target, train_cfg, make_trainer) -> None:
-    # Sensible budget: 1,000 steps of 256 tokens. Unsteered, the default coefficients (relu
-    # l1 = 5, jumprelu l0 = 1) end near L0 0.5 and 1.3 on this data (G1, 64 features, L0 4).
-    stream = SyntheticStream({"h0": 32})
-    cfg = train_cfg(total_tokens=256 * 1000, lr_warmup_steps=20, sparsity_warmup_steps=50)
-    trainer = make_trainer((SAEConfig(method=method, d_sae=128, target_l0=target),), cfg, stream)
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("method", "target"), [("relu", 6.0), ("jumprelu", 3.0)])
+def test_l0_controller_lands_on_target(method, target, seed, train_cfg, make_trainer) -> None:
+    """The README's claim: final L0 within 2% of target_l0. Over seeds 0-7 of this setting
+    (1,000 steps of 256 tokens; G1 data, 64 features, L0 4) the error was −1.67..+0.05% for
+    relu (rms 0.93%) and −1.07..+1.21% for jumprelu (rms 0.82%): batch noise keeps L0 moving
+    while the LR decays. Unsteered, the default coefficients (relu l1 = 5, jumprelu l0 = 1)
+    end near L0 0.5 and 1.3 on this data."""
+    stream = SyntheticStream({"h0": 32}, seed=seed)
+    cfg = train_cfg(
+        total_tokens=256 * 1000, lr_warmup_steps=20, sparsity_warmup_steps=50, seed=seed
+    )
+    sae_cfg = SAEConfig(method=method, d_sae=128, target_l0=target, seed=seed)
+    trainer = make_trainer((sae_cfg,), cfg, stream)
     trainer.train()
-    with torch.no_grad():
-        l0 = (trainer.slots[0].sae.encode(fresh_rows(stream)) != 0).sum(1).float().mean()
-    assert abs(float(l0) / target - 1) < 0.10, f"{method}: L0 {float(l0):.2f} vs {target}"
+    with torch.no_grad():  # 65k rows: the L0 estimate's standard error is 0.25%
+        l0 = (trainer.slots[0].sae.encode(fresh_rows(stream, n_batches=256)) != 0).sum(1)
+    error = float(l0.float().mean()) / target - 1
+    assert abs(error) < 0.02, f"{method} seed {seed}: L0 off target by {100 * error:+.2f}%"
 
 
 def test_target_l0_on_a_method_without_penalty_is_refused(train_cfg, make_trainer) -> None:
@@ -141,6 +146,8 @@ RESUME_SAES = (
     SAEConfig(method="batchtopk", d_sae=64, k=4),
     SAEConfig(method="relu", d_sae=64, target_l0=6.0),
     SAEConfig(method="jumprelu", hook="h1", d_sae=64, target_l0=3.0),
+    SAEConfig(method="matryoshka", hook="h1", d_sae=64, k=4),
+    SAEConfig(method="mp", d_sae=64, k=4, mp_dropout=0.25, mp_revival_coefficient=0.01),
 )
 
 
