@@ -80,7 +80,7 @@ class SNMFFit(NamedTuple):
 def keep_count(d: int, sparsity: float) -> int:
     """Neurons WTA keeps per feature: ⌈s·D⌉, at least 1."""
     if not 0 < sparsity <= 1:
-        raise SaekitError(f"snmf_sparsity must be in (0, 1], got {sparsity}; default 0.01.")
+        raise SaekitError(f"snmf.sparsity must be in (0, 1], got {sparsity}; default 0.01.")
     return max(1, math.ceil(sparsity * d))
 
 
