@@ -1,4 +1,5 @@
-"""Activation streams (live from the model, or from a disk cache) behind one interface."""
+"""Activation streams behind one interface: live from the model, from a disk cache, or from
+tensors already in memory; and synthetic activations with known features."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from saekit.activations.cache import (
     write_cache,
 )
 from saekit.activations.stream import ActivationStream, BaseStream, StreamConfig
+from saekit.activations.tensors import TensorStream
 from saekit.data.text import DataConfig, Split, build_windows
 from saekit.models.hooks import HookedModel
 
@@ -19,6 +21,7 @@ __all__ = [
     "CacheConfig",
     "CachedActivationStream",
     "StreamConfig",
+    "TensorStream",
     "open_stream",
     "write_cache",
 ]

@@ -32,8 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from saekit.dictionaries import build_dictionary
-from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext
+from saekit.dictionaries import SAEConfig, TrainableDictionary, TrainContext, build_dictionary
 from saekit.errors import SaekitError
 from saekit.kernels.csr import CsrOps, CsrPattern, select_ops
 from saekit.kernels.sparse_ops import csr_decode
@@ -151,12 +150,14 @@ def method_times(
         out[method] = {}
         for kernels in ("auto", "dense"):
             cfg = SAEConfig(method=method, d_sae=d_sae, k=k, kernels=kernels)  # type: ignore[arg-type]
-            out[method][kernels] = _step_ms(build_dictionary(cfg, d_in).to(device), x_BD, time_ms)
+            sae = build_dictionary(cfg, d_in).to(device)
+            assert isinstance(sae, TrainableDictionary)
+            out[method][kernels] = _step_ms(sae, x_BD, time_ms)
     return out
 
 
 def _step_ms(
-    sae: Dictionary, x_BD: torch.Tensor, time_ms: Callable[[Callable[[], object]], float]
+    sae: TrainableDictionary, x_BD: torch.Tensor, time_ms: Callable[[Callable[[], object]], float]
 ) -> float:
     if sae.method == "jumprelu":
         with torch.no_grad():

@@ -25,14 +25,14 @@ a free loop, backward and optimizer.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from saekit.bench.train import _FixedStream, activations
+from saekit.activations.tensors import TensorStream
+from saekit.bench.train import activations
 from saekit.dictionaries import SAEConfig
 from saekit.dictionaries.mp import MatchingPursuitSAE
 from saekit.kernels.pursuit import MatchingPursuit, choose_path, gram_matrix
@@ -45,10 +45,9 @@ def trainer_step(x_BD: torch.Tensor, sae_cfg: SAEConfig) -> Callable[[], None]:
     """One `Trainer._step` on a fresh slot of `sae_cfg` (b_dec 0 on both sides)."""
     from saekit.train.trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig(
-        total_tokens=x_BD.shape[0] * 1000, output_dir=tempfile.mkdtemp(), wandb_mode="disabled"
-    )
-    trainer = Trainer((sae_cfg,), cfg, _FixedStream(x_BD), {})
+    cfg = TrainConfig(total_tokens=x_BD.shape[0] * 1000, wandb_mode="disabled")
+    stream = TensorStream(x_BD, batch_size=x_BD.shape[0], shuffle=False)
+    trainer = Trainer((sae_cfg,), cfg, stream)
     slot = trainer.slots[0]
 
     def step() -> None:

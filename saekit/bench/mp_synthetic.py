@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
+from saekit.activations.synthetic import HierarchicalTree
 from saekit.bench.synthetic import sae_config, score, train_on
 from saekit.dictionaries import Dictionary
 from saekit.dictionaries.mp import MatchingPursuitSAE
-from saekit.eval.synthetic import HierarchicalTree
 from saekit.eval.synthetic_metrics import absorption, match_features
 
 LEVELS = tuple(range(9))

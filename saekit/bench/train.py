@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from saekit.activations.stream import BaseStream, StreamConfig
+from saekit.activations.tensors import TensorStream
 
 D_IN, D_SAE, K, BATCH = 576, 9216, 32, 4096
 SIDES = ("saekit", "saelens", "gemm")
@@ -54,28 +52,15 @@ def activations(seed: int = 0) -> torch.Tensor:
     return torch.randn(BATCH, D_IN, generator=gen) + 0.5 * torch.randn(D_IN, generator=gen)
 
 
-class _FixedStream(BaseStream):
-    """A stream that is one tensor: enough for a Trainer to build its slots."""
-
-    def __init__(self, x_BD: torch.Tensor) -> None:
-        self.cfg = StreamConfig(hooks=("x",), batch_size=x_BD.shape[0])
-        self.d_in = {"x": x_BD.shape[1]}
-        self.norm_factors = {}
-        self.x_BD = x_BD
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        return {"x": self.x_BD}
-
-
 def saekit_step(x_BD: torch.Tensor, dead_S: torch.Tensor | None) -> Callable[[], None]:
     from saekit.dictionaries import SAEConfig
     from saekit.train.config import TrainConfig
     from saekit.train.trainer import Trainer
 
-    # A Trainer writes nothing before train(): the output dir is never created.
-    out = str(Path(tempfile.gettempdir()) / "saekit-bench-train")
-    cfg = TrainConfig(total_tokens=BATCH * 1000, output_dir=out, wandb_mode="disabled")
-    trainer = Trainer((SAEConfig(method="topk", d_sae=D_SAE, k=K),), cfg, _FixedStream(x_BD), {})
+    # Without a run directory a Trainer writes nothing.
+    cfg = TrainConfig(total_tokens=BATCH * 1000, wandb_mode="disabled")
+    stream = TensorStream(x_BD, batch_size=x_BD.shape[0], shuffle=False)
+    trainer = Trainer((SAEConfig(method="topk", d_sae=D_SAE, k=K),), cfg, stream)
     slot = trainer.slots[0]
 
     def step() -> None:

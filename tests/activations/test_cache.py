@@ -18,7 +18,8 @@ from saekit.activations.cache import (
     CachedActivationStream,
     write_cache,
 )
-from saekit.activations.stream import ActivationStream, BaseStream, StreamConfig
+from saekit.activations.stream import ActivationStream, StreamConfig
+from saekit.activations.tensors import TensorStream
 from saekit.data.text import DataConfig
 from saekit.errors import SaekitError
 
@@ -27,21 +28,9 @@ PROVENANCE = {"model": "tiny", "data": "synthetic"}
 INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-class ListStream(BaseStream):
-    """Serves fixed rows in order, `batch_size` at a time, looping."""
-
-    def __init__(self, rows: dict[str, Tensor], batch_size: int) -> None:
-        self.rows = rows
-        self.batch_size = batch_size
-        self.d_in = {h: x.shape[1] for h, x in rows.items()}
-        self.norm_factors = {}
-        self.n_tokens_served = 0
-
-    def next_batch(self) -> dict[str, Tensor]:
-        n = next(iter(self.rows.values())).shape[0]
-        idx = torch.arange(self.n_tokens_served, self.n_tokens_served + self.batch_size) % n
-        self.n_tokens_served += self.batch_size
-        return {h: x[idx] for h, x in self.rows.items()}
+def in_order(rows: dict[str, Tensor], batch_size: int) -> TensorStream:
+    """The rows in order, `batch_size` at a time, looping; special values served as they are."""
+    return TensorStream(rows, batch_size, shuffle=False, check_finite=False)
 
 
 def source_rows(n: int, dtype: torch.dtype, specials: bool = True) -> dict[str, Tensor]:
@@ -73,7 +62,7 @@ def build(tmp_path: Path, n_tokens: int = 100, dtype: str = "float32", **kw: Any
     cfg = CacheConfig(
         output_dir=str(tmp_path / "cache"), n_tokens=n_tokens, shard_tokens=32, dtype=dtype
     )
-    return write_cache(ListStream(rows, batch_size=24), cfg, kw.get("provenance", PROVENANCE))
+    return write_cache(in_order(rows, batch_size=24), cfg, kw.get("provenance", PROVENANCE))
 
 
 # ---- round trip ------------------------------------------------------------------------------
@@ -82,7 +71,7 @@ def test_round_trip_is_bit_exact_across_shards(tmp_path, dtype):
     torch_dtype = getattr(torch, dtype)
     rows = source_rows(100, torch_dtype)
     cfg = CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=100, shard_tokens=32, dtype=dtype)
-    out = write_cache(ListStream(rows, batch_size=24), cfg, PROVENANCE)
+    out = write_cache(in_order(rows, batch_size=24), cfg, PROVENANCE)
     cache = ActivationCache(out)
     assert cache.rows == 100 and cache.dtype == dtype
     for h in HOOKS:
@@ -100,7 +89,7 @@ def test_round_trip_is_bit_exact_across_shards(tmp_path, dtype):
 def test_storage_dtype_converts_once(tmp_path):
     rows = source_rows(40, torch.float32)
     cfg = CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=40, shard_tokens=16, dtype="float16")
-    cache = ActivationCache(write_cache(ListStream(rows, batch_size=7), cfg, PROVENANCE))
+    cache = ActivationCache(write_cache(in_order(rows, batch_size=7), cfg, PROVENANCE))
     for h in HOOKS:
         assert torch.equal(bits(cache.read(h, 0, 40)), bits(rows[h].half()))
 
@@ -144,7 +133,7 @@ def test_a_different_cache_is_never_overwritten(tmp_path, change):
 def test_the_same_cache_is_reused_untouched(tmp_path):
     out = build(tmp_path)
     before = snapshot(out)
-    stream = ListStream(source_rows(100, torch.float32), batch_size=24)
+    stream = in_order(source_rows(100, torch.float32), batch_size=24)
     cfg = CacheConfig(output_dir=str(out), n_tokens=100, shard_tokens=32)
     assert write_cache(stream, cfg, PROVENANCE) == out
     assert stream.n_tokens_served == 0
@@ -205,7 +194,7 @@ def cached_cfg(out: Path, **overrides: Any) -> StreamConfig:
 def test_cached_stream_serves_each_row_once_per_epoch(tmp_path, sort_rows):
     rows = source_rows(400, torch.float32)
     out = write_cache(
-        ListStream(rows, batch_size=100),
+        in_order(rows, batch_size=100),
         CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=400, shard_tokens=150),
         PROVENANCE,
     )
@@ -230,7 +219,7 @@ def test_cached_stream_serves_each_row_once_per_epoch(tmp_path, sort_rows):
 def test_cached_stream_restore_continues_exactly(tmp_path, n_before, normalize):
     rows = source_rows(400, torch.float32, specials=False)  # finite norm factors
     out = write_cache(
-        ListStream(rows, batch_size=100),
+        in_order(rows, batch_size=100),
         CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=400, shard_tokens=150),
         PROVENANCE,
     )
@@ -254,7 +243,7 @@ def test_cached_stream_restore_continues_exactly(tmp_path, n_before, normalize):
 def test_cached_stream_normalizes_on_the_first_chunk(tmp_path):
     rows = source_rows(400, torch.float32, specials=False)
     out = write_cache(
-        ListStream(rows, batch_size=100),
+        in_order(rows, batch_size=100),
         CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=400, shard_tokens=400),
         PROVENANCE,
     )
