@@ -36,6 +36,7 @@ _EXPORTS = {
     "SNMFConfig": "saekit.dictionaries.snmf",
     # activations and models
     "TensorStream": "saekit.activations.tensors",
+    "collect_activations": "saekit.activations",
     "HookedModel": "saekit.models.hooks",
     "load_model": "saekit.models.hooks",
     # training
@@ -78,6 +79,7 @@ __all__ = [
     "MPConfig",
     "SNMFConfig",
     "TensorStream",
+    "collect_activations",
     "HookedModel",
     "load_model",
     "fit",
@@ -112,6 +114,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from saekit.activations import collect_activations
     from saekit.activations.cache import CacheConfig
     from saekit.activations.stream import StreamConfig
     from saekit.activations.tensors import TensorStream

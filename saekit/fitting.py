@@ -29,8 +29,8 @@ from saekit.dictionaries import Dictionary, FittedDictionary, SAEConfig, diction
 from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import Recipe
-from saekit.rundir import RunDir, RunLock, write_json
-from saekit.train.checkpoint import describe_mismatch
+from saekit.rundir import RunDir, write_json
+from saekit.train.checkpoint import RunLock, describe_mismatch
 from saekit.train.config import TrainConfig
 from saekit.train.distributed import Distributed, check_world, local_device, shard_stream
 from saekit.train.fit_run import FitRun
@@ -95,7 +95,7 @@ def fit(
     if resume or model is not None:
         raise SaekitError("resume and model apply to recipes; fit(configs, acts) starts fresh.")
     cfgs = (saes,) if isinstance(saes, SAEConfig) else tuple(saes)
-    stream = acts if isinstance(acts, BaseStream) else _tensor_stream(acts)
+    stream = acts if isinstance(acts, BaseStream) else _tensor_stream(acts, cfgs)
     train = train or TrainConfig()
     out = RunDir(run_dir) if run_dir is not None else None
     runner = build_runner(cfgs, train, stream, {}, {}, Distributed(), out)
@@ -111,13 +111,21 @@ def fit(
     return _result(runner, summary, out.path if out else None)
 
 
-def _tensor_stream(acts: Tensor | Mapping[str, Tensor] | None) -> TensorStream:
+def _tensor_stream(
+    acts: Tensor | Mapping[str, Tensor] | None, cfgs: tuple[SAEConfig, ...]
+) -> TensorStream:
+    """A stream over in-memory activations; one tensor is named after the configs' hook."""
     if acts is None:
         raise SaekitError(
             "fit(configs) needs activations: a [tokens, d_in] tensor, {hook: tensor}, or a "
             "stream. To train on a model's text instead, pass a recipe."
         )
-    return TensorStream(acts)
+    hooks = {c.hook for c in cfgs if c.hook}
+    if isinstance(acts, Tensor) and len(hooks) > 1:
+        raise SaekitError(
+            f"One tensor cannot feed the hooks {sorted(hooks)}; pass {{hook: tensor}} instead."
+        )
+    return TensorStream(acts, hook=hooks.pop() if hooks else "x")
 
 
 def _result(runner: Trainer | FitRun, summary: dict[str, Any], out: Path | None) -> FitResult:

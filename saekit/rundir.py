@@ -21,13 +21,14 @@ A directory holding one saved dictionary (cfg.json) is also accepted wherever a 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from saekit.dictionaries.saelens_format import saved_hook
 from saekit.dictionaries.save import CFG_FILE
 from saekit.errors import SaekitError
+
+LOCK_FILE = "run.lock"
 
 
 class Target(NamedTuple):
@@ -77,7 +78,8 @@ class RunDir:
 
     @property
     def lock_file(self) -> Path:
-        return self.path / RunLock.NAME
+        """Holds the pid of the run writing here (train/checkpoint.py's RunLock)."""
+        return self.path / LOCK_FILE
 
     # ---- written by evaluation and the uses of a dictionary ----------------------------------
     @property
@@ -161,49 +163,3 @@ def write_json(path: Path, data: Any, indent: int | None = 1) -> Path:
     partial.write_text(json.dumps(data, indent=indent, separators=separators))
     partial.replace(path)
     return path
-
-
-class RunLock:
-    """Refuses a second live run on the same output directory (pid file, stale-aware)."""
-
-    NAME = "run.lock"
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / self.NAME
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and _alive(pid):
-                raise SaekitError(
-                    f"Another run (pid {pid}) is writing to {self.path.parent}; "
-                    "wait for it or choose another train.output_dir."
-                )
-            self.path.unlink(missing_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            raise SaekitError(
-                f"Another run started writing to {self.path.parent} just now; "
-                "choose another train.output_dir."
-            ) from None
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()

@@ -3,6 +3,8 @@ tensors already in memory; and synthetic activations with known features."""
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from saekit.activations.cache import (
     ActivationCache,
     CacheConfig,
@@ -22,6 +24,7 @@ __all__ = [
     "CachedActivationStream",
     "StreamConfig",
     "TensorStream",
+    "collect_activations",
     "open_stream",
     "write_cache",
 ]
@@ -41,3 +44,21 @@ def open_stream(
         raise ValueError("a live stream needs a model")
     windows = build_windows(data, model.tokenizer, split, max_tokens=max_tokens)
     return ActivationStream(model, windows, cfg)
+
+
+def collect_activations(
+    model: HookedModel,
+    hook: str,
+    n_tokens: int,
+    data: DataConfig | None = None,
+    split: Split = "train",
+) -> Tensor:
+    """`saekit.collect_activations`: `n_tokens` rows [n_tokens, d_in] of `hook`, read from the
+    text of `data` (default: the offline corpus; split "eval" = its held-out documents) as
+    the training stream reads them (special tokens dropped, shuffled). Into memory: for more
+    tokens than fit, train from a recipe, whose stream never holds them all."""
+    data = data or DataConfig()
+    # Just enough windows per buffer (each holds context_size − 1 ordinary tokens at most).
+    windows = min(StreamConfig.buffer_sequences, -(-n_tokens // (data.context_size - 1)) + 1)
+    cfg = StreamConfig(hooks=(hook,), batch_size=n_tokens, buffer_sequences=windows)
+    return open_stream(model, data, cfg, split).next_batch()[hook]

@@ -1,4 +1,4 @@
-"""Atomic checkpoints.
+"""Atomic checkpoints and the run directory's ownership.
 
 A checkpoint is a directory `checkpoints/step-00001200/` written under a temporary name and
 renamed when complete; `checkpoints/latest` (a one-line file, replaced atomically) names the
@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saekit.errors import SaekitError
+from saekit.rundir import LOCK_FILE
 
 LATEST = "latest"
 
@@ -87,6 +88,52 @@ def load_checkpoint(
             "over without --resume."
         ) from None
     return weights, state, meta
+
+
+class RunLock:
+    """Refuses a second live run on the same output directory (pid file, stale-aware)."""
+
+    NAME = LOCK_FILE
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / self.NAME
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            try:
+                pid = int(self.path.read_text().strip() or 0)
+            except ValueError:
+                pid = 0
+            if pid and _alive(pid):
+                raise SaekitError(
+                    f"Another run (pid {pid}) is writing to {self.path.parent}; "
+                    "wait for it or choose another train.output_dir."
+                )
+            self.path.unlink(missing_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise SaekitError(
+                f"Another run started writing to {self.path.parent} just now; "
+                "choose another train.output_dir."
+            ) from None
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
 
 
 def describe_mismatch(saved: Any, now: Any, path: str = "") -> list[str]:

@@ -17,8 +17,8 @@ import saekit.train.checkpoint as checkpoint
 from saekit.dictionaries import SAEConfig
 from saekit.errors import SaekitError
 from saekit.fitting import train_recipe
-from saekit.rundir import RunDir, RunLock
-from saekit.train.checkpoint import load_checkpoint
+from saekit.rundir import RunDir
+from saekit.train.checkpoint import RunLock, load_checkpoint
 
 TOPK = (SAEConfig(d_sae=64, k=4),)
 
