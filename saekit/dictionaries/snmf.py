@@ -29,9 +29,10 @@ Saved in saekit's own layout (cfg.json + sae_weights.safetensors, architecture
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -183,30 +184,14 @@ class SNMFDictionary(FittedDictionary):
     def fit(cls, cfg: SAEConfig, data: FitData, progress: bool = True) -> Fit:
         """Fit on `data` (in memory, or streamed with snmf.stream_passes > 0)."""
         o: SNMFConfig = cfg.options()
-        fit: SNMFFit
+        solver: Callable[..., SNMFFit]
         if o.stream_passes == 0:
-            fit = fit_snmf(
-                data.matrix(),
-                cfg.d_sae,
-                sparsity=o.sparsity,
-                max_iter=o.max_iter,
-                patience=o.patience,
-                tol=o.tol,
-                init=o.init,
-                seed=cfg.seed,
-                progress=progress,
-            )
+            solver = partial(fit_snmf, data.matrix(), max_iter=o.max_iter, patience=o.patience)
         else:
-            fit = fit_snmf_stream(
-                data.passes,
-                cfg.d_sae,
-                sparsity=o.sparsity,
-                max_passes=o.stream_passes,
-                tol=o.tol,
-                init=o.init,
-                seed=cfg.seed,
-                progress=progress,
-            )
+            solver = partial(fit_snmf_stream, data.passes, max_passes=o.stream_passes)
+        fit = solver(
+            cfg.d_sae, sparsity=o.sparsity, tol=o.tol, init=o.init, seed=cfg.seed, progress=progress
+        )
         facts = {
             "snmf_loss": fit.loss,
             "snmf_fvu": fit.fvu,
