@@ -44,7 +44,7 @@ class CacheConfig:
     dtype: str = "float32"
     """Storage dtype: float32, float16 or bfloat16."""
     verify: bool = True
-    """Check every shard's sha256 when a cache is opened (~0.5 s per GB)."""
+    """Check every shard's sha256 when a cache is opened (cost: docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in _NP_DTYPES:

@@ -1,7 +1,7 @@
 """What a feature means: where it writes (output view) and what turns it on (input view).
 
 A feature is a decoder row W_dec[i] (an SNMF atom: a sparse direction over the d_mlp neurons).
-Its views, as in the SNMF paper (arXiv 2506.10920, §2(c)), for a dictionary read at an MLP's
+Its views, as in the SNMF paper (arXiv 2506.10920), for a dictionary read at an MLP's
 hidden activation (`blocks.L.mlp.hook_post`, the input of W_out):
 
     residual direction   f_i = W_out W_dec[i]               (d_model); models with a post-MLP

@@ -27,7 +27,7 @@ from saekit.rundir import write_json
 
 
 class TokenText:
-    """Token id → display string, cached (decoding one id at a time is ~20 µs)."""
+    """Token id → display string, cached (a tokenizer decodes one id at a time slowly)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer

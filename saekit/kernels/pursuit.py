@@ -35,9 +35,9 @@ from torch import Tensor
 Path = Literal["auto", "gram", "recompute"]
 
 BLOCK = 128
-"""Argmax width: amax over 128-wide blocks, then argmax inside the winning block, is ~3x
-faster on CPU than torch's max-with-index over the row (96 vs ~590 ms per 16-step MP at
-B 4096, S 9216, one thread). Rows are padded to a multiple of it with −inf."""
+"""Argmax width: amax over 128-wide blocks, then argmax inside the winning block, beats torch's
+max-with-index over the row on CPU (docs/benchmarks.md). Rows are padded to a multiple of it
+with −inf."""
 CHUNK_BYTES = 1 << 24
 """Correlation block per chunk of rows: 16 MB (455 rows at S 9216) stays in a 32 MB L3."""
 GRAM_BUDGET_BYTES = 1 << 30
@@ -97,7 +97,8 @@ def map_rows(fn: Callable[[int, int], None], n: int, per_chunk: int, device: tor
 
     Rows are independent, so each worker thread runs whole chunks single-threaded instead of
     every op splitting its chunk across OpenMP threads: a chunk-step is ~9 ops, and one barrier
-    each (1,300 per MP step at B 4096) cost 10 s instead of 0.1 s on a loaded 2-core machine.
+    each (1,300 per MP step at B 4096) stalls whenever another job holds a core
+    (docs/benchmarks.md).
     """
     threads = torch.get_num_threads() if device.type == "cpu" else 1
     if n == 0:

@@ -81,7 +81,7 @@ def test_returned_pair_is_the_best_seen(problem, fitted):
 
 # ---- a direct, slow NumPy transcription of the update rules ---------------------------------
 def numpy_snmf(A, G0, s, max_iter, patience, tol):
-    """Steps 1-5 as written in methods §2(a), with the explicit inverse and residual."""
+    """Steps 1-5 as docs/methods/snmf.md writes them, with the explicit inverse and residual."""
     d, n = A.shape
     k = G0.shape[1]
     m = max(1, math.ceil(s * d))
