@@ -98,12 +98,14 @@ def fit(
     stream = acts if isinstance(acts, BaseStream) else _tensor_stream(acts, cfgs)
     train = train or TrainConfig()
     out = RunDir(run_dir) if run_dir is not None else None
+    if out is not None:
+        check_output_dir(out, None, resume=False)
     runner = build_runner(cfgs, train, stream, {}, {}, Distributed(), out)
     if out is None:
         summary = runner.train()
     else:
         with RunLock(out.path):
-            check_output_dir(out, None, resume=False)
+            check_output_dir(out, None, resume=False)  # again: another run may have started
             write_json(out.run_json, {"status": "training"})
             summary = runner.train()
             summary["run_dir"] = str(out.path)
@@ -170,8 +172,12 @@ def check_output_dir(out: RunDir, recipe: Recipe | None, resume: bool) -> None:
                     "Resume with the recipe that wrote it, or choose another train.output_dir."
                 )
         return
+    if recipe is None and (out.is_run() or out.run_json.is_file()):
+        raise SaekitError(
+            f"{out.path} holds a run already; choose another run_dir. Nothing was overwritten."
+        )
     if out.is_run():
-        same = recipe is not None and yaml.safe_load(out.recipe.read_text()) == to_dict(recipe)
+        same = yaml.safe_load(out.recipe.read_text()) == to_dict(recipe)
         what = "this run already" if same else "a different run"
         raise SaekitError(
             f"{out.path} holds {what}; pass --resume to continue it, or set "

@@ -71,8 +71,8 @@ def test_fit_writes_a_run_directory_when_asked(tmp_path) -> None:
     assert (tmp_path / "run/history.jsonl").is_file() and (tmp_path / "run/run.json").is_file()
     with pytest.raises(SaekitError, match="trained 2 dictionaries"):
         result.dictionary  # noqa: B018
-    with pytest.raises(SaekitError, match="holds a different run|not empty"):
-        saekit.fit(cfgs, acts, train, run_dir=tmp_path / "run")
+    with pytest.raises(SaekitError, match="holds a run already; choose another run_dir"):
+        saekit.fit(cfgs, acts, train, run_dir=tmp_path / "run")  # holds a run: refused
 
 
 def test_fit_fits_snmf_from_a_tensor() -> None:

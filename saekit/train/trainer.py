@@ -65,6 +65,8 @@ class Trainer:
         """Step of the newest checkpoint written or loaded (the end skips rewriting it)."""
         self.history: list[dict[str, float]] = []
         """Every log record ({"step": n, "NAME/fvu": ...}), as history.jsonl holds them."""
+        self.dictionaries: dict[str, Dictionary] = {}
+        """After training: the exported (folded, CPU) copy of each dictionary this rank owns."""
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.slots = []
@@ -229,8 +231,6 @@ class Trainer:
         tokens = self.step * self.batch_tokens
         summary: dict[str, Any] = {"steps": self.step, "tokens": tokens, "saes": {}}
         n_tokens = max(1, tokens)
-        self.dictionaries: dict[str, Dictionary] = {}
-        """The exported (folded, CPU) copy of each dictionary this rank owns, by name."""
         # Data parallel: rank 0 writes the (identical) dictionaries; hooks: each rank its own.
         mine = self.slots if self.dist.mode == "hooks" or self.dist.is_main else []
         for slot in mine:
