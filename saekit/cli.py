@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from saekit.config import add_config_flags, flag_overrides
@@ -66,30 +67,37 @@ def cmd_cache(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from saekit.activations import open_stream, write_cache
+    from saekit.activations.cache import ActivationCache, reuse_cache
+    from saekit.activations.stats import activation_stats, format_stats
     from saekit.config import to_dict
     from saekit.models.hooks import build_hooked_model
 
     recipe = _recipe(args)
     # The cache holds raw activations; normalization is applied when it is read.
     stream_cfg = replace(recipe.stream, normalize=False, cache_dir=None)
-    hooked = build_hooked_model(recipe.model)
-    stream = open_stream(hooked, recipe.data, stream_cfg, "train")
     provenance = {
         "model": to_dict(recipe.model),
         "data": to_dict(recipe.data),
         "stream": to_dict(stream_cfg),
     }
-    t0 = time.perf_counter()
-    out = write_cache(stream, recipe.cache, provenance)
-    elapsed = time.perf_counter() - t0
-    from saekit.activations.cache import ActivationCache
-    from saekit.activations.stats import activation_stats, format_stats
-
+    # Checked before the model loads: a damaged or different cache is refused in a second.
+    if reuse_cache(recipe.cache, provenance):
+        out = Path(recipe.cache.output_dir)
+        checked = "sha256-verified" if recipe.cache.verify else "sizes checked"
+        print(
+            f"cache: {out} reused: it holds this recipe's cache ({checked}); rebuild it with "
+            "--cache.overwrite true"
+        )
+    else:
+        stream = open_stream(build_hooked_model(recipe.model), recipe.data, stream_cfg, "train")
+        t0 = time.perf_counter()
+        out = write_cache(stream, recipe.cache, provenance)
+        elapsed = time.perf_counter() - t0
+        print(
+            f"cache: {out} ({recipe.cache.n_tokens} tokens per hook, {recipe.cache.dtype}, "
+            f"{elapsed:.1f} s, {recipe.cache.n_tokens / max(elapsed, 1e-9):.0f} tokens/s)"
+        )
     cache = ActivationCache(out, verify=False)
-    print(
-        f"cache: {out} ({cache.rows} tokens per hook, {recipe.cache.dtype}, {elapsed:.1f} s, "
-        f"{cache.rows / max(elapsed, 1e-9):.0f} tokens/s)"
-    )
     print(
         format_stats(
             {h: activation_stats(cache.read(h, 0, min(cache.rows, 65536))) for h in cache.arrays}
@@ -226,6 +234,14 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
 _default_show_warning = warnings.showwarning
 
 
+def _close_progress_bars() -> None:
+    """End the bars an error left open, so the message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     parser = build_parser()
@@ -234,9 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         func(args)
     except SaekitError as exc:
+        _close_progress_bars()
         print(f"saekit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("saekit: interrupted", file=sys.stderr)
         return 130
     return 0

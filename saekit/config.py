@@ -167,7 +167,14 @@ def load_recipe(
             raise SaekitError(f"Recipe {str(p)!r} is not valid YAML{where}: {problem}.") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise SaekitError(f"Recipe {str(p)!r} must be a mapping of sections, got {loaded!r}.")
-        data = loaded or {}
+        if not loaded:
+            # Every default is a full run (2M tokens into runs/quickstart): never by accident.
+            raise SaekitError(
+                f"Recipe {str(p)!r} is empty, which would run every default (2,000,000 tokens "
+                "into runs/quickstart). Write the sections you want, e.g. start from a copy of "
+                "`recipes/smollm2-quickstart.yaml`."
+            )
+        data = loaded
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted.split("."), value, dotted)
     return from_dict(cls, data)

@@ -15,6 +15,7 @@ history and checkpoints (see train/distributed.py for the split).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -107,7 +108,11 @@ def fit(
         with RunLock(out.path):
             check_output_dir(out, None, resume=False)  # again: another run may have started
             write_json(out.run_json, {"status": "training"})
-            summary = runner.train()
+            try:
+                summary = runner.train()
+            except BaseException as exc:
+                write_json(out.run_json, ended(exc, getattr(runner, "step", None), None))
+                raise
             summary["run_dir"] = str(out.path)
             write_json(out.run_json, {"status": "done", **summary})
     return _result(runner, summary, out.path if out else None)
@@ -158,6 +163,7 @@ def build_runner(
 def check_output_dir(out: RunDir, recipe: Recipe | None, resume: bool) -> None:
     """Refuse to overwrite another run; refuse to silently restart an existing one."""
     if resume:
+        settle_status(out)
         if not out.is_run():
             raise SaekitError(
                 f"Nothing to resume in {out.path} (no recipe.yaml); run without --resume."
@@ -176,14 +182,15 @@ def check_output_dir(out: RunDir, recipe: Recipe | None, resume: bool) -> None:
         raise SaekitError(
             f"{out.path} holds a run already; choose another run_dir. Nothing was overwritten."
         )
+    status = settle_status(out)
     if out.is_run():
         same = yaml.safe_load(out.recipe.read_text()) == to_dict(recipe)
         what = "this run already" if same else "a different run"
         raise SaekitError(
-            f"{out.path} holds {what}; pass --resume to continue it, or set "
-            "train.output_dir to a new directory. Nothing was overwritten."
+            f"{out.path} holds {what}{f' ({status})' if status else ''}; pass --resume to "
+            "continue it, or set train.output_dir to a new directory. Nothing was overwritten."
         )
-    if out.path.exists() and any(p.name != RunLock.NAME for p in out.path.iterdir()):
+    if out.path.exists() and any(not p.name.startswith(RunLock.NAME) for p in out.path.iterdir()):
         raise SaekitError(
             f"{out.path} is not empty and holds no saekit run; choose another "
             "directory. Nothing was overwritten."
@@ -232,7 +239,9 @@ def _train(
     if model is None and stream_cfg.cache_dir is None:
         device = local_device(recipe.model.device)
         model = dist.everywhere(lambda: build_hooked_model(replace(recipe.model, device=device)))
-    stream = dist.everywhere(lambda: open_stream(model, recipe.data, stream_cfg, "train"))
+    stream = dist.everywhere(
+        lambda: open_stream(model, recipe.data, stream_cfg, "train", verify=recipe.cache.verify)
+    )
     shard_stream(stream, dist)
     train_cfg = replace(recipe.train, device=local_device(recipe.train.device))
     # Built before the lock: bad settings (k ≥ d_sae, unstreamed hook) leave no trace.
@@ -249,11 +258,42 @@ def _train(
             if not resume:
                 save_yaml(recipe, out.recipe)
             write_json(out.run_json, {"status": "training", "recipe": to_dict(recipe)})
-        summary = runner.train(resume=resume)
+        try:
+            summary = runner.train(resume=resume)
+        except BaseException as exc:
+            if dist.is_main:
+                write_json(out.run_json, ended(exc, getattr(runner, "step", None), recipe))
+            raise
         summary["run_dir"] = str(out.path)
         if dist.is_main:
             write_json(out.run_json, {"status": "done", "recipe": to_dict(recipe), **summary})
     return summary, runner
+
+
+def ended(exc: BaseException, step: int | None, recipe: Recipe | None) -> dict[str, Any]:
+    """run.json of a run stopped by `exc`: interrupted (Ctrl-C) or failed, with the reason."""
+    if isinstance(exc, KeyboardInterrupt):
+        status, reason = "interrupted", "stopped by Ctrl-C; continue it with --resume"
+    else:
+        status = "failed"
+        reason = str(exc) if isinstance(exc, SaekitError) else f"{type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split())  # one line, as the CLI prints it
+    out = {"status": status, "error": reason, "step": step}
+    return out | ({"recipe": to_dict(recipe)} if recipe is not None else {})
+
+
+def settle_status(out: RunDir) -> str | None:
+    """run.json's status. A run it says is training while no live process holds the run's
+    lock was killed (kill -9, a crash, a lost machine): record it as interrupted."""
+    try:
+        data = json.loads(out.run_json.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("status") == "training" and RunLock(out.path).holder() is None:
+        data["status"] = "interrupted"
+        data["error"] = "the process died without finishing; continue it with --resume"
+        write_json(out.run_json, data)
+    return str(data.get("status"))
 
 
 def rank_split(recipe: Recipe, dist: Distributed) -> tuple[tuple[SAEConfig, ...], StreamConfig]:

@@ -129,6 +129,33 @@ def test_cache_writes_a_valid_cache_and_reuses_it(
     assert files(tmp_path / "cache") == before
 
 
+@pytest.mark.parametrize("damage", ["flipped bit", "truncated shard"])
+def test_a_damaged_cache_is_refused_and_the_advised_command_rebuilds_it(
+    tmp_path, saekit_home, tiny_model_dir, corpus_jsonl, capsys, damage
+):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, corpus_jsonl)
+    assert main(["cache", str(recipe)]) == 0
+    shard = tmp_path / "cache/blocks.1.mlp.hook_post/shard_00001.bin"
+    data = bytearray(shard.read_bytes())
+    if damage == "flipped bit":
+        data[40] ^= 0x80  # a sign bit: the size still matches, only the checksum differs
+    else:
+        del data[-8:]
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["cache", str(recipe)]) == 2
+    line = assert_one_line_error(capsys, "shard_00001.bin", only=True)
+    command = line.split("`")[1]
+    assert command == "saekit cache RECIPE --cache.overwrite true"
+    argv = command.replace("RECIPE", str(recipe)).split()[1:]
+    assert main(argv) == 0
+    assert "caching" in capsys.readouterr().err  # rebuilt from the model, with progress
+    ActivationCache(tmp_path / "cache")  # verifies
+    assert main(["cache", str(recipe)]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cache")]  # no temp dirs
+
+
 def test_cache_with_an_unknown_hook_lists_close_names(
     tmp_path, saekit_home, tiny_model_dir, corpus_jsonl, capsys
 ):

@@ -25,6 +25,8 @@ from saekit.errors import SaekitError
 from saekit.models.loading import ModelConfig
 from saekit.recipe import Recipe
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "recipe.yaml"
@@ -126,7 +128,18 @@ def test_unreadable_recipes(tmp_path):
         load_recipe(Recipe, write(tmp_path, "stream: {batch_size: [8"))
     with pytest.raises(SaekitError, match="must be a mapping of sections"):
         load_recipe(Recipe, write(tmp_path, "- a\n- b\n"))
-    assert load_recipe(Recipe, write(tmp_path, "")) == Recipe()
+
+
+@pytest.mark.parametrize("text", ["", "# all commented out\n", "{}\n"])
+def test_an_empty_recipe_is_refused_not_run_with_every_default(tmp_path, text):
+    with pytest.raises(SaekitError) as err:
+        load_recipe(Recipe, write(tmp_path, text))
+    message = str(err.value)
+    assert "is empty" in message and "2,000,000 tokens into runs/quickstart" in message
+    # Following the advice: start from a recipe of recipes/.
+    named = message.split("`")[1]
+    assert named == "recipes/smollm2-quickstart.yaml"
+    assert load_recipe(Recipe, REPO / named).train.output_dir == "runs/smollm2-quickstart"
 
 
 def test_flags_override_the_recipe(tmp_path):

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from saekit.activations.cache import (
-    ActivationCache,
-    CacheConfig,
-    CachedActivationStream,
-    write_cache,
-)
+from saekit.activations.cache import ActivationCache, CacheConfig, write_cache
+from saekit.activations.cached_stream import CachedActivationStream
 from saekit.activations.stream import ActivationStream, BaseStream, StreamConfig
 from saekit.activations.tensors import TensorStream
 from saekit.data.text import DataConfig, Split, build_windows
@@ -36,10 +32,12 @@ def open_stream(
     cfg: StreamConfig,
     split: Split = "train",
     max_tokens: int | None = None,
+    verify: bool = True,
 ) -> BaseStream:
-    """A cached stream when `cfg.cache_dir` is set, else a live one over `split`'s windows."""
+    """A cached stream when `cfg.cache_dir` is set (its shards' sha256 checked if `verify`),
+    else a live one over `split`'s windows."""
     if cfg.cache_dir is not None:
-        return CachedActivationStream(cfg)
+        return CachedActivationStream(cfg, verify=verify)
     if model is None:
         raise ValueError("a live stream needs a model")
     windows = build_windows(data, model.tokenizer, split, max_tokens=max_tokens)

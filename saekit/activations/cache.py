@@ -15,6 +15,9 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from saekit.activations.stream import BaseStream, StreamConfig
+from saekit.activations.stream import BaseStream
 from saekit.errors import SaekitError
+from saekit.files import follow_umask
 
 MANIFEST = "manifest.json"
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
@@ -36,7 +40,8 @@ class CacheConfig:
     """Where and how much to cache."""
 
     output_dir: str = "activations/smollm2-l12"
-    """Directory to write the cache into (refused if it holds a different cache)."""
+    """Directory of the cache (one of the same recipe is verified and reused; a different one
+    is refused unless overwrite)."""
     n_tokens: int = 1_000_000
     """Tokens to cache per hook."""
     shard_tokens: int = 262_144
@@ -44,7 +49,11 @@ class CacheConfig:
     dtype: str = "float32"
     """Storage dtype: float32, float16 or bfloat16."""
     verify: bool = True
-    """Check every shard's sha256 when a cache is opened (cost: docs/benchmarks.md)."""
+    """Check every shard's sha256 when a cache is opened: by `saekit cache` before it reuses
+    one, and by `saekit train` (cost: docs/benchmarks.md)."""
+    overwrite: bool = False
+    """Rebuild output_dir even if it holds a cache (a different or damaged one). The new cache
+    is written next to it and swapped in when complete: a failed rebuild changes nothing."""
 
     def __post_init__(self) -> None:
         if self.dtype not in _NP_DTYPES:
@@ -65,13 +74,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _to_numpy(x: Tensor, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return x.to(torch.bfloat16).view(torch.uint16).numpy()
-    return x.to(getattr(torch, dtype)).numpy()
+def _stored(x: Tensor, dtype: str, hook: str) -> np.ndarray:
+    """Rows in the storage dtype; refuses a cast that turns finite values into inf."""
+    cast = x.to(getattr(torch, dtype))
+    overflow = torch.isfinite(x) & ~torch.isfinite(cast)
+    if bool(overflow.any()):
+        n, top = int(overflow.sum()), float(x[overflow].abs().max())
+        raise SaekitError(
+            f"cache.dtype={dtype} turns {n} activation{'s' * (n > 1)} of hook {hook!r} into inf "
+            f"(|x| up to {top:.3g}; {dtype} holds at most {torch.finfo(cast.dtype).max:.6g}). "
+            "Nothing was written: rerun `saekit cache RECIPE --cache.dtype bfloat16` (the "
+            "range of float32) or float32."
+        )
+    return (cast.view(torch.uint16) if dtype == "bfloat16" else cast).numpy()
 
 
-def _write_shard(path: Path, rows: np.ndarray) -> str:
+def _write_shard(path: Path, rows: np.ndarray, out: Path) -> str:
     """Write under a temp name, fsync, rename: a failed write never leaves `path` behind."""
     partial = path.with_suffix(".partial")
     try:
@@ -82,36 +100,115 @@ def _write_shard(path: Path, rows: np.ndarray) -> str:
         partial.replace(path)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise _write_error(path, rows.nbytes, exc) from None
+        raise _write_error(out, path.name, rows.nbytes, exc) from None
     return _sha256(path)
 
 
-def _write_error(path: Path, n_bytes: int, exc: OSError) -> SaekitError:
+def _write_error(out: Path, name: str, n_bytes: int, exc: OSError) -> SaekitError:
     """One clear message for a failed cache write (ENOSPC above all)."""
     if exc.errno == errno.ENOSPC:
         return SaekitError(
-            f"The disk is full: writing {path.name} ({n_bytes / 1e6:.3g} MB) into {path.parent} "
-            "failed and was removed; the cache is unfinished (no manifest). Free space or set "
-            "cache.output_dir elsewhere, then rerun `saekit cache`."
+            f"The disk is full: writing {name} ({n_bytes / 1e6:.3g} MB) of the cache for {out} "
+            "failed; the unfinished cache was removed and nothing in "
+            f"{out} changed (a rebuild needs room for both caches until it swaps them). Free "
+            "space or set cache.output_dir elsewhere, then rerun `saekit cache RECIPE`."
         )
     return SaekitError(
-        f"Writing {path} failed ({exc.strerror or exc}); it was removed and the cache is "
-        "unfinished (no manifest). Fix the directory, then rerun `saekit cache`."
+        f"Writing {name} of the cache for {out} failed ({exc.strerror or exc}); the unfinished "
+        f"cache was removed and nothing in {out} changed. Fix the directory, then rerun "
+        "`saekit cache RECIPE`."
     )
 
 
-def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]) -> Path:
-    """Pull `n_tokens` rows per hook from `stream` into shards; returns the cache dir."""
+REBUILD = "rebuild the cache: `saekit cache RECIPE --cache.overwrite true`"
+"""The advice every damaged-cache message ends with (RECIPE: the recipe that wrote it)."""
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        if not isinstance(manifest, dict) or manifest.get("dtype") not in _NP_DTYPES:
+            raise ValueError
+        if not isinstance(manifest.get("hooks"), dict) or not manifest["hooks"]:
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise SaekitError(f"{path / MANIFEST} is corrupt (not a manifest); {REBUILD}.") from None
+    return manifest
+
+
+def _cache_files_only(out: Path) -> None:
+    """Refuse to replace a directory holding anything but a (possibly unfinished) cache."""
+    for entry in out.iterdir():
+        names = [p.name for p in entry.iterdir()] if entry.is_dir() else [entry.name]
+        for name in names:
+            if not (
+                (entry.is_dir() and re.fullmatch(r"shard_\d+\.(bin|partial)", name))
+                or (not entry.is_dir() and name in (MANIFEST, MANIFEST + ".partial"))
+            ):
+                raise SaekitError(
+                    f"{out} holds {entry.name}{'/' + name if entry.is_dir() else ''}, which is "
+                    "not part of an activation cache; choose another cache.output_dir. "
+                    "Nothing was changed."
+                )
+
+
+def reuse_cache(cfg: CacheConfig, provenance: dict[str, Any]) -> bool:
+    """True when `cfg.output_dir` holds this cache and it verifies; False when it must be
+    (re)built: absent, unfinished, or `cfg.overwrite`. Raises on a cache that is different
+    or damaged, and on a directory holding other files."""
     out = Path(cfg.output_dir)
-    if (out / MANIFEST).exists():
-        old = json.loads((out / MANIFEST).read_text())
-        same = (old.get("provenance"), old.get("n_tokens"), old.get("dtype"))
-        if same != (provenance, cfg.n_tokens, cfg.dtype):
-            raise SaekitError(
-                f"{out} already holds a different activation cache; choose another "
-                "cache.output_dir or delete it yourself."
-            )
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise SaekitError(f"cache.output_dir {out} is a file; choose another cache.output_dir.")
+    if cfg.overwrite or not (out / MANIFEST).is_file():
+        _cache_files_only(out)
+        return False
+    old = _read_manifest(out)
+    if (old.get("provenance"), old.get("n_tokens"), old.get("dtype")) != (
+        provenance,
+        cfg.n_tokens,
+        cfg.dtype,
+    ):
+        raise SaekitError(
+            f"{out} already holds a different activation cache; choose another "
+            "cache.output_dir, or replace it with --cache.overwrite true."
+        )
+    ActivationCache(out, verify=cfg.verify)  # a damaged cache raises with the rebuild command
+    return True
+
+
+def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]) -> Path:
+    """Pull `n_tokens` rows per hook from `stream` into shards; returns the cache dir.
+
+    An existing cache of the same recipe is verified and reused. Otherwise the cache is built
+    in a temporary directory next to `output_dir` and swapped in when complete, so a failure
+    (or Ctrl-C) leaves `output_dir` as it was and no partial cache behind.
+    """
+    out = Path(cfg.output_dir)
+    if reuse_cache(cfg, provenance):
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        _fill(tmp, stream, cfg, provenance, out)
+        follow_umask(tmp)  # mkdtemp made it 0700
+        if out.exists():
+            # Two renames: a crash between them leaves both complete copies under their names.
+            aside = tmp.with_suffix(".old")
+            os.rename(out, aside)
+            os.rename(tmp, out)
+            shutil.rmtree(aside)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+    return out
+
+
+def _fill(
+    tmp: Path, stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any], out: Path
+) -> None:
     hooks = list(stream.d_in)
     manifest: dict[str, Any] = {
         "format": "saekit-activations-v1",
@@ -121,7 +218,7 @@ def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]
         "hooks": {h: {"d_in": stream.d_in[h], "dir": _dir_name(h), "shards": []} for h in hooks},
     }
     for h in hooks:
-        (out / _dir_name(h)).mkdir(parents=True, exist_ok=True)
+        (tmp / _dir_name(h)).mkdir()
     pending: dict[str, list[Tensor]] = {h: [] for h in hooks}
     n_pending = 0
     written = 0
@@ -138,8 +235,8 @@ def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]
                 index = len(manifest["hooks"][hooks[0]]["shards"])
                 for h in hooks:
                     joined = torch.cat(pending[h])
-                    shard = out / _dir_name(h) / f"shard_{index:05d}.bin"
-                    digest = _write_shard(shard, _to_numpy(joined[:rows], cfg.dtype))
+                    shard = tmp / _dir_name(h) / f"shard_{index:05d}.bin"
+                    digest = _write_shard(shard, _stored(joined[:rows], cfg.dtype, h), out)
                     manifest["hooks"][h]["shards"].append(
                         {"file": shard.name, "rows": rows, "sha256": digest}
                     )
@@ -152,14 +249,10 @@ def write_cache(stream: BaseStream, cfg: CacheConfig, provenance: dict[str, Any]
                     break
     manifest["norm_factors"] = stream.norm_factors
     text = json.dumps(manifest, indent=1)
-    partial = out / (MANIFEST + ".partial")
     try:
-        partial.write_text(text)
-        partial.replace(out / MANIFEST)
+        (tmp / MANIFEST).write_text(text)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise _write_error(out / MANIFEST, len(text), exc) from None
-    return out
+        raise _write_error(out, MANIFEST, len(text), exc) from None
 
 
 class ActivationCache:
@@ -173,10 +266,7 @@ class ActivationCache:
                 f"{self.path} is not an activation cache (no {MANIFEST}); build one "
                 "with `saekit cache RECIPE`, or it was interrupted before finishing."
             )
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError:
-            raise SaekitError(f"{mpath} is corrupt (not JSON); rebuild the cache.") from None
+        self.manifest = _read_manifest(self.path)
         self.dtype = self.manifest["dtype"]
         self.arrays: dict[str, list[np.ndarray]] = {}
         for hook, info in self.manifest["hooks"].items():
@@ -190,16 +280,14 @@ class ActivationCache:
         np_dtype = _NP_DTYPES[self.dtype]
         expected = shard["rows"] * info["d_in"] * np.dtype(np_dtype).itemsize
         if not path.is_file():
-            raise SaekitError(f"Cache shard {path} of hook {hook!r} is missing; rebuild the cache.")
+            raise SaekitError(f"Cache shard {path} of hook {hook!r} is missing; {REBUILD}.")
         if path.stat().st_size != expected:
             raise SaekitError(
                 f"Cache shard {path} is truncated or padded ({path.stat().st_size} "
-                f"bytes, manifest says {expected}); rebuild the cache."
+                f"bytes, manifest says {expected}); {REBUILD}."
             )
         if verify and _sha256(path) != shard["sha256"]:
-            raise SaekitError(
-                f"Cache shard {path} is corrupt (sha256 mismatch); rebuild the cache."
-            )
+            raise SaekitError(f"Cache shard {path} is corrupt (sha256 mismatch); {REBUILD}.")
         return np.memmap(path, dtype=np_dtype, mode="r", shape=(shard["rows"], info["d_in"]))
 
     def read(self, hook: str, start: int, count: int) -> Tensor:
@@ -212,76 +300,3 @@ class ActivationCache:
             shard_start += arr.shape[0]
         x = torch.cat(out)
         return x.view(torch.bfloat16) if self.dtype == "bfloat16" else x
-
-
-class CachedActivationStream(BaseStream):
-    """Serves a cache like the live stream: chunks of rows permuted by (seed, chunk index)."""
-
-    def __init__(self, cfg: StreamConfig, verify: bool = True) -> None:
-        assert cfg.cache_dir is not None
-        self.cfg = cfg
-        self.cache = ActivationCache(cfg.cache_dir, verify=verify)
-        missing = [h for h in cfg.hooks if h not in self.cache.arrays]
-        if missing:
-            raise SaekitError(
-                f"Cache {cfg.cache_dir} has no hook {missing[0]!r}; it holds "
-                f"{sorted(self.cache.arrays)}."
-            )
-        self.d_in = {h: self.cache.manifest["hooks"][h]["d_in"] for h in cfg.hooks}
-        self.norm_factors = {}
-        self.n_tokens_served = 0
-        # Same shuffle granularity as the live stream: ~buffer_sequences × 127 rows per chunk.
-        self.chunk_rows = min(cfg.buffer_sequences * 127, self.cache.rows)
-        self._position = 0
-        self._chunk_id: int | None = None
-        self._rows: dict[str, Tensor] = {}
-        self.rank, self.world = 0, 1
-
-    def shard(self, rank: int, world: int) -> None:
-        """Serve data-parallel rank `rank` of `world`: its batch_size rows of each global batch
-        of world·batch_size rows, so the ranks' batches concatenate to a 1-process batch."""
-        self.rank, self.world = rank, world
-
-    def _chunk(self, c: int) -> dict[str, Tensor]:
-        start = c * self.chunk_rows
-        count = min(self.chunk_rows, self.cache.rows - start)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + c)
-        perm = torch.randperm(count, generator=gen)
-        dtype = getattr(torch, self.cfg.dtype)
-        rows = {h: self.cache.read(h, start, count)[perm].to(dtype) for h in self.cfg.hooks}
-        self._estimate_norm_factors(rows)
-        return rows
-
-    def next_batch(self) -> dict[str, Tensor]:
-        pieces: dict[str, list[Tensor]] = {h: [] for h in self.cfg.hooks}
-        need = self.cfg.batch_size
-        # Every rank reads the same chunks (shared through the page cache) and keeps its slice.
-        position = self._position + self.rank * need
-        self._position += self.world * need
-        while need > 0:
-            pos = position % self.cache.rows  # endless epochs over the cache
-            c, off = divmod(pos, self.chunk_rows)
-            if self._chunk_id != c:
-                self._rows, self._chunk_id = self._chunk(c), c
-            rows = self._rows
-            n_rows = next(iter(rows.values())).shape[0]
-            take = min(need, n_rows - off)
-            for h in self.cfg.hooks:
-                pieces[h].append(rows[h][off : off + take])
-            position += take
-            need -= take
-        self.n_tokens_served += self.cfg.batch_size
-        return self._scaled({h: torch.cat(p) for h, p in pieces.items()})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "position": self._position,
-            "norm_factors": dict(self.norm_factors),
-            "n_tokens_served": self.n_tokens_served,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._position = int(state["position"])
-        self.norm_factors = {k: float(v) for k, v in state["norm_factors"].items()}
-        self.n_tokens_served = int(state["n_tokens_served"])
-        self._chunk_id = None

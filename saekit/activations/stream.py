@@ -70,6 +70,10 @@ class BaseStream:
     d_in: dict[str, int]
     norm_factors: dict[str, float]
     n_tokens_served: int = 0
+    n_nonfinite: int = 0
+    """Tokens skipped because an activation of theirs was NaN/inf."""
+    n_tokens_seen: int = 0
+    """Tokens read before that filter (the denominator of max_nonfinite_fraction)."""
 
     def next_batch(self) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -95,6 +99,28 @@ class BaseStream:
         if not self.norm_factors:
             return batch
         return {n: x * self.norm_factors[n] for n, x in batch.items()}
+
+
+def check_nonfinite(stream: BaseStream, fix: str) -> None:
+    """Abort once more than `max_nonfinite_fraction` of the tokens seen held NaN/inf (counted
+    over at least 1,000 tokens, so a few bad rows early on do not stop a run)."""
+    bad, seen = stream.n_nonfinite, stream.n_tokens_seen
+    if bad > stream.cfg.max_nonfinite_fraction * max(seen, 1000):
+        raise SaekitError(
+            f"{bad} of {seen} tokens had NaN/inf activations "
+            f"(limit {stream.cfg.max_nonfinite_fraction:.2%}): {fix}"
+        )
+
+
+def finite_rows(x_ND: Tensor) -> Tensor:
+    """Which rows hold no NaN/inf. A row's fp32 sum is finite iff the row is, except when the
+    sum overflows, which the exact check of the suspect rows clears: one pass over the rows
+    instead of an N×D boolean mask."""
+    finite_N = torch.isfinite(x_ND.sum(dim=1, dtype=torch.float32))
+    if not bool(finite_N.all()):
+        suspect = (~finite_N).nonzero().squeeze(1)
+        finite_N[suspect] = torch.isfinite(x_ND[suspect]).all(dim=1)
+    return finite_N
 
 
 class ActivationStream(BaseStream):
@@ -141,7 +167,7 @@ class ActivationStream(BaseStream):
         rows = {n: torch.cat(p) for n, p in parts.items()}
         finite_N = torch.ones_like(keep_N)
         for acts_ND in rows.values():
-            finite_N &= torch.isfinite(acts_ND).all(dim=1)
+            finite_N &= finite_rows(acts_ND)
         self._count_nonfinite(int((keep_N & ~finite_N).sum()), int(keep_N.sum()))
         keep_N &= finite_N
         if cfg.max_norm_multiple is not None:
@@ -163,12 +189,11 @@ class ActivationStream(BaseStream):
     def _count_nonfinite(self, bad: int, total: int) -> None:
         self.n_nonfinite += bad
         self.n_tokens_seen += total
-        if self.n_nonfinite > self.cfg.max_nonfinite_fraction * max(self.n_tokens_seen, 1000):
-            raise SaekitError(
-                f"{self.n_nonfinite} of {self.n_tokens_seen} tokens had NaN/inf activations "
-                f"(limit {self.cfg.max_nonfinite_fraction:.2%}): the model is producing "
-                "non-finite values. Check the model dtype (model.dtype=float32) and weights."
-            )
+        check_nonfinite(
+            self,
+            "the model is producing non-finite values. Check the model dtype "
+            "(model.dtype=float32) and weights.",
+        )
 
     # ---- serving -----------------------------------------------------------------------------
     def next_batch(self) -> dict[str, Tensor]:

@@ -130,6 +130,14 @@ def _load_saekit(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: Pat
     cfg = saved_config(dict(sk["config"]), str(sk["method"]), int(sk.get("format", 1)))
     d = _build(cfg, int(sk["d_in"]), str(cfg_json.get("dtype", "float32")), root)
     _check_shapes(d, tensors, root)
+    for key in ("d_in", "d_sae"):  # the fields SAELens builds from: they must agree too
+        width = getattr(d, key)
+        if key in cfg_json and cfg_json[key] != width:
+            raise SaekitError(
+                f'{root / CFG_FILE}: "{key}" is {cfg_json[key]!r}, but the weights have {width} '
+                f'(as its "saekit" section says), and SAELens reads "{key}". Set "{key}": '
+                f"{width} in {CFG_FILE}, or re-save the dictionary."
+            )
     d.import_tensors(tensors, dict(sk.get("state") or {}))
     d.folded_norm_factor = float(sk.get("folded_norm_factor", 1.0))
     d.provenance = dict(sk.get("provenance") or {})

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from saekit.config import to_dict
 from saekit.errors import SaekitError
+from saekit.files import follow_umask
 
 if TYPE_CHECKING:
     from saekit.dictionaries.base import Dictionary
@@ -106,6 +107,7 @@ def save_dictionary(d: Dictionary, path: str | Path, log10_density_S: Tensor | N
             density = {"sparsity": log10_density_S.detach().float().cpu().contiguous()}
             save_file(density, str(tmp / SPARSITY_FILE))
         (tmp / CFG_FILE).write_text(cfg_text)
+        follow_umask(tmp)  # mkdtemp made it 0700 and safetensors writes 0600
         if not root.exists():
             os.rename(tmp, root)
             return root

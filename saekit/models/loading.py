@@ -19,6 +19,7 @@ import torch
 
 from saekit.assets import cache_home, smollm2_gguf
 from saekit.errors import SaekitError
+from saekit.files import follow_umask
 
 OFFLINE_DEFAULT = "smollm2-135m"
 
@@ -60,6 +61,7 @@ def offline_smollm2_dir() -> Path:
     partial = target.with_name(target.name + ".partial")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    follow_umask(partial)  # safetensors writes 0600: readable by whoever shares the cache
     if target.exists():
         import shutil
 

@@ -52,5 +52,33 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr is not None and not self.lr > 0:
             raise SaekitError(f"train.lr must be > 0, got {self.lr}.")
-        if self.total_tokens < 1:
-            raise SaekitError(f"train.total_tokens must be ≥ 1, got {self.total_tokens}.")
+        for name, low in _AT_LEAST.items():
+            if getattr(self, name) < low:
+                raise SaekitError(f"train.{name} must be ≥ {low}, got {getattr(self, name)}.")
+        if self.checkpoint_every < 0:
+            raise SaekitError(
+                f"train.checkpoint_every must be ≥ 0 (0: only at the end), got "
+                f"{self.checkpoint_every}."
+            )
+        if self.grad_clip_norm < 0:
+            raise SaekitError(
+                f"train.grad_clip_norm must be ≥ 0 (0 disables clipping), got "
+                f"{self.grad_clip_norm}."
+            )
+        if not 0 <= self.lr_decay_fraction <= 1:
+            raise SaekitError(
+                f"train.lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}."
+            )
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise SaekitError(f"train.adam_betas must be in [0, 1), got {list(self.adam_betas)}.")
+
+
+_AT_LEAST = {
+    "total_tokens": 1,
+    "log_every": 1,
+    "dead_window_tokens": 1,
+    "lr_warmup_steps": 0,
+    "sparsity_warmup_steps": 0,
+    "b_dec_init_samples": 0,
+}
+"""Integer fields of TrainConfig and their smallest valid value."""

@@ -113,12 +113,6 @@ def read_state(
                 f"with train.parallel={saved_split[1]}; resume it with the same number of "
                 f"processes (now {dist.world}) and the same train.parallel."
             )
-        missing = [name for name in now["slots"] if name not in weights]
-        if missing:
-            raise SaekitError(
-                f"The newest checkpoint in {where} has no weights for {missing}: it is "
-                "incomplete. Delete it to fall back to an older one, or start over."
-            )
         return RunState(weights, state, meta)
 
     return dist.broadcast(dist.on_main(read))  # type: ignore[return-value]

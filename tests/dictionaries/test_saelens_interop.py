@@ -8,12 +8,14 @@ non-default flags) must import into saekit dictionaries with SAELens' encode/dec
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 from dictionary_helpers import D_IN, D_SAE, METHODS, K, randomize, small_cfg
 
 from saekit.dictionaries import build_dictionary, load_dictionary
+from saekit.errors import SaekitError
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -158,3 +160,26 @@ def test_saelens_batchtopk_training_checkpoint_imports(tmp_path):
     sae.save_inference_model(tmp_path / "inference")
     d = load_dictionary(tmp_path / "checkpoint")
     assert_same_model(sae_lens.SAE.load_from_disk(tmp_path / "inference"), d, x_BD())
+
+
+@pytest.mark.parametrize("key", ["d_in", "d_sae"])
+def test_saelens_width_fields_of_a_saekit_save_must_match_the_weights(tmp_path, key):
+    build_dictionary(small_cfg("topk"), D_IN).save(tmp_path / "sae")
+    path = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(path.read_text())
+    right = cfg[key]
+    cfg[key] = right + 1  # edited by hand, or written by another tool
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="size mismatch"):
+        sae_lens.SAE.load_from_disk(tmp_path / "sae")  # SAELens reads this field
+    with pytest.raises(SaekitError) as err:
+        load_dictionary(tmp_path / "sae")
+    message = str(err.value)
+    assert f'"{key}" is {right + 1}, but the weights have {right}' in message
+    # Following the advice: set the field to the weights' width; both libraries load it.
+    assert f'Set "{key}": {right} in cfg.json' in message
+    cfg[key] = right
+    path.write_text(json.dumps(cfg))
+    assert_same_model(
+        sae_lens.SAE.load_from_disk(tmp_path / "sae"), load_dictionary(tmp_path / "sae"), x_BD()
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,25 @@ def test_unserializable_provenance_raises_before_writing(tmp_path):
     with pytest.raises(SaekitError, match="JSON-serializable"):
         d.save(tmp_path / "sae")
     assert not (tmp_path / "sae").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    d = build_dictionary(small_cfg("topk"), D_IN)
+    old = os.umask(umask)
+    try:
+        d.save(tmp_path / "sae", log10_density_S=torch.zeros(d.d_sae))
+        d.save(tmp_path / "sae")  # an update in place moves files out of a fresh temp dir
+        d.save(tmp_path / "sae", log10_density_S=torch.zeros(d.d_sae))
+        (tmp_path / "plain").mkdir()  # what mkdir and open give under this umask
+        (tmp_path / "plain.txt").write_text("")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "sae").iterdir()}
+    want = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert modes == dict.fromkeys(
+        ["cfg.json", "sae_weights.safetensors", "sparsity.safetensors"], want
+    )
+    assert stat.S_IMODE((tmp_path / "sae").stat().st_mode) == stat.S_IMODE(
+        (tmp_path / "plain").stat().st_mode
+    )

@@ -64,7 +64,9 @@ def synthetic_run(monkeypatch: pytest.MonkeyPatch) -> list[TensorStream]:
 
     opened: list[TensorStream] = []
 
-    def open_stream(model: Any, data: Any, cfg: StreamConfig, split: str) -> TensorStream:
+    def open_stream(
+        model: Any, data: Any, cfg: StreamConfig, split: str, verify: bool = True
+    ) -> TensorStream:
         stream = synthetic_stream(
             dict.fromkeys(cfg.hooks, D_IN), batch_size=cfg.batch_size, normalize=cfg.normalize
         )

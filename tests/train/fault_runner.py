@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import saekit.train.checkpoint as checkpoint
-from saekit.activations.cache import CachedActivationStream
+from saekit.activations.cached_stream import CachedActivationStream
 from saekit.cli import main
 
 

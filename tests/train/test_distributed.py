@@ -21,7 +21,7 @@ from cached_runs import (
     write_recipe,
 )
 
-from saekit.activations.cache import CachedActivationStream
+from saekit.activations.cached_stream import CachedActivationStream
 from saekit.activations.stream import StreamConfig
 from saekit.cli import main
 from saekit.errors import SaekitError

@@ -4,18 +4,23 @@ directory. Each ends in the same weights as an uninterrupted run, or in one clea
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from cached_runs import exported, make_cache, max_abs_diff, start_stalled, write_recipe
-from synthetic_stream import synthetic_stream
+from synthetic_stream import synthetic_rows, synthetic_stream
 
 from saekit.activations.cache import ActivationCache, CacheConfig, write_cache
+from saekit.activations.cached_stream import CachedActivationStream
+from saekit.activations.tensors import TensorStream
 from saekit.cli import main
 from saekit.errors import SaekitError
 from saekit.train.checkpoint import load_checkpoint
@@ -62,13 +67,19 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(cache, uninterrupted, t
     try:
         # While it runs, a second run on its directory is refused, with or without --resume.
         assert main(["train", str(recipe)]) == 2
-        assert "holds this run already; pass --resume" in one_error(capsys)
+        assert "holds this run already (training); pass --resume" in one_error(capsys)
         assert main(["train", str(recipe), "--resume"]) == 2
         assert f"Another run (pid {child.pid}) is writing" in one_error(capsys)
     finally:
         kill_9(child)
     assert (tmp_path / "run/checkpoints/latest").read_text() == "step-00000010\n"
+    assert run_status(tmp_path / "run")["status"] == "training"  # as the killed run left it
+    # The next command that finds the dead run's lock records it, and says so.
+    assert main(["train", str(recipe)]) == 2
+    assert "holds this run already (interrupted); pass --resume" in one_error(capsys)
+    assert run_status(tmp_path / "run")["status"] == "interrupted"
     assert main(["train", str(recipe), "--resume"]) == 0  # the dead pid's lock is stale
+    assert run_status(tmp_path / "run")["status"] == "done"
     diff = max_abs_diff(uninterrupted, exported(tmp_path / "run"))
     print(f"kill -9 at step 13, resumed from 10: max |Δw| = {diff:.3g}")
     assert diff <= 1e-6
@@ -90,14 +101,44 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(
     assert diff <= 1e-6
 
 
-def test_a_truncated_checkpoint_is_one_clear_error(cache, tmp_path, capsys) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES[:1], **SETTINGS)
+@pytest.mark.parametrize("fault", ["truncated", "deleted as once advised"])
+def test_resume_falls_back_past_an_unreadable_newest_checkpoint(
+    cache, uninterrupted, tmp_path, capsys, fault
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES, **SETTINGS)
     assert main(["train", str(recipe)]) == 0
-    state = tmp_path / "run/checkpoints/step-00000020/trainer_state.pt"
-    state.write_bytes(state.read_bytes()[:500])
+    root = tmp_path / "run/checkpoints"
+    newest = root / "step-00000020"
+    if fault == "truncated":
+        (newest / "trainer_state.pt").write_bytes((newest / "trainer_state.pt").read_bytes()[:500])
+    else:
+        shutil.rmtree(newest)  # `latest` still names it
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--resume"]) == 0
+    err = capsys.readouterr().err
+    if fault == "truncated":
+        assert "saekit: warning: step-00000020 is unreadable or truncated" in err
+        assert "resuming from step-00000015" in err
+    assert max_abs_diff(uninterrupted, exported(tmp_path / "run")) <= 1e-6
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000015", "step-00000020"]
+
+
+def test_no_readable_checkpoint_names_a_command_that_works(
+    cache, uninterrupted, tmp_path, capsys
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES, **SETTINGS)
+    assert main(["train", str(recipe)]) == 0
+    root = tmp_path / "run/checkpoints"
+    for step in (15, 20):
+        (root / f"step-{step:08d}/meta.json").write_text("{")
+    capsys.readouterr()
     assert main(["train", str(recipe), "--resume"]) == 2
     line = one_error(capsys)
-    assert "step-00000020 is unreadable or truncated" in line and "Delete it" in line
+    assert "step-00000020" in line and "step-00000015" in line
+    assert f"delete {root} and rerun with --resume" in line
+    shutil.rmtree(root)  # as advised: the run starts over from step 0
+    assert main(["train", str(recipe), "--resume"]) == 0
+    assert max_abs_diff(uninterrupted, exported(tmp_path / "run")) <= 1e-6
 
 
 def test_a_truncated_cache_shard_is_one_clear_error(tmp_path, capsys) -> None:
@@ -136,11 +177,9 @@ def build_cache(out: Path) -> Path:
     return write_cache(stream, cfg, {"synthetic": ["h0"]})
 
 
-def assert_no_valid_looking_shard(out: Path, complete: int) -> None:
-    assert sorted(p.name for p in (out / "h0").iterdir()) == [
-        f"shard_{i:05d}.bin" for i in range(complete)
-    ]  # the failed shard is gone, no .partial left
-    assert not (out / "manifest.json").exists()
+def assert_nothing_left(out: Path) -> None:
+    """The unfinished cache was removed whole: no directory, no temp dir, nothing to misread."""
+    assert list(out.parent.iterdir()) == []
     with pytest.raises(SaekitError, match="no manifest.json"):
         ActivationCache(out)
 
@@ -153,10 +192,13 @@ def test_a_full_disk_while_caching_is_a_clear_error(tmp_path, monkeypatch) -> No
         return FullDisk(fh, 3000) if self.name == "shard_00002.partial" else fh
 
     monkeypatch.setattr(Path, "open", open_)
+    out = tmp_path / "caches" / "cache"
     with pytest.raises(SaekitError, match="The disk is full: writing shard_00002.bin") as err:
-        build_cache(tmp_path / "cache")
-    assert "rerun `saekit cache`" in str(err.value)
-    assert_no_valid_looking_shard(tmp_path / "cache", complete=2)
+        build_cache(out)
+    assert "nothing in" in str(err.value) and "rerun `saekit cache RECIPE`" in str(err.value)
+    assert_nothing_left(out)
+    monkeypatch.undo()  # space freed, as advised: the rerun builds the cache
+    assert ActivationCache(build_cache(out)).rows == 2048
 
 
 def test_a_full_tmpfs_while_caching_is_a_clear_error(tmp_path) -> None:
@@ -173,6 +215,86 @@ def test_a_full_tmpfs_while_caching_is_a_clear_error(tmp_path) -> None:
     try:
         with pytest.raises(SaekitError, match="The disk is full"):
             build_cache(mount / "cache")
-        assert_no_valid_looking_shard(mount / "cache", complete=2)
+        assert_nothing_left(mount / "cache")
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def nan_source(bad: list[int]) -> TensorStream:
+    """Synthetic rows with NaN in rows `bad` of batch 3 (a source gone wrong), served in order."""
+    rows = synthetic_rows({"h0": 16}, 256 * 40, draw_seed=0)
+    rows["h0"][[3 * 256 + i for i in bad], 2] = float("nan")
+    return TensorStream(rows, batch_size=256, shuffle=False, check_finite=False)
+
+
+def nan_cache(out: Path, bad: list[int]) -> CacheConfig:
+    cfg = CacheConfig(output_dir=str(out), n_tokens=256 * 40, shard_tokens=2048)
+    write_cache(nan_source(bad), cfg, {"synthetic": ["h0"]})
+    return cfg
+
+
+def test_nan_rows_in_a_cache_are_skipped_like_the_live_streams(tmp_path, capsys) -> None:
+    out = tmp_path / "cache"
+    nan_cache(out, [7, 100])
+    assert int(ActivationCache(out).read("h0", 0, 256 * 40).isnan().any(dim=1).sum()) == 2
+    # 2 of 10,240 tokens (0.02%) is under stream.max_nonfinite_fraction (0.1%): skipped.
+    recipe = write_recipe(tmp_path / "r.yaml", out, tmp_path / "run", SAES[:1], **SETTINGS)
+    assert main(["train", str(recipe)]) == 0, capsys.readouterr().err
+    weights = exported(tmp_path / "run")["00-topk-h0"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_train_reads_cache_verify(tmp_path, capsys) -> None:
+    cache = make_cache(tmp_path / "cache", {"h0": 16}, n_tokens=4096)
+    shard = cache / "h0/shard_00001.bin"
+    data = bytearray(shard.read_bytes())
+    data[400] ^= 0x01  # the lowest mantissa bit of one value: same size, other checksum
+    shard.write_bytes(bytes(data))
+    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES[:1], **SETTINGS)
+    assert main(["train", str(recipe)]) == 2
+    assert "shard_00001.bin is corrupt (sha256 mismatch)" in one_error(capsys)
+    assert main(["train", str(recipe), "--cache.verify", "false"]) == 0
+
+
+def run_status(run: Path) -> dict[str, Any]:
+    return dict(json.loads((run / "run.json").read_text()))
+
+
+def test_a_failed_run_records_why_and_resumes_once_fixed(tmp_path, capsys) -> None:
+    cfg = nan_cache(tmp_path / "cache", list(range(0, 256, 4)))  # 64 of 10,240 tokens: 0.6%
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "cache", tmp_path / "run", SAES[:1])
+    assert main(["train", str(recipe)]) == 2
+    line = one_error(capsys)
+    assert "64 of 10240 tokens had NaN/inf" in line
+    status = run_status(tmp_path / "run")
+    assert status["status"] == "failed" and line == f"saekit: error: {status['error']}"
+    # The advice: rebuild the cache (what `saekit cache RECIPE --cache.overwrite true` does, here
+    # from the repaired synthetic source), then resume.
+    repaired = synthetic_stream({"h0": 16}, n_tokens=256 * 40)
+    write_cache(repaired, replace(cfg, overwrite=True), {"synthetic": ["h0"]})
+    assert main(["train", str(recipe), "--resume"]) == 0
+    assert run_status(tmp_path / "run")["status"] == "done"
+
+
+def test_ctrl_c_records_interrupted_and_resumes_exactly(
+    cache, uninterrupted, tmp_path, monkeypatch, capsys
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SAES, **SETTINGS)
+    served = CachedActivationStream.next_batch
+    calls = [0]
+
+    def next_batch(self: CachedActivationStream) -> dict[str, torch.Tensor]:
+        calls[0] += 1
+        if calls[0] == 13:
+            raise KeyboardInterrupt
+        return served(self)
+
+    monkeypatch.setattr(CachedActivationStream, "next_batch", next_batch)
+    assert main(["train", str(recipe)]) == 130
+    status = run_status(tmp_path / "run")
+    assert status["status"] == "interrupted" and status["step"] == 12
+    assert "--resume" in status["error"]
+    monkeypatch.undo()
+    assert main(["train", str(recipe), "--resume"]) == 0
+    assert run_status(tmp_path / "run")["status"] == "done"
+    assert max_abs_diff(uninterrupted, exported(tmp_path / "run")) <= 1e-6

@@ -68,8 +68,26 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["--saes.method", "topkk"], ["saes[0].method", "'topkk' is not one of"]),
         (["--saes.hook", "h1"], ["saes[0].hook 'h1' is not streamed", "stream.hooks"]),
         (["--saes.method", "topk", "--saes.relu.target_l0", "8"], ["options of method relu"]),
-        (["--saes.method", "relu", "--saes.relu.l1_coefficient", "0", "--saes.relu.target_l0", "8"],
-         ["00-relu-h0: target_l0 needs"]),
+        (
+            [
+                "--saes.method",
+                "relu",
+                "--saes.relu.l1_coefficient",
+                "0",
+                "--saes.relu.target_l0",
+                "8",
+            ],
+            ["00-relu-h0: target_l0 needs"],
+        ),
+        (["--train.checkpoint_every", "-3"], ["train.checkpoint_every must be ≥ 0", "got -3"]),
+        (["--train.log_every", "0"], ["train.log_every must be ≥ 1, got 0"]),
+        (["--train.lr_warmup_steps", "-1"], ["train.lr_warmup_steps must be ≥ 0, got -1"]),
+        (["--train.sparsity_warmup_steps", "-1"], ["train.sparsity_warmup_steps must be ≥ 0"]),
+        (["--train.dead_window_tokens", "0"], ["train.dead_window_tokens must be ≥ 1, got 0"]),
+        (["--train.b_dec_init_samples", "-8"], ["train.b_dec_init_samples must be ≥ 0"]),
+        (["--train.grad_clip_norm", "-1"], ["train.grad_clip_norm must be ≥ 0 (0 disables"]),
+        (["--train.lr_decay_fraction", "1.5"], ["train.lr_decay_fraction must be in [0, 1]"]),
+        (["--train.adam_betas", "[0.9, 1.0]"], ["train.adam_betas must be in [0, 1)"]),
     ],
 )
 def test_bad_flags_are_one_line_and_status_2(
@@ -80,6 +98,16 @@ def test_bad_flags_are_one_line_and_status_2(
     for fragment in fragments:
         assert fragment in line
     assert not (tmp_path / "run").exists()  # refused before touching the output directory
+
+
+def test_an_empty_recipe_is_refused_before_anything_is_written(
+    tmp_path, synthetic_run, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.yaml").write_text("")
+    assert main(["train", "empty.yaml"]) == 2
+    assert "Recipe 'empty.yaml' is empty" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == [tmp_path / "empty.yaml"] and not synthetic_run
 
 
 def test_bad_train_key_in_yaml_names_the_valid_ones(
