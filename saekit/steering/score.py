@@ -3,9 +3,10 @@
 For a direction f with target set T_f at strength α(κ), over a prompt split:
     c = concept gain on T_f, f = fluency, S = harmonic mean (metrics.py), each a prompt mean.
 κ* maximizes S on the selection split; every number reported at κ* comes from the evaluation
-split. Controls at κ*: random directions at the same KL scored on T_f (null mean, std and the
-z-score of S), the sign flip −α(κ*), and specificity c(f on T_f) / mean_g c(f on T_g) over the
-other directions g of the study (the denominator is floored at 1e-3 so it stays finite).
+split. Controls at κ*: random directions at the same KL scored on T_f (null mean, std, max and
+the z-score of S, undefined when the null has no spread), the sign flip −α(κ*), and
+specificity c(f on T_f) / mean_g c(f on T_g) over the other directions g of the study (the
+denominator is floored at 1e-3 so it stays finite).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from saekit.steering.protocol import Setting, SiteStudy
 
 MEANS = ("score", "concept_gain", "fluency", "concept_rate", "delta_nll")
 """Metrics averaged over directions in the summary rows."""
-NULL_STD_FLOOR = 0.01
-"""Smallest null standard deviation a z-score divides by."""
 
 
 def _scores(study: SiteStudy, s: Setting, n: int, rows: list[int]) -> dict[str, float]:
@@ -113,11 +112,11 @@ def _selected(
     if d.kind != "random" and null:
         mean = sum(null) / len(null)
         std = float(torch.tensor(null).std()) if len(null) > 1 else 0.0
-        out["null_mean"], out["null_std"] = mean, std
-        # S lies in [0, 1] and is a mean over a handful of prompts: a null spread below 0.01
-        # is below its resolution (random directions often all score exactly 0), so the
-        # z-score divides by at least 0.01.
-        out["z"] = (out["score"] - mean) / max(std, NULL_STD_FLOOR)
+        out["null_mean"], out["null_std"], out["null_max"] = mean, std, max(null)
+        # No floor on the spread: a null whose directions all score the same (often all 0)
+        # says nothing about how unusual S is, so z is left undefined; null_max still shows
+        # whether S beats every random direction.
+        out["z"] = (out["score"] - mean) / std if std > 0 else None
     # Specificity against the other non-random directions' target sets.
     others = [g for g, e in enumerate(study.directions) if g != n and e.kind != "random"]
     if others:

@@ -67,8 +67,6 @@ class Trainer:
         """Every log record ({"step": n, "NAME/fvu": ...}), as history.jsonl holds them."""
         self.dictionaries: dict[str, Dictionary] = {}
         """After training: the exported (folded, CPU) copy of each dictionary this rank owns."""
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
         self.slots = []
         for i, sae_cfg in enumerate(sae_cfgs):
             if not self.dist.owns(i):
@@ -134,7 +132,12 @@ class Trainer:
         out = self.run_dir
         # A run that died before its first checkpoint resumes from step 0.
         if resume and out and self.dist.broadcast(has_checkpoint(out.checkpoints)):
-            self.resume()
+            self.resume()  # restores the RNG states too
+        if self.step == 0:
+            # Seeded here rather than at construction, so the random stream (MP's atom dropout)
+            # does not depend on what else drew random numbers in this process in between.
+            torch.manual_seed(self.cfg.seed)
+            random.seed(self.cfg.seed)
         main = self.dist.is_main
         logger = RunLogger(out if main else None, self.cfg, self.run_config, resume)
         logger.truncate(self.step)

@@ -1,6 +1,7 @@
 """End to end on the offline SmolLM2: token-detector features planted in the embedding space
-(blocks.0.hook_resid_pre is exactly W_E[token]) score high, their shuffled and random-direction
-controls do not, and the dashboard renders real tokens and the model's vocabulary projection."""
+(blocks.0.hook_resid_pre is exactly W_E[token]) score high, their shuffled codes score at
+chance, their random-direction control (same norms and thresholds) never fires, and the
+dashboard renders real tokens and the model's vocabulary projection."""
 
 from __future__ import annotations
 
@@ -50,9 +51,21 @@ def test_planted_smollm2_features_score_and_render(tmp_path, smollm2_tl):
     assert all(r["detection"] is not None for r in planted), planted
     for r, word in zip(planted, WORDS):
         assert r["explanation"][0] == word and r["token_entropy"] == 0.0, r
-        assert r["detection"] >= 0.9 and r["fuzzing"] >= 0.9 and r["simulation"] >= 0.9, r
-    shuffled = report["saes"]["00-planted"]["controls"]["shuffled"]
-    assert shuffled["detection_mean"] <= 0.7 and shuffled["simulation_mean"] <= 0.3, shuffled
+        # measured: 1.0 on all three for all 8
+        assert r["detection"] >= 0.99 and r["fuzzing"] >= 0.99 and r["simulation"] >= 0.99, r
+    controls = report["saes"]["00-planted"]["controls"]
+    shuffled = controls["shuffled"]  # measured 0.538 / 0.502 / −0.020 on the 8 planted
+    assert shuffled["scored"] == len(WORDS)
+    assert abs(shuffled["detection_mean"] - 0.5) <= 0.08, shuffled
+    assert abs(shuffled["fuzzing_mean"] - 0.5) <= 0.05, shuffled
+    assert abs(shuffled["simulation_mean"]) <= 0.1, shuffled
+    # A random direction with a planted threshold (midway between the token's own projection
+    # and the next token's) fires on no token of the vocabulary: the control scores nothing.
+    assert controls["random"]["scored"] == 0 and controls["random"]["detection_mean"] is None
+    gen = torch.Generator().manual_seed(0)
+    r_DR = torch.nn.functional.normalize(torch.randn(W_E.shape[1], 64, generator=gen), dim=0)
+    thresholds_J = -sae.b_enc[: len(WORDS)].detach()
+    assert float((W_E @ r_DR).max()) < 0.5 * float(thresholds_J.min())
     index = build_dashboard(tmp_path / "run")
     page = (index.parent / "00-planted" / "0.html").read_text()
     assert '<span class="tok on"' in page and "Vocabulary projection" in page

@@ -28,12 +28,15 @@ def data():
     return disjoint_planted(seed=4)
 
 
-def test_stream_reaches_the_full_batch_loss(data):
-    """Both solvers minimize the same loss: where both find the planted features, they reach
-    the same loss. (Both are local: over seeds 0-5 of this generator and the three inits,
-    full batch stalled at ~2x the loss with the right F in 5 of 18 fits, streaming in 0;
-    each merged two features in 4 of 18. Seed 4, SVD init: both at the planted optimum.)"""
-    X_ND, F_true = data
+@pytest.mark.parametrize("seed", [2, 4, 6])
+def test_stream_reaches_the_full_batch_loss(seed):
+    """Where both solvers reach the planted optimum, they reach the same loss; streaming ends
+    slightly lower (its per-batch codes are NNLS-solved, full batch takes one multiplicative
+    step per iteration): by 0.0101-0.0142% in all 5 such fits of seeds 0-7 × 3 inits. Both are
+    local: in the other 19 fits at least one solver stalled above the optimum (by 0.35% up to
+    3.8x) or merged two features (README, SNMF "Local minima"). With SVD init, seeds 2, 4 and 6
+    reach the optimum in both."""
+    X_ND, F_true = disjoint_planted(seed=seed)
     full = fit_snmf(X_ND.T.contiguous(), 8, sparsity=0.1, max_iter=1500, patience=200, init="svd")
     calls = []
 
@@ -43,11 +46,11 @@ def test_stream_reaches_the_full_batch_loss(data):
 
     stream = fit_snmf_stream(passes, 8, sparsity=0.1, max_passes=30, init="svd", init_tokens=1000)
     assert stream.G_NK is None and len(calls) == len(stream.losses) >= 3
-    assert mmcs(F_true.T, full.F_DK.T) >= 0.9 and mmcs(F_true.T, stream.F_DK.T) >= 0.9
-    assert abs(stream.loss / full.loss - 1) < 0.02
+    assert mmcs(F_true.T, full.F_DK.T) > 0.999 and mmcs(F_true.T, stream.F_DK.T) > 0.999
+    assert -2e-4 < stream.loss / full.loss - 1 < 0, (stream.loss, full.loss)
     assert stream.loss == min(stream.losses) == stream.losses[stream.best_iter]
     assert stream.sq_norm == pytest.approx(float(X_ND.double().square().sum()), rel=1e-6)
-    assert stream.fvu == pytest.approx(full.fvu, rel=0.02)
+    assert stream.fvu == pytest.approx(full.fvu, rel=2e-4)
 
 
 def test_pass_statistics_equal_the_full_batch_quantities(data):

@@ -169,7 +169,7 @@ def train_topk(data: FlatSuperposition, steps: int = 400) -> tuple[torch.Tensor,
 
 
 def test_topk_recovers_flat_superposition() -> None:
-    """The issue's bar: MMCS >= 0.9 at d=32, n=64 (this run: 0.98 in 400 steps, ~2 s)."""
+    """The target is MMCS >= 0.9 at d=32, n=64; this run reaches 0.984 in 400 steps (~2 s)."""
     data = FlatSuperposition(n_features=N_FEATURES, d_in=D_IN, alpha=0.0, expected_l0=4.0, seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 512×32×128 matmuls: one thread is 2x faster on 2 shared cores
@@ -177,11 +177,11 @@ def test_topk_recovers_flat_superposition() -> None:
         W_dec, x_BD, z_BS, x_hat_BD = train_topk(data)
     finally:
         torch.set_num_threads(threads)
-    assert mmcs(data.features_FD, W_dec) >= 0.9
+    assert mmcs(data.features_FD, W_dec) >= 0.97  # 0.984; the README's bench figure: 0.983
     m = match_features(data.features_FD, W_dec)
-    assert m.recovered(0.9) >= 0.9
-    # TopK with k = E[L0] = 4 clips tokens with more than 4 features: FVU ≈ 0.075 here.
-    assert metrics.fvu(x_BD, x_hat_BD) < 0.15
+    assert m.recovered(0.9) == 1.0
+    # TopK with k = E[L0] = 4 clips tokens with more than 4 features: FVU 0.075 here.
+    assert metrics.fvu(x_BD, x_hat_BD) < 0.09
     assert metrics.l0_stats(z_BS).max <= K
     # Random atoms score ~0.45 on the same features: the margin is the training, not chance.
     assert mmcs(data.features_FD, gaussian_directions(D_SAE, D_IN, gen(3))) < 0.6

@@ -79,10 +79,11 @@ def test_local_model_path_runs_offline(planted_scorer, hf_model, tokenizer):
     assert isinstance(client.complete("Say 1.", "Passage 1: w1"), str)
     out = score_with_llm(scorer, scores, [0, 1], client, text, n_examples=5)
     assert out["scored"] == 2 and out["scorer"].startswith("local")
+    # The tiny model's vocabulary has no digits or brackets: every reply (2 features × 2 tasks
+    # × 2 prompts of 5 passages) is unparsable, counted and scored as all-0, i.e. chance.
+    assert out["unparsed_replies"] == 8
     for s in (0, 1):
-        assert 0.0 <= scores[s]["llm_detection"] <= 1.0 and 0.0 <= scores[s]["llm_fuzzing"] <= 1.0
-    # a random tiny model rarely answers in the format: unparsed replies are counted, not fatal
-    assert 0 <= out["unparsed_replies"] <= 2 * 2 * 2
+        assert scores[s]["llm_detection"] == 0.5 and scores[s]["llm_fuzzing"] == 0.5
 
 
 def test_bad_llm_spec_is_a_clear_error():

@@ -29,26 +29,31 @@ def test_planted_features_score_high_and_get_their_trigger(scored):
     for j in range(PLANTED):
         s = scores[j]
         assert s["explanation"][0] == j + 1, s  # the trigger token is the first n-gram chosen
-        assert s["detection"] >= 0.95 and s["fuzzing"] >= 0.95 and s["simulation"] >= 0.9, s
+        # measured: 1.0, 1.0 and 0.961-0.996
+        assert s["detection"] >= 0.99 and s["fuzzing"] >= 0.99 and s["simulation"] >= 0.95, s
     bigram = scores[PLANTED]
     assert VOCAB + 11 * VOCAB + 12 in bigram["explanation"]
-    assert bigram["detection"] >= 0.9 and bigram["fuzzing"] >= 0.9
+    assert bigram["detection"] >= 0.92 and bigram["fuzzing"] >= 0.92  # 0.948, 0.934
     # density is per ordinary token: ~1/39 for a single-token trigger
     density = data.counts_S[:PLANTED].float() / data.n_tokens
     assert torch.allclose(density, torch.full((PLANTED,), 1 / 39), rtol=0.2)
 
 
 def test_scores_separate_planted_from_random_and_shuffled(scored):
+    """The README's validation figures (detection / fuzzing / simulation means): planted
+    0.994 / 0.993 / 0.981, random 0.497 / 0.506 / 0.043, shuffled 0.470 / 0.496 / −0.016."""
     _, scores = scored[False]
     _, shuffled = scored[True]
     true = summarize({j: scores[j] for j in range(PLANTED + 1)})
     rand = summarize({j: scores[j] for j in range(PLANTED + 1, S)})
     shuf = summarize({j: shuffled[j] for j in range(PLANTED + 1)})
+    assert true["scored"] == rand["scored"] == shuf["scored"] == PLANTED + 1
     for name in ("detection", "fuzzing"):
-        assert true[f"{name}_mean"] >= 0.95
-        assert rand[f"{name}_mean"] <= 0.65 and shuf[f"{name}_mean"] <= 0.65, (name, rand, shuf)
-    assert true["simulation_mean"] >= 0.9
-    assert rand["simulation_mean"] <= 0.3 and shuf["simulation_mean"] <= 0.3
+        assert true[f"{name}_mean"] >= 0.985
+        for null in (rand, shuf):  # chance is 0.5
+            assert abs(null[f"{name}_mean"] - 0.5) <= 0.05, (name, rand, shuf)
+    assert true["simulation_mean"] >= 0.97
+    assert abs(rand["simulation_mean"]) <= 0.08 and abs(shuf["simulation_mean"]) <= 0.08
 
 
 def test_streaming_top_examples_match_a_full_sort(scored):

@@ -244,3 +244,6 @@ def test_smollm2_hf_layer_output_equals_tl_resid_post(smollm2_tl, smollm2_hf):
     torch.testing.assert_close(
         tl["blocks.3.mlp.hook_post"], hf["model.layers.3.mlp.down_proj:in"], atol=1e-3, rtol=0
     )
+    with torch.no_grad():  # the README: TransformerLens logits match HF within 1e-4 (6.4e-5)
+        gap = (smollm2_tl.model(x) - smollm2_hf.model(input_ids=x).logits).abs().max()
+    assert float(gap) < 1e-4

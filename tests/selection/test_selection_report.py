@@ -62,8 +62,12 @@ def test_run_selection_eval_writes_json_and_plots(
     assert saved["retrieval"]["ratio"] == pytest.approx(1 / 3)
     summary = saved["retrieval"]["summary"]
     assert {"mona", "random", "bm25", "rds", "neurons"} <= set(summary)
-    for row in summary.values():
-        assert 0 <= row["precision"]["mean"] <= 1 and 0 <= row["auc"]["mean"] <= 1
+    for row in summary.values():  # at ratio = the category share, precision = recall
+        assert row["precision"]["mean"] == pytest.approx(row["recall"]["mean"])
+    # The topics share no word, so BM25 ranks perfectly; MoNA on the tiny random model's
+    # features nearly so (AUC 0.987 and 1.0 on the two backends).
+    assert summary["bm25"]["precision"]["mean"] == summary["bm25"]["auc"]["mean"] == 1.0
+    assert summary["mona"]["auc"]["mean"] >= 0.95
     down = saved["downstream"]
     assert len(down["categories"]) == 1
     (losses,) = down["categories"].values()

@@ -38,16 +38,19 @@ def test_select_on_smollm2(smollm2_tl, tmp_path: Path) -> None:
     selector = load_selector(save_dictionary(d, tmp_path / "sae"), model=smollm2_tl)
     pool = [Sample(i, r, "cooking", n) for n, (i, r) in enumerate(COOKING)]
     pool += [Sample(i, r, "math", 6 + n) for n, (i, r) in enumerate(MATH)]
-    target = [Sample("What is 17 times 3?", "51")]  # an exact copy of pool row 6
+    target = [Sample("What is 9 times 8?", "72"), Sample("Solve 2x = 14.", "x = 7")]  # held out
     cfg = SelectConfig(ratio=0.5, max_tokens=64, batch_size=8)
     report = select_data(selector, pool, target, cfg, tmp_path / "out", progress=False)
-    assert report["selected"] == 6 and len(report["selected_rows"]) == 6
-    assert report["selected_rows"][0] == 6  # Jaccard of a vector with itself is 1
+    assert report["selected"] == 6 and sorted(report["selected_rows"]) == list(range(6, 12))
     ranking = [
         json.loads(x) for x in (tmp_path / "out" / "ranking.jsonl").read_text().split("\n") if x
     ]
-    assert ranking[0]["mona"] == pytest.approx(1.0, abs=1e-5)
-    assert ranking[0]["rds"] == pytest.approx(1.0, abs=1e-4)
+    # Even an untrained SAE's features separate the topics: every math sample above every
+    # cooking one, MoNA by 1.8x (0.132 vs 0.072) and the RDS embedding (0.877 vs 0.799).
+    for method, margin in (("mona", 1.5), ("rds", 1.05)):
+        math = min(r[method] for r in ranking if r["category"] == "math")
+        cooking = max(r[method] for r in ranking if r["category"] == "cooking")
+        assert math > margin * cooking, (method, math, cooking)
     # BOS and the chat template (incl. SmolLM2's default system prompt) are masked: only
     # content tokens are pooled, ~4-15 per sample here.
     assert 3 < report["mean_content_tokens"]["pool"] < 20

@@ -101,11 +101,18 @@ def test_run_steering_eval_writes_report_and_plot(steer_run, tmp_path, steer_fak
         assert len(d["curve"]) == 2 and all("reached" in p for p in d["curve"])
     assert "topk" in steering_table(report)
     judged = [
-        d["selected"]["judge"]
+        d["selected"]
         for d in site["directions"].values()
         if d["selected"] and d["kind"] != "random"
     ]
-    assert judged and all(0.0 <= j["score"] <= 2.0 for j in judged)
+    assert judged
+    for chosen in judged:
+        # The fake judge rates concept 2 when the fragment says "cat" (else 0), fluency 1.
+        cat = [("cat" in prompt + text) for prompt, text in chosen["samples"]]
+        share = sum(cat) / len(cat)
+        assert chosen["judge"]["concept"] == pytest.approx(2 * share)
+        assert chosen["judge"]["fluency"] == 1.0
+        assert chosen["judge"]["score"] == pytest.approx(4 / 3 * share)  # mean of 2·2·1/(2+1)
     assert site["directions"]["diffmean:animals"]["selected"] is None or (
         site["directions"]["diffmean:animals"]["selected"]["judge"]["concept_description"]
         == "animals"

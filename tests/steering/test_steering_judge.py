@@ -51,8 +51,9 @@ def test_judge_config_errors():
 def test_local_backend_runs_offline(tiny_model_dir: Path):
     judge = Judge(JudgeConfig(backend="local", model=str(tiny_model_dir), max_new_tokens=4))
     out = judge.rate("cats", "the cat sat")
-    assert set(out) == {"concept", "fluency", "score"}
-    assert all(0.0 <= v <= 2.0 for v in out.values())
+    # The tiny model's vocabulary has no digits or brackets, so no answer parses: as in
+    # AxBench, an unparsable rating counts 0.
+    assert out == {"concept": 0.0, "fluency": 0.0, "score": 0.0}
 
 
 @pytest.mark.e2e

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saekit.steering.directions import Direction, random_directions, unit, vocab_targets
+from saekit.steering.directions import Direction, random_directions, unit
 from saekit.steering.protocol import SiteStudy, SteeringConfig
 from saekit.steering.score import measure_curves, score_site
 
@@ -19,7 +19,6 @@ def test_unembedding_direction_steers_toward_its_token(smollm2_tl):
     v = unit(model.model.W_U[:, paris].detach())  # type: ignore[index]
     tokens = torch.tensor([[1, 504, 2564, 338]])
     before = model.run(tokens).detach().clone()
-    assert len(vocab_targets(model, HOOK, v, 5)) == 5
     d = Direction("paris", "vector", HOOK, v, [paris])
     rand = random_directions(v.shape[0], 2, seed=0)
     dirs = [
@@ -37,6 +36,8 @@ def test_unembedding_direction_steers_toward_its_token(smollm2_tl):
     study = SiteStudy(model, HOOK, dirs, cfg)
     results = score_site(study, measure_curves(study))
     chosen = results["paris"]["selected"]
-    assert chosen is not None and chosen["concept_gain"] > 0.2
-    assert chosen["score"] > chosen["null_mean"]
+    # Measured: c 0.66 on " Paris" at κ 0.5 (f 0.30, S 0.37); random directions at the same KL
+    # 0.04 ± 0.06 (max 0.08), z 6.1.
+    assert chosen is not None and chosen["concept_gain"] > 0.5
+    assert chosen["score"] > chosen["null_max"] + 0.2 and chosen["z"] > 4
     assert torch.equal(model.run(tokens), before)  # every hook removed

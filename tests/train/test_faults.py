@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from cached_runs import exported, make_cache, max_abs_diff, start_stalled, write_recipe
+from safetensors.torch import load_file
 from synthetic_stream import synthetic_rows, synthetic_stream
 
 from saekit.activations.cache import ActivationCache, CacheConfig, write_cache
@@ -29,10 +30,32 @@ SAES = [
     {"method": "topk", "d_sae": 64, "k": 4},
     {"method": "batchtopk", "d_sae": 64, "k": 4},
     {"method": "relu", "d_sae": 64, "relu": {"target_l0": 6.0}, "hook": "h1"},
+    {"method": "jumprelu", "d_sae": 64, "jumprelu": {"target_l0": 3.0}, "hook": "h1"},
+    {"method": "matryoshka", "d_sae": 64, "k": 4},
+    {"method": "mp", "d_sae": 64, "k": 4, "mp": {"dropout": 0.25, "revival_coefficient": 0.01}},
 ]
+"""Every gradient-trained method. MP's dropout draws from the torch RNG each step, so a resume
+that restored the RNG state wrongly would bar other atoms."""
 SETTINGS = {"total_tokens": 256 * 20, "checkpoint_every": 5, "dead_window_tokens": 1280}
-"""20 steps, checkpoints at 5, 10, 15, 20; latents dead after 5 steps so AuxK and the clocks
-matter, and the relu controller starts at step 5."""
+"""20 steps, checkpoints at 5, 10, 15, 20; latents dead after 5 steps so AuxK, MP's revival
+term and the clocks matter, and the relu/jumprelu controllers start at step 5."""
+SNMF = [
+    {"method": "snmf", "d_sae": 4, "snmf": {"sparsity": 0.25, "max_iter": 30}},
+    {"method": "snmf", "d_sae": 4, "snmf": {"sparsity": 0.25, "stream_passes": 4}},
+]
+"""Full-batch and streaming SNMF on the first 20 batches (a streaming pass reads 20 batches)."""
+Weights = dict[str, dict[str, torch.Tensor]]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Every run of this module on one thread, as the killed children run: float sums are
+    bit-reproducible only at a fixed thread count. (Module fixtures set up before the root
+    conftest's per-test one.)"""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +63,34 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_cache(tmp_path_factory.mktemp("faults") / "cache", {"h0": 16, "h1": 16})
 
 
+def saved(run_dir: Path) -> Weights:
+    """Every exported tensor: weights, and the firing densities the dead-latent counts give."""
+    out = exported(run_dir)
+    for name, tensors in out.items():
+        density = run_dir / "saes" / name / "sparsity.safetensors"
+        if density.is_file():
+            tensors.update({f"sparsity/{k}": v for k, v in load_file(str(density)).items()})
+    return out
+
+
+def train_straight(cache: Path, name: str, saes: list[dict[str, Any]]) -> Weights:
+    out = cache.parent / name
+    recipe = write_recipe(out.with_suffix(".yaml"), cache, out, saes, **SETTINGS)
+    assert main(["train", str(recipe)]) == 0
+    return saved(out)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(cache: Path) -> dict[str, dict[str, torch.Tensor]]:
-    out = cache.parent / "straight"
-    assert (
-        main(["train", str(write_recipe(out.with_suffix(".yaml"), cache, out, SAES, **SETTINGS))])
-        == 0
-    )
-    return exported(out)
+def uninterrupted(cache: Path, one_thread: None) -> Weights:
+    return train_straight(cache, "straight", SAES)
+
+
+def assert_bit_identical(a: Weights, b: Weights) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys(), name
+        for key, tensor in a[name].items():
+            assert torch.equal(tensor, b[name][key]), (name, key, max_abs_diff(a, b))
 
 
 def kill_9(child: subprocess.Popen[str]) -> None:
@@ -80,9 +123,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(cache, uninterrupted, t
     assert run_status(tmp_path / "run")["status"] == "interrupted"
     assert main(["train", str(recipe), "--resume"]) == 0  # the dead pid's lock is stale
     assert run_status(tmp_path / "run")["status"] == "done"
-    diff = max_abs_diff(uninterrupted, exported(tmp_path / "run"))
-    print(f"kill -9 at step 13, resumed from 10: max |Δw| = {diff:.3g}")
-    assert diff <= 1e-6
+    assert_bit_identical(uninterrupted, saved(tmp_path / "run"))
 
 
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(
@@ -96,9 +137,17 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(
     assert load_checkpoint(root)[1]["step"] == 5
     assert main(["train", str(recipe), "--resume"]) == 0
     assert not (root / "step-00000010.partial").exists()
-    diff = max_abs_diff(uninterrupted, exported(tmp_path / "run"))
-    print(f"kill -9 inside checkpoint 10, resumed from 5: max |Δw| = {diff:.3g}")
-    assert diff <= 1e-6
+    assert_bit_identical(uninterrupted, saved(tmp_path / "run"))
+
+
+def test_kill_9_during_snmf_then_resume_matches_an_uninterrupted_run(cache, one_thread, tmp_path):
+    straight = train_straight(cache, "snmf-straight", SNMF)
+    recipe = write_recipe(tmp_path / "r.yaml", cache, tmp_path / "run", SNMF, **SETTINGS)
+    # 20 batches fill the full-batch matrix, then the streaming fit reads 20 per pass: batch 50
+    # is in its third pass.
+    kill_9(start_stalled(["stall-batch", "50", "train", str(recipe)])[0])
+    assert main(["train", str(recipe), "--resume"]) == 0
+    assert_bit_identical(straight, saved(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("fault", ["truncated", "deleted as once advised"])
@@ -119,7 +168,7 @@ def test_resume_falls_back_past_an_unreadable_newest_checkpoint(
     if fault == "truncated":
         assert "saekit: warning: step-00000020 is unreadable or truncated" in err
         assert "resuming from step-00000015" in err
-    assert max_abs_diff(uninterrupted, exported(tmp_path / "run")) <= 1e-6
+    assert_bit_identical(uninterrupted, saved(tmp_path / "run"))
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000015", "step-00000020"]
 
 
@@ -138,7 +187,7 @@ def test_no_readable_checkpoint_names_a_command_that_works(
     assert f"delete {root} and rerun with --resume" in line
     shutil.rmtree(root)  # as advised: the run starts over from step 0
     assert main(["train", str(recipe), "--resume"]) == 0
-    assert max_abs_diff(uninterrupted, exported(tmp_path / "run")) <= 1e-6
+    assert_bit_identical(uninterrupted, saved(tmp_path / "run"))
 
 
 def test_a_truncated_cache_shard_is_one_clear_error(tmp_path, capsys) -> None:
@@ -297,4 +346,4 @@ def test_ctrl_c_records_interrupted_and_resumes_exactly(
     monkeypatch.undo()
     assert main(["train", str(recipe), "--resume"]) == 0
     assert run_status(tmp_path / "run")["status"] == "done"
-    assert max_abs_diff(uninterrupted, exported(tmp_path / "run")) <= 1e-6
+    assert_bit_identical(uninterrupted, saved(tmp_path / "run"))

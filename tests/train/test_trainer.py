@@ -12,7 +12,7 @@ import torch
 from synthetic_stream import held_out, synthetic_rows, synthetic_stream
 
 from saekit.activations import TensorStream
-from saekit.dictionaries import JumpReLUConfig, ReLUConfig, SAEConfig, load_dictionary
+from saekit.dictionaries import JumpReLUConfig, MPConfig, ReLUConfig, SAEConfig, load_dictionary
 from saekit.errors import SaekitError
 from saekit.eval.metrics import fvu
 from saekit.train.geometric_median import geometric_median
@@ -31,22 +31,26 @@ def jumprelu(target_l0: float, hook: str = "") -> SAEConfig:
     return SAEConfig(method="jumprelu", hook=hook, d_sae=64, jumprelu=options)
 
 
-@pytest.mark.parametrize(
-    ("method", "target"),
-    [("relu", 6.0), ("jumprelu", 3.0)],
-)
-def test_l0_controller_lands_on_target(method, target, train_cfg, make_trainer) -> None:
-    # Sensible budget: 1,000 steps of 256 tokens. Unsteered, the default coefficients (relu
-    # l1 = 5, jumprelu l0 = 1) end near L0 0.5 and 1.3 on this data (G1, 64 features, L0 4).
-    stream = synthetic_stream({"h0": 32})
-    cfg = train_cfg(total_tokens=256 * 1000, lr_warmup_steps=20, sparsity_warmup_steps=50)
-    sae = (relu if method == "relu" else jumprelu)(target)
-    trainer = make_trainer((replace(sae, d_sae=128),), cfg, stream)
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("method", "target"), [("relu", 6.0), ("jumprelu", 3.0)])
+def test_l0_controller_lands_on_target(method, target, seed, train_cfg, make_trainer) -> None:
+    """The README's claim: final L0 within 2% of target_l0. Over seeds 0-7 of this setting
+    (1,000 steps of 256 tokens; G1 data, 64 features, L0 4) the error was −1.67..+0.05% for
+    relu (rms 0.93%) and −1.07..+1.21% for jumprelu (rms 0.82%): batch noise keeps L0 moving
+    while the LR decays. Unsteered, the default coefficients (relu l1 = 5, jumprelu l0 = 1)
+    end near L0 0.5 and 1.3 on this data. Every training row is fresh (a pool of 256k)."""
+    stream = synthetic_stream({"h0": 32}, seed=seed, n_tokens=256 * 1000)
+    cfg = train_cfg(
+        total_tokens=256 * 1000, lr_warmup_steps=20, sparsity_warmup_steps=50, seed=seed
+    )
+    sae_cfg = replace((relu if method == "relu" else jumprelu)(target), d_sae=128, seed=seed)
+    trainer = make_trainer((sae_cfg,), cfg, stream)
     trainer.train()
-    with torch.no_grad():
-        x = held_out(stream, {"h0": 32})["h0"]
-        l0 = (trainer.slots[0].sae.encode(x) != 0).sum(1).float().mean()
-    assert abs(float(l0) / target - 1) < 0.10, f"{method}: L0 {float(l0):.2f} vs {target}"
+    with torch.no_grad():  # 65k rows: the L0 estimate's standard error is 0.25%
+        x = held_out(stream, {"h0": 32}, n=256 * 256)["h0"]
+        l0 = (trainer.slots[0].sae.encode(x) != 0).sum(1)
+    error = float(l0.float().mean()) / target - 1
+    assert abs(error) < 0.02, f"{method} seed {seed}: L0 off target by {100 * error:+.2f}%"
 
 
 def test_target_l0_without_a_penalty_is_refused(train_cfg, make_trainer) -> None:
@@ -153,6 +157,8 @@ RESUME_SAES = (
     SAEConfig(method="batchtopk", d_sae=64, k=4),
     relu(6.0),
     jumprelu(3.0, hook="h1"),
+    SAEConfig(method="matryoshka", hook="h1", d_sae=64, k=4),
+    SAEConfig(method="mp", d_sae=64, k=4, mp=MPConfig(dropout=0.25, revival_coefficient=0.01)),
 )
 
 
