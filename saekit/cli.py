@@ -15,19 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from saekit.bench import BENCHES
 from saekit.config import add_config_flags, flag_overrides
 from saekit.errors import SaekitDeprecation, SaekitError
-
-BENCHES = {
-    "mp": "saekit.bench.mp",
-    "stream": "saekit.bench.stream",
-    "synthetic": "saekit.bench.synthetic",
-    "train": "saekit.bench.train",
-    "snmf": "saekit.bench.snmf",
-    "select": "saekit.bench.select",
-    "kernels": "saekit.bench.kernels",
-}
-"""`saekit bench NAME` → module with run(**kwargs) -> dict and table(dict) -> str."""
 
 COMMANDS: tuple[str, ...] = ("saekit.steering.cli", "saekit.dashboard.cli", "saekit.selection.cli")
 """Modules that add their own subcommand: each has register(subparsers) -> None."""
@@ -139,7 +129,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
     import inspect
 
     module = importlib.import_module(BENCHES[args.name])
-    options = {"quick": args.quick, "device": args.device}
+    threads = None
+    if args.threads:
+        try:
+            threads = [int(t) for t in args.threads.split(",")]
+        except ValueError:
+            threads = []
+        if not threads or min(threads) < 1:
+            raise SaekitError(f"--threads {args.threads!r}: expected counts like 1,2.")
+    if args.rounds is not None and args.rounds < 5:
+        raise SaekitError(f"--rounds {args.rounds}: published figures are medians of ≥ 5 rounds.")
+    options = {
+        "quick": args.quick,
+        "device": args.device,
+        "threads": threads,
+        "rounds": args.rounds,
+    }
     accepted = inspect.signature(module.run).parameters
     kwargs = {k: v for k, v in options.items() if v not in (False, None)}
     for key in kwargs:
@@ -217,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="kernels: one shape instead of the grid")
     p.add_argument("--device", default=None, help="kernels: cuda for the GPU mode (default cpu)")
+    p.add_argument(
+        "--threads", default=None, help="thread counts to measure at, e.g. 1,2 (default 1 and all)"
+    )
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, at least 5)")
     p.set_defaults(func=cmd_bench)
     for module_name in COMMANDS:
         importlib.import_module(module_name).register(sub)

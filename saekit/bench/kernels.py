@@ -9,13 +9,16 @@ the unit (the one dense product every step keeps):
 - decode bwd   ∂z at the entries, ∂W_dec       vs  g @ W_decᵀ [B, S] and z_BSᵀ g
 - encoder bwd  ∂W_enc, ∂b_enc, ∂b_dec          vs  xcᵀ ∂pre_BS and Σ_b ∂pre_BS
 Each sparse backward builds its pattern's latent-major sort inside the timed call (counted
-twice, once per op, though a step sorts once). Times are medians of `reps` after a warm-up.
+twice, once per op, though a step sorts once). All ops of a shape (GEMM, sparse and dense)
+run under the shared protocol (`saekit.bench.protocol`): one warm-up call each, ≥ 5 rounds in
+rotating order, medians, at 1 thread and at all threads.
 
 Per method (first shape only; dense B×S tensors at d_sae 65536 are 1 GiB each): one
-`training_forward` + backward with cfg.kernels "auto" vs "dense"; JumpReLU's thresholds are
-set to each latent's (1 − k/d_sae) quantile so its L0 is ≈ k, as after training.
+`training_forward` + backward with cfg.kernels "auto" vs "dense", all eight in one rotation;
+JumpReLU's thresholds are set to each latent's (1 − k/d_sae) quantile so its L0 is ≈ k, as
+after training.
 
-Whole TopK step vs SAELens: `saekit bench train` (CPU only), run in the same process.
+Whole TopK training step vs the peer libraries: `saekit bench train`.
 `python -m saekit.bench.kernels --quick` runs one shape, `--shapes 576x65536x64,...` any;
 `--device cuda` is the GPU mode (same table; Triton ops when installed).
 """
@@ -24,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from saekit.bench import protocol
 from saekit.dictionaries import SAEConfig, TrainableDictionary, TrainContext, build_dictionary
 from saekit.errors import SaekitError
 from saekit.kernels.csr import CsrOps, CsrPattern, select_ops
@@ -44,24 +46,9 @@ OPS = ("decode fwd", "decode bwd", "encoder bwd")
 METHODS = ("topk", "batchtopk", "jumprelu", "matryoshka")
 
 
-def _timer(device: torch.device, reps: int) -> Callable[[Callable[[], object]], float]:
-    def median_ms(fn: Callable[[], object]) -> float:
-        times = []
-        for i in range(reps + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first call warms up allocator pools and kernel caches
-                times.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(times)
-
-    return median_ms
-
-
-def op_times(d_in: int, d_sae: int, k: int, device: torch.device, reps: int) -> dict[str, Any]:
+def op_times(
+    d_in: int, d_sae: int, k: int, device: torch.device, rounds: int, desc: str = "ops"
+) -> dict[str, Any]:
     """Sparse vs dense ms of each op at one shape (see the module docstring)."""
     gen = torch.Generator().manual_seed(0)
     x_BD = torch.randn(BATCH, d_in, generator=gen).to(device)
@@ -70,46 +57,66 @@ def op_times(d_in: int, d_sae: int, k: int, device: torch.device, reps: int) -> 
     b_D, g_BD = torch.zeros(d_in, device=device), torch.randn_like(x_BD)
     ops = select_ops(device, "auto")
     assert ops is not None
-    time_ms = _timer(device, reps)
     with torch.no_grad():
-        gemm_ms = time_ms(lambda: x_BD @ W_enc_DS)
         vals_BK, idx_BK = (x_BD @ W_enc_DS).topk(k, dim=-1, sorted=False)
         idx_BK, order_BK = idx_BK.sort(dim=-1)
         vals_N = vals_BK.gather(-1, order_BK).relu().flatten()
         p = CsrPattern.fixed_k(idx_BK, d_sae)
-        sparse = {
-            "decode fwd": time_ms(lambda: csr_decode(vals_N, W_dec_SD, b_D, p, ops)),
-            "decode bwd": time_ms(lambda: _decode_bwd(ops, idx_BK, d_sae, vals_N, g_BD, W_dec_SD)),
-            "encoder bwd": time_ms(
-                lambda: _encoder_bwd(ops, idx_BK, d_sae, vals_N, x_BD, W_enc_DS)
-            ),
-        }
-        dense = _dense_times(p.by_row(vals_N).to_dense(), x_BD, g_BD, W_dec_SD, b_D, time_ms)
+        z_BS = p.by_row(vals_N).to_dense()
+    fns: dict[str, Callable[[], object]] = {
+        "gemm": lambda: x_BD @ W_enc_DS,
+        "decode fwd/sparse": lambda: csr_decode(vals_N, W_dec_SD, b_D, p, ops),
+        "decode bwd/sparse": lambda: _decode_bwd(ops, idx_BK, d_sae, vals_N, g_BD, W_dec_SD),
+        "encoder bwd/sparse": lambda: _encoder_bwd(ops, idx_BK, d_sae, vals_N, x_BD, W_enc_DS),
+        **_dense_ops(z_BS, x_BD, g_BD, W_dec_SD, b_D),
+    }
+    with torch.no_grad():
+        res = _rounds(fns, device, rounds, desc)
+    ms = res["median_ms"]
+    sparse = {op: ms[f"{op}/sparse"] for op in OPS}
+    dense = {op: ms[f"{op}/dense"] for op in OPS}
     return {
         "d_in": d_in,
         "d_sae": d_sae,
         "k": k,
         "kernels": ops.name,
-        "gemm_ms": gemm_ms,
+        "gemm_ms": ms["gemm"],
         "sparse_ms": sparse,
         "dense_ms": dense,
         "speedup": {op: dense[op] / sparse[op] for op in OPS},
+        "rounds_ms": res["rounds_ms"],
     }
 
 
-def _dense_times(
+def _rounds(
+    fns: Mapping[str, Callable[[], object]], device: torch.device, rounds: int, desc: str
+) -> dict[str, Any]:
+    """The shared protocol over stateless calls (synchronized on CUDA)."""
+
+    def synced(fn: Callable[[], object]) -> Callable[[], None]:
+        def call() -> None:
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return call
+
+    sides = {name: protocol.Side(synced(fn), BATCH) for name, fn in fns.items()}
+    return protocol.run_rounds(sides, rounds=rounds, desc=desc)
+
+
+def _dense_ops(
     z_BS: torch.Tensor,
     x_BD: torch.Tensor,
     g_BD: torch.Tensor,
     W_dec_SD: torch.Tensor,
     b_D: torch.Tensor,
-    time_ms: Callable[[Callable[[], object]], float],
-) -> dict[str, float]:
+) -> dict[str, Callable[[], object]]:
     return {
-        "decode fwd": time_ms(lambda: torch.addmm(b_D, z_BS, W_dec_SD)),
-        "decode bwd": time_ms(lambda: (g_BD @ W_dec_SD.t(), z_BS.t() @ g_BD)),
+        "decode fwd/dense": lambda: torch.addmm(b_D, z_BS, W_dec_SD),
+        "decode bwd/dense": lambda: (g_BD @ W_dec_SD.t(), z_BS.t() @ g_BD),
         # ∂pre is as dense as z (zeros off the kept entries): z_BS stands in for it.
-        "encoder bwd": time_ms(lambda: (x_BD.t() @ z_BS, z_BS.sum(0))),
+        "encoder bwd/dense": lambda: (x_BD.t() @ z_BS, z_BS.sum(0)),
     }
 
 
@@ -140,25 +147,22 @@ def _encoder_bwd(
 
 
 def method_times(
-    d_in: int, d_sae: int, k: int, device: torch.device, reps: int
+    d_in: int, d_sae: int, k: int, device: torch.device, rounds: int
 ) -> dict[str, dict[str, float]]:
-    """ms of training_forward + backward per method, kernels auto vs dense."""
+    """ms of training_forward + backward per method, kernels auto vs dense (one rotation)."""
     x_BD = torch.randn(BATCH, d_in, generator=torch.Generator().manual_seed(1)).to(device)
-    time_ms = _timer(device, reps)
-    out: dict[str, dict[str, float]] = {}
+    fns = {}
     for method in METHODS:
-        out[method] = {}
         for kernels in ("auto", "dense"):
             cfg = SAEConfig(method=method, d_sae=d_sae, k=k, kernels=kernels)  # type: ignore[arg-type]
             sae = build_dictionary(cfg, d_in).to(device)
             assert isinstance(sae, TrainableDictionary)
-            out[method][kernels] = _step_ms(sae, x_BD, time_ms)
-    return out
+            fns[f"{method}/{kernels}"] = _train_step(sae, x_BD)
+    ms = _rounds(fns, device, rounds, "methods")["median_ms"]
+    return {m: {kn: ms[f"{m}/{kn}"] for kn in ("auto", "dense")} for m in METHODS}
 
 
-def _step_ms(
-    sae: TrainableDictionary, x_BD: torch.Tensor, time_ms: Callable[[Callable[[], object]], float]
-) -> float:
+def _train_step(sae: TrainableDictionary, x_BD: torch.Tensor) -> Callable[[], None]:
     if sae.method == "jumprelu":
         with torch.no_grad():
             pre_BS = sae.pre_acts(x_BD[:512])
@@ -170,7 +174,7 @@ def _step_ms(
         losses = sae.training_forward(x_BD, TrainContext()).losses
         torch.stack(list(losses.values())).sum().backward()
 
-    return time_ms(train_step)
+    return train_step
 
 
 def parse_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
@@ -187,69 +191,86 @@ def parse_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
 def run(
     quick: bool = False,
     device: str = "cpu",
-    reps: int = 3,
-    train_step: bool = True,
+    rounds: int = protocol.MIN_ROUNDS,
     shapes: str = "",
     methods: bool = True,
+    threads: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Per-op times at all SHAPES (QUICK_SHAPES if quick; `shapes` overrides), per-method
-    steps at the first shape, and on CPU the whole TopK step vs SAELens (bench train)."""
+    """Per-op times at all SHAPES (QUICK_SHAPES if quick; `shapes` overrides) and per-method
+    steps at the first shape, at each thread count (default 1 and all)."""
+    load_before = os.getloadavg()
     dev = torch.device(device)
+    counts = list(threads) if threads else protocol.thread_counts()
     shape_list: tuple[tuple[int, int, int], ...] = (
         parse_shapes(shapes) if shapes else QUICK_SHAPES if quick else SHAPES
     )
-    result: dict[str, Any] = {
+
+    def measure(n: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ops": [
+                op_times(d, s, k, dev, rounds, f"bench kernels {d}x{s}x{k}, {n} threads")
+                for d, s, k in shape_list
+            ]
+        }
+        if methods:
+            out["methods_ms"] = method_times(*shape_list[0], dev, rounds)
+        return out
+
+    return {
         "bench": "kernels",
         "device": device,
         "batch": BATCH,
-        "torch_threads": torch.get_num_threads(),
-        "reps": reps,
-        "ops": [op_times(d, s, k, dev, reps) for d, s, k in tqdm(shape_list, desc="shapes")],
+        "protocol": protocol.protocol_block(
+            rounds=rounds,
+            warmup=1,
+            threads=counts,
+            tokens=BATCH,
+            anchors={
+                "dense": {
+                    "step": "the dense products a plain-autograd SAE step runs (B×d_sae codes)",
+                    "differences": "same math; builds dense [B, d_sae] tensors",
+                }
+            },
+            load_before=load_before,
+        ),
+        "methods_shape": dict(zip(("d_in", "d_sae", "k"), shape_list[0])) if methods else {},
+        "threads": protocol.at_threads(measure, counts),
     }
-    if methods:
-        result["methods_shape"] = dict(zip(("d_in", "d_sae", "k"), shape_list[0]))
-        d_in, d_sae, k = shape_list[0]
-        result["methods_ms"] = method_times(d_in, d_sae, k, dev, reps)
-    if train_step and dev.type == "cpu":
-        from saekit.bench import train
-
-        result["train"] = train.run(memory=False)
-    return result
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [
-        f"bench kernels — {result['device']}, B {result['batch']}, "
-        f"{result['torch_threads']} threads, median of {result['reps']} (ms; x = dense/sparse)",
-        f"{'d_in':>5s} {'d_sae':>6s} {'k':>3s} {'GEMM':>7s} "
-        + " ".join(f"{op + ' sp/dense':>24s}" for op in OPS)
-        + f" {'sparse ops/GEMM':>16s}",
-    ]
-    for r in result["ops"]:
-        cells = [
-            f"{r['sparse_ms'][op]:7.1f}/{r['dense_ms'][op]:7.1f} {r['speedup'][op]:5.1f}x"
-            for op in OPS
+    lines = []
+    for per in result["threads"]:
+        lines += [
+            f"bench kernels — {result['device']}, B {result['batch']}, {per['threads']} "
+            f"thread(s), median of {result['protocol']['rounds']} rounds, rotating order "
+            "(ms; x = dense/sparse)",
+            f"{'d_in':>5s} {'d_sae':>6s} {'k':>3s} {'GEMM':>7s} "
+            + " ".join(f"{op + ' sp/dense':>24s}" for op in OPS)
+            + f" {'sparse ops/GEMM':>16s}",
         ]
-        total = sum(r["sparse_ms"].values()) / r["gemm_ms"]
-        lines.append(
-            f"{r['d_in']:5d} {r['d_sae']:6d} {r['k']:3d} {r['gemm_ms']:7.1f} "
-            + " ".join(f"{c:>24s}" for c in cells)
-            + f" {total:16.2f}"
-        )
-    shape = result.get("methods_shape", {})
-    if shape:
-        lines.append(
-            f"training_forward + backward, d_in {shape['d_in']}, d_sae {shape['d_sae']}, "
-            f"k {shape['k']} (ms, kernels auto vs dense):"
-        )
-    for method, ms in result.get("methods_ms", {}).items():
-        lines.append(
-            f"  {method:11s} {ms['auto']:8.0f} {ms['dense']:8.0f} {ms['dense'] / ms['auto']:5.2f}x"
-        )
-    if "train" in result:
-        from saekit.bench import train
-
-        lines.append(train.table(result["train"]))
+        for r in per["ops"]:
+            cells = [
+                f"{r['sparse_ms'][op]:7.1f}/{r['dense_ms'][op]:7.1f} {r['speedup'][op]:5.1f}x"
+                for op in OPS
+            ]
+            total = sum(r["sparse_ms"].values()) / r["gemm_ms"]
+            lines.append(
+                f"{r['d_in']:5d} {r['d_sae']:6d} {r['k']:3d} {r['gemm_ms']:7.1f} "
+                + " ".join(f"{c:>24s}" for c in cells)
+                + f" {total:16.2f}"
+            )
+        shape = result["methods_shape"]
+        if shape:
+            lines.append(
+                f"training_forward + backward, d_in {shape['d_in']}, d_sae {shape['d_sae']}, "
+                f"k {shape['k']} (ms, kernels auto vs dense):"
+            )
+        for method, ms in per.get("methods_ms", {}).items():
+            lines.append(
+                f"  {method:11s} {ms['auto']:8.0f} {ms['dense']:8.0f} "
+                f"{ms['dense'] / ms['auto']:5.2f}x"
+            )
     return "\n".join(lines)
 
 
@@ -257,20 +278,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m saekit.bench.kernels", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"only shape {QUICK_SHAPES[0]}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU mode: Triton ops)")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per op")
+    parser.add_argument("--rounds", type=int, default=protocol.MIN_ROUNDS, help="timed rounds")
     parser.add_argument("--shapes", default="", help="D_INxD_SAExK[,...] instead of the grid")
     parser.add_argument("--no-methods", action="store_true", help="skip the per-method steps")
-    parser.add_argument("--no-train-step", action="store_true", help="skip the SAELens step")
+    parser.add_argument("--threads", default="", help="thread counts, e.g. 1,2 (default 1 and all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
+        threads = [int(t) for t in args.threads.split(",")] if args.threads else None
         result = run(
-            args.quick,
-            args.device,
-            args.reps,
-            not args.no_train_step,
-            args.shapes,
-            not args.no_methods,
+            args.quick, args.device, args.rounds, args.shapes, not args.no_methods, threads
         )
     except SaekitError as exc:
         parser.exit(2, f"saekit: error: {exc}\n")

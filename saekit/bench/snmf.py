@@ -6,8 +6,10 @@ streaming SNMF on 1M tokens of d_mlp 1536.
    the loss from the D × N residual A − F Gᵀ. saekit's `snmf_step` runs the same updates with
    a solve, a CSR product for P (F keeps 16 of 1536 neurons per feature) and the loss from
    GᵀG. Both start from the same codes on the same planted data (N = 16384 tokens, D = 1536,
-   K = 100) and run interleaved rounds, so machine noise hits both alike.
-   ratio_vs_anchor = anchor s/iteration ÷ saekit s/iteration; the iterates must agree.
+   K = 100) under the shared protocol (`saekit.bench.protocol`: one warm-up call each, ≥ 5
+   rounds in rotating order, medians, at 1 thread and at all threads); a call is 2 iterations.
+   ratio_vs_anchor = anchor s/iteration ÷ saekit s/iteration (top level: the worst over thread
+   counts); the iterates must agree.
 2. Streaming memory. A subprocess fits 1M tokens × 1536 (planted, generated batch by batch
    from seeds, so the 6 GB matrix never exists) with `fit_snmf_stream` for `passes` passes
    and reports ru_maxrss (target ≤ 3 GB) and seconds per pass. `python -m saekit.bench.snmf
@@ -19,17 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from saekit.bench import protocol
 from saekit.dictionaries.snmf_fit import init_codes, snmf_step, sq_norm, wta_
 
 D, K, SPARSITY = 1536, 100, 0.01
@@ -72,36 +76,51 @@ def anchor_step(A_DN: Tensor, G_NK: Tensor, s: float) -> tuple[Tensor, Tensor, f
     return F_DK, G_NK, loss
 
 
-def iteration_times(tokens: int = 16384, iters: int = 4, rounds: int = 3) -> dict[str, Any]:
+def iteration_times(
+    tokens: int = 16384, iters: int = 2, rounds: int = protocol.MIN_ROUNDS, desc: str = "bench snmf"
+) -> dict[str, Any]:
+    """Both solvers from the same codes under the shared protocol: a call = `iters` iterations;
+    every call continues from the side's previous iterate (the same path for both)."""
     F_true = true_features()
     A_DN = torch.cat([planted_batch(i, 4096, F_true).T for i in range(tokens // 4096)], dim=1)
     G0_KN = init_codes(A_DN, K, "random", seed=0)
     sq_A = sq_norm(A_DN)
-    spent = {"saekit": 0.0, "anchor": 0.0}
-    G_KN, G_NK = G0_KN.clone(), G0_KN.T.clone()
-    GtG_KK = G_KN @ G_KN.T
-    for _ in range(rounds):
-        t0 = time.perf_counter()
+    ours: dict[str, Any] = {"G_KN": G0_KN.clone()}
+    ours["GtG_KK"] = ours["G_KN"] @ ours["G_KN"].T
+    theirs: dict[str, Any] = {"G_NK": G0_KN.T.clone()}
+
+    def saekit_call() -> None:
         for _ in range(iters):
-            F_KD, GtG_KK, loss = snmf_step(A_DN, G_KN, GtG_KK, SPARSITY, sq_A)
-        spent["saekit"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
+            ours["F_KD"], ours["GtG_KK"], ours["loss"] = snmf_step(
+                A_DN, ours["G_KN"], ours["GtG_KK"], SPARSITY, sq_A
+            )
+
+    def anchor_call() -> None:
         for _ in range(iters):
-            F_DK, G_NK, loss_anchor = anchor_step(A_DN, G_NK, SPARSITY)
-        spent["anchor"] += time.perf_counter() - t0
-    n = iters * rounds
+            theirs["F_DK"], theirs["G_NK"], theirs["loss"] = anchor_step(
+                A_DN, theirs["G_NK"], SPARSITY
+            )
+
+    sides = {
+        "saekit": protocol.Side(saekit_call, tokens, state=lambda: [ours["G_KN"]]),
+        "anchor": protocol.Side(anchor_call, tokens, state=lambda: [theirs["G_NK"]]),
+    }
+    res = protocol.run_rounds(sides, rounds=rounds, desc=desc)
+    ms = res["median_ms"]
+    F_KD, F_DK, G_KN, G_NK = ours["F_KD"], theirs["F_DK"], ours["G_KN"], theirs["G_NK"]
     exact = _loss64(A_DN, F_KD.T, G_KN.T)
     return {
+        **res,
         "tokens": tokens,
-        "iterations": n,
-        "threads": torch.get_num_threads(),
-        "saekit_s_per_iter": spent["saekit"] / n,
-        "anchor_s_per_iter": spent["anchor"] / n,
-        "ratio_vs_anchor": spent["anchor"] / spent["saekit"],
+        "iterations_per_call": iters,
+        "saekit_s_per_iter": ms["saekit"] / 1e3 / iters,
+        "anchor_s_per_iter": ms["anchor"] / 1e3 / iters,
+        "ratio_vs_anchor": ms["anchor"] / ms["saekit"],
+        # both ran (1 + rounds)·iters iterations from the same codes
         "max_rel_diff_F_vs_anchor": float((F_KD.T - F_DK).abs().max() / F_DK.abs().max()),
         # vs the float64 residual: the anchor's float32 torch.norm over D·N entries drifts
-        "loss_rel_error_saekit": abs(loss - exact) / exact,
-        "loss_rel_error_anchor": abs(loss_anchor - _loss64(A_DN, F_DK, G_NK)) / exact,
+        "loss_rel_error_saekit": abs(ours["loss"] - exact) / exact,
+        "loss_rel_error_anchor": abs(theirs["loss"] - _loss64(A_DN, F_DK, G_NK)) / exact,
     }
 
 
@@ -134,13 +153,26 @@ def stream_child(tokens: int, passes: int, batch: int = 8192) -> dict[str, Any]:
     }
 
 
-def run(tokens: int = 1_000_000, passes: int = 2, threads: int = 1) -> dict[str, Any]:
-    """One thread by default: on 2 cores shared with other jobs, OpenMP barriers made each
-    small elementwise op ~60x slower with 2 threads (49 ms vs 0.8 ms for 800k floats)."""
-    torch.set_num_threads(threads)
-    timing = iteration_times()
+def run(
+    tokens: int = 1_000_000,
+    passes: int = 2,
+    threads: Sequence[int] | None = None,
+    rounds: int = protocol.MIN_ROUNDS,
+    full_batch_tokens: int = 16384,
+) -> dict[str, Any]:
+    """Iteration times at each thread count (default 1 and all), then the streaming fit on one
+    thread: on 2 cores shared with other jobs, OpenMP barriers made each small elementwise op
+    ~60x slower with 2 threads (49 ms vs 0.8 ms for 800k floats)."""
+    load_before = os.getloadavg()
+    counts = list(threads) if threads else protocol.thread_counts()
+    per = protocol.at_threads(
+        lambda n: iteration_times(
+            full_batch_tokens, rounds=rounds, desc=f"bench snmf, {n} threads"
+        ),
+        counts,
+    )
     code = (
-        f"import json, torch, saekit.bench.snmf as b; torch.set_num_threads({threads}); "
+        "import json, torch, saekit.bench.snmf as b; torch.set_num_threads(1); "
         f"print(json.dumps(b.stream_child({tokens}, {passes})))"
     )
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -148,8 +180,23 @@ def run(tokens: int = 1_000_000, passes: int = 2, threads: int = 1) -> dict[str,
     return {
         "bench": "snmf",
         "shape": {"d_mlp": D, "features": K, "sparsity": SPARSITY},
-        "full_batch": timing,
-        "ratio_vs_anchor": timing["ratio_vs_anchor"],
+        "protocol": protocol.protocol_block(
+            rounds=rounds,
+            warmup=1,
+            threads=counts,
+            tokens=full_batch_tokens,
+            anchors={
+                "anchor": {
+                    "step": "the official seminmf.py iteration: F = A G (GᵀG + λI)⁻¹ with an "
+                    "explicit inverse, dense P = AᵀF, loss from the D × N residual",
+                    "differences": "saekit: a solve instead of the inverse, a CSR product for "
+                    "P (F keeps 16 of 1536 neurons per feature), the loss from GᵀG",
+                }
+            },
+            load_before=load_before,
+        ),
+        "threads": per,
+        "ratio_vs_anchor": min(p["ratio_vs_anchor"] for p in per),
         "stream": stream,
         "stream_peak_rss_gb": stream["peak_rss_gb"],
         "targets": {"ratio_vs_anchor": "> 1", "stream_peak_rss_gb": "<= 3"},
@@ -157,31 +204,37 @@ def run(tokens: int = 1_000_000, passes: int = 2, threads: int = 1) -> dict[str,
 
 
 def table(result: dict[str, Any]) -> str:
-    t, s = result["full_batch"], result["stream"]
-    return "\n".join(
-        [
-            f"bench snmf — d_mlp {D}, {K} features, s = {SPARSITY} "
-            f"({math.ceil(SPARSITY * D)} neurons per feature)",
-            f"{'full batch, ' + str(t['tokens']) + ' tokens':34s} {'s/iteration':>12s}",
-            f"{'anchor (inverse, dense, residual)':34s} {t['anchor_s_per_iter']:12.3f}",
-            f"{'saekit snmf_step':34s} {t['saekit_s_per_iter']:12.3f}",
-            f"ratio_vs_anchor = {t['ratio_vs_anchor']:.2f} (target > 1, {t['threads']} thread); "
-            f"F agrees to {t['max_rel_diff_F_vs_anchor']:.1e}; loss error vs float64: saekit "
+    s = result["stream"]
+    lines = [
+        f"bench snmf — d_mlp {D}, {K} features, s = {SPARSITY} "
+        f"({math.ceil(SPARSITY * D)} neurons per feature), median of "
+        f"{result['protocol']['rounds']} rounds (rotating order)",
+    ]
+    for t in result["threads"]:
+        lines += [
+            f"{t['threads']} thread(s), full batch {t['tokens']} tokens: s/iteration anchor "
+            f"(inverse, dense, residual) {t['anchor_s_per_iter']:.3f}, saekit snmf_step "
+            f"{t['saekit_s_per_iter']:.3f}",
+            f"  ratio_vs_anchor = {t['ratio_vs_anchor']:.2f} (target > 1); F agrees to "
+            f"{t['max_rel_diff_F_vs_anchor']:.1e}; loss error vs float64: saekit "
             f"{t['loss_rel_error_saekit']:.1e}, anchor {t['loss_rel_error_anchor']:.1e}",
-            f"streaming {s['tokens']:,} tokens (dense A would be {s['dense_A_gb']:.1f} GB): "
-            f"peak RSS {s['peak_rss_gb']:.2f} GB (target ≤ 3), {s['passes']} passes, "
-            f"{s['seconds_per_pass']:.0f} s/pass, FVU by pass "
-            + ", ".join(f"{v:.3f}" for v in s["fvu_per_pass"]),
         ]
+    lines.append(
+        f"streaming {s['tokens']:,} tokens (dense A would be {s['dense_A_gb']:.1f} GB), 1 thread: "
+        f"peak RSS {s['peak_rss_gb']:.2f} GB (target ≤ 3), {s['passes']} passes, "
+        f"{s['seconds_per_pass']:.0f} s/pass, FVU by pass "
+        + ", ".join(f"{v:.3f}" for v in s["fvu_per_pass"])
     )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1_000_000, help="streaming tokens")
     parser.add_argument("--passes", type=int, default=2, help="streaming passes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--threads", default="", help="thread counts, e.g. 1,2 (default 1 and all)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.tokens, args.passes, args.threads)
+    counts = [int(t) for t in args.threads.split(",")] if args.threads else None
+    result = run(args.tokens, args.passes, counts)
     print(json.dumps(result) if args.json else table(result))

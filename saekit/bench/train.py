@@ -1,114 +1,62 @@
-"""`saekit bench train`: one TopK training step, saekit vs SAELens, on the same activations.
+"""`saekit bench train`: one TopK training step, saekit vs SAELens, sparsify and overcomplete.
 
-Shape: d_in 576, d_sae 9216, k 32, 4096 tokens per step, fp32, CPU. The three timed calls run
-in one process, interleaved in rounds (the order rotates), so machine noise hits all alike;
-the figures are medians over the rounds (3 to 7, while a 60 s budget lasts), after one
-untimed warm-up step each (Adam state, allocator pools).
+Shape: d_in 576, d_sae 9216, k 32, 4096 tokens per step, fp32, CPU (`--device cuda` runs
+every side on the GPU, both SAELens modes included; we have no GPU figures). Every side
+trains on the same fixed batch in one process under the shared protocol
+(`saekit.bench.protocol`): one untimed probe call each (a side that raises is reported in
+`errors`, not timed), then at 1 thread and at all threads: one warm-up call each, ≥ 5 rounds
+in rotating order, medians.
+The sides and their configurations are in `saekit.bench.train_anchors`; the JSON's `protocol`
+block lists each anchor's configuration and every difference from saekit's step.
 
-- saekit: `Trainer._step` of a real Trainer on a TopK slot — training_forward, loss sum and
-  finiteness check, backward, remove_parallel_grad, grad clip, Adam, LR schedule,
-  normalize_decoder, firing bookkeeping.
-- SAELens: `SAETrainer.step` of SAELens' own trainer on a `TopKTrainingSAE` with its default
-  config (AuxK coefficient 1.0, rescale_acts_by_decoder_norm=True, dense activations) —
-  training_forward_pass, firing bookkeeping, backward, grad clip 1.0, Adam, zero_grad, LR
-  schedule. SAELens has no decoder renormalization step: the decoder norm enters the forward.
-- GEMM: x @ W_enc, [4096, 576] @ [576, 9216], the encoder's one dense product.
+- saekit: `Trainer._step` of a real Trainer on a TopK slot.
+- SAELens: `SAETrainer.step` on `TopKTrainingSAE`, dense and sparse activations; the faster
+  setting that runs is the SAELens anchor (sparse raises NotImplementedError on CPU).
+- sparsify: its `SparseCoder` and default optimizer (SignSGD), FVU loss, AuxK off.
+- overcomplete: `TopKSAE` through its `train_sae`.
+- GEMM: x @ W_enc, [4096, 576] @ [576, 9216], the encoder's one dense product (the unit).
 
-Both trainers start fresh, so no latent is dead yet; both evaluate their AuxK (on, with their
-own coefficients) and find nothing to do. `dead_fraction` > 0 marks that many latents dead in
-both trainers before every step, so AuxK runs on both sides.
-
-ratio_vs_anchor = saekit tokens/s ÷ SAELens tokens/s (target ≥ 3, stretch 5); saekit's step
-is also reported as a multiple of the GEMM (stretch ≤ 1.5). Threads are torch's default; on
-cores shared with other jobs, each of the step's ~75 parallel regions can stall for a time
-slice, which hurts the many small ops after the GEMM most: compare `OMP_NUM_THREADS=1`.
+Per thread count: `ratio_vs_anchor` = saekit tokens/s ÷ the fastest peer's (targets: ≥ 1.8),
+`saekit_step_vs_gemm` (target ≤ 1.3). The top-level figures are the worst over the thread
+counts. `dead_fraction` > 0 marks that many latents dead before every step, so AuxK runs on
+saekit and SAELens (sparsify's default has AuxK off, overcomplete has none).
 
 Memory: each side runs alone in a fresh subprocess; after a warm-up step the kernel's
 peak-RSS mark is reset (/proc/self/clear_refs) and one more step runs: peak − resident-before
-is the step's transient working memory (activations, gradients, temporaries); resident-before
-holds the weights, Adam state, the previous step's gradients and the interpreter with its
-imports (SAELens imports more).
+is the step's transient working memory.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import statistics
-import time
-from collections.abc import Callable
+import os
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from saekit.activations.tensors import TensorStream
+from saekit.bench import protocol
+from saekit.bench.train_anchors import BUILDERS, PEERS, Shape
 
 D_IN, D_SAE, K, BATCH = 576, 9216, 32, 4096
-SIDES = ("saekit", "saelens", "gemm")
+SHAPE = Shape(D_IN, D_SAE, K, BATCH)
+TARGETS = {"ratio_vs_anchor": ">= 1.8 at every thread count", "saekit_step_vs_gemm": "<= 1.3"}
 
 
-def activations(seed: int = 0) -> torch.Tensor:
+def activations(seed: int = 0, shape: Shape = SHAPE) -> torch.Tensor:
     """The fixed input: Gaussian rows plus a common offset (as residual streams have)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(BATCH, D_IN, generator=gen) + 0.5 * torch.randn(D_IN, generator=gen)
-
-
-def saekit_step(x_BD: torch.Tensor, dead_S: torch.Tensor | None) -> Callable[[], None]:
-    from saekit.dictionaries import SAEConfig
-    from saekit.train.config import TrainConfig
-    from saekit.train.trainer import Trainer
-
-    # Without a run directory a Trainer writes nothing.
-    cfg = TrainConfig(total_tokens=BATCH * 1000, wandb_mode="disabled")
-    stream = TensorStream(x_BD, batch_size=x_BD.shape[0], shuffle=False)
-    trainer = Trainer((SAEConfig(method="topk", d_sae=D_SAE, k=K),), cfg, stream)
-    slot = trainer.slots[0]
-
-    def step() -> None:
-        if dead_S is not None:
-            slot.tokens_since_fired_S[dead_S] = cfg.dead_window_tokens
-        trainer._step(slot, x_BD, log_now=False)  # exactly what Trainer.train runs per step
-
-    return step
-
-
-def saelens_step(x_BD: torch.Tensor, dead_S: torch.Tensor | None) -> Callable[[], None]:
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.training.sae_trainer import SAETrainer
-
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32"))
-    cfg = SAETrainerConfig(
-        total_training_samples=BATCH * 1000,
-        train_batch_size_samples=BATCH,
-        lr_end=3e-4,  # set by the runner config's post-init in a full SAELens run
-        logger=LoggingConfig(log_to_wandb=False),
+    return torch.randn(shape.batch, shape.d_in, generator=gen) + 0.5 * torch.randn(
+        shape.d_in, generator=gen
     )
-    trainer = SAETrainer(cfg, sae, data_provider=iter(()))
-
-    def step() -> None:
-        if dead_S is not None:
-            trainer.n_forward_passes_since_fired[dead_S] = cfg.dead_feature_window + 1
-        trainer.step(x_BD)
-
-    return step
 
 
-def gemm_step(x_BD: torch.Tensor, dead_S: torch.Tensor | None) -> Callable[[], None]:
-    W_DS = torch.randn(D_IN, D_SAE, generator=torch.Generator().manual_seed(1)) / D_IN**0.5
-
-    def step() -> None:
-        x_BD @ W_DS
-
-    return step
-
-
-BUILDERS = {"saekit": saekit_step, "saelens": saelens_step, "gemm": gemm_step}
-
-
-def dead_mask(fraction: float) -> torch.Tensor | None:
+def dead_mask(fraction: float, d_sae: int = D_SAE) -> torch.Tensor | None:
     if fraction <= 0:
         return None
-    return torch.rand(D_SAE, generator=torch.Generator().manual_seed(2)) < fraction
+    return torch.rand(d_sae, generator=torch.Generator().manual_seed(2)) < fraction
 
 
 def _status_kb(key: str) -> int:
@@ -117,9 +65,12 @@ def _status_kb(key: str) -> int:
     return int(line.split()[1])
 
 
-def _memory_child(side: str, threads: int, dead_fraction: float) -> dict[str, Any]:
+def _memory_child(side: str, threads: int, dead_fraction: float, shape: Shape) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    step = BUILDERS[side](activations(), dead_mask(dead_fraction))
+    built, _ = BUILDERS[side](
+        activations(shape=shape), dead_mask(dead_fraction, shape.d_sae), shape
+    )
+    step = built.step
     step()
     resident_kb = _status_kb("VmRSS")
     try:
@@ -132,98 +83,156 @@ def _memory_child(side: str, threads: int, dead_fraction: float) -> dict[str, An
     peak_kb = _status_kb("VmHWM")
     return {
         "resident_mb": resident_kb / 1024,
-        "peak_mb": peak_kb / 1024,
         "step_peak_delta_mb": (peak_kb - resident_kb) / 1024,
         "method": method,
     }
 
 
-def peak_memory(side: str, threads: int, dead_fraction: float) -> dict[str, Any]:
+def peak_memory(side: str, threads: int, dead_fraction: float, shape: Shape) -> dict[str, Any]:
     """Run one side alone in a fresh (spawned) interpreter and read its RSS marks."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_memory_child, (side, threads, dead_fraction))
+        return pool.apply(_memory_child, (side, threads, dead_fraction, shape))
+
+
+def _synced(side: protocol.Side) -> protocol.Side:
+    """On CUDA a call ends when its kernels have finished."""
+
+    def step() -> None:
+        side.step()
+        torch.cuda.synchronize()
+
+    return replace(side, step=step)
+
+
+def build_sides(
+    x_BD: torch.Tensor, dead_S: torch.Tensor | None, shape: Shape
+) -> tuple[dict[str, protocol.Side], dict[str, Any], dict[str, str]]:
+    """Every side that runs (one probe call each), their info, and the errors of the rest."""
+    sides: dict[str, protocol.Side] = {}
+    info: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, build in tqdm(BUILDERS.items(), desc="bench train: build + probe", leave=False):
+        side, info[name] = build(x_BD, dead_S, shape)
+        if x_BD.device.type == "cuda":
+            side = _synced(side)
+        try:
+            side.step()
+        except (NotImplementedError, RuntimeError) as exc:
+            if name not in PEERS:  # saekit's own step and the GEMM must run
+                raise
+            first_sentence = str(exc).splitlines()[0].split(". ")[0]
+            errors[name] = f"{type(exc).__name__}: {first_sentence}"
+            continue
+        sides[name] = side
+    return sides, info, errors
+
+
+def _per_threads(sides: dict[str, protocol.Side], rounds: int, shape: Shape) -> dict[str, Any]:
+    res = protocol.run_rounds(
+        sides, rounds=rounds, desc=f"bench train, {torch.get_num_threads()} threads"
+    )
+    tps, ms = res["tokens_per_s"], res["median_ms"]
+    peers = [p for p in PEERS if p in sides]
+    best = protocol.fastest(tps, peers)
+    saelens = protocol.fastest(tps, [p for p in peers if p.startswith("saelens")])
+    return {
+        **res,
+        "fastest_peer": best,
+        "ratio_vs_anchor": tps["saekit"] / tps[best],
+        "ratio_vs_peer": {p: tps["saekit"] / tps[p] for p in peers},
+        "saelens_anchor": saelens,
+        "saekit_step_vs_gemm": ms["saekit"] / ms["gemm"],
+        "gemm_gflops": 2 * shape.batch * shape.d_in * shape.d_sae / (ms["gemm"] / 1e3) / 1e9,
+    }
 
 
 def run(
-    max_rounds: int = 7,
-    min_rounds: int = 3,
-    budget_s: float = 60.0,
+    rounds: int = protocol.MIN_ROUNDS,
+    threads: Sequence[int] | None = None,
     dead_fraction: float = 0.0,
     memory: bool = True,
+    shape: Shape = SHAPE,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Timed rounds until `budget_s` is spent (at least min_rounds, at most max_rounds); a
-    round took 10-15 s on 2 cores shared with other jobs, so the bench stays under 3 minutes."""
-    threads = torch.get_num_threads()
-    x_BD = activations()
-    dead_S = dead_mask(dead_fraction)
-    steps = {side: BUILDERS[side](x_BD, dead_S) for side in SIDES}
-    for step in steps.values():
-        step()  # warm-up: Adam state, allocator pools, lazy imports
-    times: dict[str, list[float]] = {side: [] for side in SIDES}
-    start, rounds = time.perf_counter(), 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
-        for side in SIDES[rounds % 3 :] + SIDES[: rounds % 3]:
-            t0 = time.perf_counter()
-            steps[side]()
-            times[side].append(time.perf_counter() - t0)
-        rounds += 1
-    ms = {side: 1e3 * statistics.median(t) for side, t in times.items()}
-    tps = {side: BATCH / (ms[side] / 1e3) for side in SIDES}
-    from importlib.metadata import version
-
+    """Every side at each thread count (default: 1 and all); ~2-4 minutes on 2 shared cores.
+    `device` cuda runs every side on the GPU (memory is then not measured: it is CPU RSS)."""
+    load_before = os.getloadavg()
+    counts = list(threads) if threads else protocol.thread_counts()
+    x_BD = activations(shape=shape).to(device)
+    dead_S = dead_mask(dead_fraction, shape.d_sae)
+    dead_S = None if dead_S is None else dead_S.to(device)
+    sides, info, errors = build_sides(x_BD, dead_S, shape)
+    per = protocol.at_threads(lambda n: _per_threads(sides, rounds, shape), counts)
+    anchors = {p: info[p] | ({"error": errors[p]} if p in errors else {}) for p in PEERS}
     result: dict[str, Any] = {
         "bench": "train",
-        "shape": {"d_in": D_IN, "d_sae": D_SAE, "k": K, "batch": BATCH, "dtype": "float32"},
-        "torch_threads": threads,
-        "rounds": rounds,
+        "device": device,
+        "shape": shape._asdict() | {"dtype": "float32"},
         "dead_fraction": dead_fraction,
-        "anchor": f"sae_lens {version('sae-lens')} TopKTrainingSAE + SAETrainer.step",
-        "step_ms": ms,
-        "step_ms_rounds": {s: [round(1e3 * t, 1) for t in v] for s, v in times.items()},
-        "saekit_tokens_per_s": tps["saekit"],
-        "saelens_tokens_per_s": tps["saelens"],
-        "gemm_tokens_per_s": tps["gemm"],
-        "gemm_gflops": 2 * BATCH * D_IN * D_SAE / (ms["gemm"] / 1e3) / 1e9,
-        "ratio_vs_anchor": tps["saekit"] / tps["saelens"],
-        "saekit_step_vs_gemm": ms["saekit"] / ms["gemm"],
-        "saelens_step_vs_gemm": ms["saelens"] / ms["gemm"],
-        "targets": {"ratio_vs_anchor": ">= 3 (stretch 5)", "saekit_step_vs_gemm": "<= 1.5"},
+        "protocol": protocol.protocol_block(
+            rounds=rounds,
+            warmup=1,
+            threads=counts,
+            tokens=shape.batch,
+            anchors=anchors,
+            load_before=load_before,
+        ),
+        "saekit": info["saekit"],
+        "errors": errors,
+        "threads": per,
+        "ratio_vs_anchor": min(p["ratio_vs_anchor"] for p in per),
+        "saekit_step_vs_gemm": max(p["saekit_step_vs_gemm"] for p in per),
+        "targets": TARGETS,
     }
-    if memory:
+    if memory and device == "cpu":
         result["memory"] = {
-            side: peak_memory(side, threads, dead_fraction) for side in ("saekit", "saelens")
+            side: peak_memory(side, counts[-1], dead_fraction, shape)
+            for side in sides
+            if side != "gemm"
         }
     return result
 
 
+NAMES = {
+    "saekit": "saekit Trainer._step",
+    "saelens_dense": "SAELens dense activations",
+    "saelens_sparse": "SAELens sparse activations",
+    "sparsify": "sparsify (SignSGD, FVU)",
+    "overcomplete": "overcomplete train_sae",
+    "gemm": "GEMM x @ W_enc",
+}
+
+
 def table(result: dict[str, Any]) -> str:
-    shape, ms = result["shape"], result["step_ms"]
-    mem = result.get("memory", {})
+    shape, mem = result["shape"], result.get("memory", {})
     lines = [
         f"bench train — TopK d_in {shape['d_in']}, d_sae {shape['d_sae']}, k {shape['k']}, "
-        f"{shape['batch']} tokens/step, {shape['dtype']}, {result['torch_threads']} threads, "
-        f"median of {result['rounds']} interleaved rounds, dead {result['dead_fraction']:.0%}",
-        f"{'path':34s} {'step ms':>8s} {'tokens/s':>9s} {'x GEMM':>7s} {'resident':>9s} "
-        f"{'step peak':>10s}",
+        f"{shape['batch']} tokens/step, fp32, median of {result['protocol']['rounds']} rounds "
+        f"(rotating order), dead {result['dead_fraction']:.0%}, load "
+        f"{result['protocol']['load_average_before'][0]:.1f}",
     ]
-    names = {
-        "saekit": "saekit Trainer._step",
-        "saelens": f"SAELens ({result['anchor'].split(' ')[1]})",
-        "gemm": f"GEMM 4096x576@576x9216 ({result['gemm_gflops']:.0f} GF/s)",
-    }
-    for side in SIDES:
-        m = mem.get(side)
-        mem_cols = (
-            f"{m['resident_mb']:7.0f}MB {m['step_peak_delta_mb']:+8.0f}MB" if m else f"{'':19s}"
-        )
+    for per in result["threads"]:
+        ms = per["median_ms"]
         lines.append(
-            f"{names[side]:34s} {ms[side]:8.0f} {BATCH / ms[side] * 1e3:9.0f} "
-            f"{ms[side] / ms['gemm']:7.2f} {mem_cols}"
+            f"{per['threads']} thread(s): {'step ms':>8s} {'tokens/s':>9s} {'x GEMM':>7s} "
+            f"{'saekit x':>9s} {'resident':>9s} {'step peak':>10s}"
         )
-    lines.append(
-        f"ratio_vs_anchor = {result['ratio_vs_anchor']:.2f} (target ≥ 3, stretch 5); saekit step "
-        f"= {result['saekit_step_vs_gemm']:.2f}x GEMM (stretch ≤ 1.5)"
-    )
+        for side, t in ms.items():
+            m = mem.get(side)
+            cols = f"{m['resident_mb']:7.0f}MB {m['step_peak_delta_mb']:+8.0f}MB" if m else ""
+            vs = f"{t / ms['saekit']:9.2f}" if side != "gemm" else f"{'':9s}"
+            lines.append(
+                f"  {NAMES[side]:28s} {t:8.0f} {per['tokens_per_s'][side]:9.0f} "
+                f"{t / ms['gemm']:7.2f} {vs} {cols}"
+            )
+        lines.append(
+            f"  ratio_vs_anchor = {per['ratio_vs_anchor']:.2f} vs {per['fastest_peer']} "
+            f"(target ≥ 1.8); saekit step = {per['saekit_step_vs_gemm']:.2f}x GEMM (target ≤ 1.3)"
+        )
+    for side, err in result["errors"].items():
+        lines.append(f"not timed: {NAMES[side]}: {err}")
     if mem:
-        lines.append(f"memory: RSS of each side alone in a subprocess ({mem['saekit']['method']})")
+        lines.append(
+            f"memory: each side alone in a subprocess, {result['protocol']['threads'][-1]} threads"
+        )
     return "\n".join(lines)

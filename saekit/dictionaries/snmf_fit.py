@@ -239,6 +239,6 @@ def fit_snmf(
             break
     bar.close()
     if best is None:
-        raise SaekitError("snmf_max_iter must be ≥ 1.")
+        raise SaekitError("snmf.max_iter must be ≥ 1.")
     loss, F_KD, G_KN, it = best
     return SNMFFit(F_KD.T, G_KN.T, loss, it, losses, sq_A, centered_sq(A_DN, sq_A))

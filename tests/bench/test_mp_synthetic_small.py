@@ -24,7 +24,8 @@ def test_study_runs_and_reports(tmp_path):
         assert set(by_method) == {"mp", "topk"}
         for m in by_method.values():
             assert m["l0"] == 2.0  # fixed k = 2 for both
-            assert {"gram_distortion", "absorption_rate", "sibling_violation"} <= set(m)
+            keys = {"mmcs", "sibling_cosine", "gram_distortion", "absorption_rate"}
+            assert keys | {"sibling_violation"} <= set(m)
         # The README's adaptive-inference claim: up to 4k = 8 pursuit steps, stopping at
         # ‖r‖ ≤ 0.05‖x − b_dec‖, cut the FVU of the same MP model (here 0.36 → 0.16).
         a = result["mp_adaptive"][level]

@@ -1,0 +1,71 @@
+"""The Benchmarks table is generated from a sitting's JSON and written between the markers of
+every Markdown file that holds them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saekit.bench import sitting, train
+from saekit.errors import SaekitError
+
+
+@pytest.fixture(scope="module")
+def sitting_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sitting")
+    result = train.run(shape=train.Shape(32, 256, 4, 64), memory=False, threads=[1])
+    (out / "train.json").write_text(json.dumps(result))
+    meta = {
+        "date": "2026-01-01 00:00 UTC",
+        "commit": "abc1234",
+        "cpu_count": 2,
+        "load_average_before": [0.5, 0.4, 0.3],
+        "load_average_after": [0.7, 0.5, 0.3],
+        "benches": ["stream", "train"],  # stream.json is missing: its row is left out
+    }
+    (out / "sitting.json").write_text(json.dumps(meta))
+    return out, result
+
+
+def test_table_carries_the_json_figures(sitting_dir):
+    out, result = sitting_dir
+    table = sitting.render(out)
+    (per,) = result["threads"]
+    row = next(line for line in table.splitlines() if line.startswith("| `train`"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "1"
+    assert cells[3].startswith(per["fastest_peer"])
+    best = per["fastest_peer"]
+    rounds = [p / s for p, s in zip(per["rounds_ms"][best], per["rounds_ms"]["saekit"])]
+    assert cells[4] == f"{per['ratio_vs_anchor']:.3f} ({min(rounds):.2f}–{max(rounds):.2f})"
+    met = per["ratio_vs_anchor"] >= 1.8 and per["saekit_step_vs_gemm"] <= 1.3
+    assert cells[-1].endswith("(met)" if met else "(**missed**)")
+    assert "`stream`" not in table
+    assert "load average 0.5 before and 0.7 after" in table and "commit abc1234" in table
+
+
+def test_every_marked_markdown_file_is_updated(sitting_dir, tmp_path):
+    out, _ = sitting_dir
+    marked = f"# T\n\nbefore\n{sitting.START}\nold table\n{sitting.END}\nafter\n"
+    (tmp_path / "README.md").write_text(marked)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "benchmarks.md").write_text(marked)
+    (tmp_path / "docs" / "other.md").write_text("no markers\n")
+    table = sitting.render(out)
+    changed = sitting.update_markdown(tmp_path, table)
+    assert sorted(p.name for p in changed) == ["README.md", "benchmarks.md"]
+    text = (tmp_path / "README.md").read_text()
+    assert "old table" not in text and table in text
+    assert text.startswith("# T\n\nbefore\n") and text.endswith(f"{sitting.END}\nafter\n")
+    assert (tmp_path / "docs" / "other.md").read_text() == "no markers\n"
+    assert sitting.update_markdown(tmp_path, table) == []  # idempotent
+
+
+def test_missing_end_marker_or_sitting_is_one_clear_error(tmp_path):
+    (tmp_path / "README.md").write_text(f"{sitting.START}\nno end\n")
+    with pytest.raises(SaekitError, match="without"):
+        sitting.update_markdown(tmp_path, "table")
+    assert (tmp_path / "README.md").read_text() == f"{sitting.START}\nno end\n"
+    with pytest.raises(SaekitError, match="sitting run"):
+        sitting.render(tmp_path)
