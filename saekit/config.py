@@ -105,7 +105,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys name the valid ones."""
+    """Build dataclass `cls` from a mapping; unknown keys name the valid ones.
+
+    A class with a static `upgrade_legacy(data, where)` first maps keys of older versions."""
+    upgrade = getattr(cls, "upgrade_legacy", None)
+    if upgrade is not None:
+        data = upgrade(dict(data), where)
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs = {}
@@ -125,10 +130,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, YAML-able dict of a (nested) dataclass config."""
+    """A plain, YAML-able dict of a (nested) dataclass config; unset optional sections (None)
+    are left out, so a recipe shows only the sections it uses."""
     out: dict[str, Any] = {}
+    hints = _hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if value is None and _section_type(hints[f.name]) is not None:
+            continue
         if dataclasses.is_dataclass(value):
             value = to_dict(value)
         elif isinstance(value, tuple):
@@ -196,10 +205,14 @@ _LIST_SECTIONS = {"saes"}
 
 
 def _section_type(tp: Any) -> type | None:
-    """The dataclass of a field typed as a dataclass or as tuple[dataclass, ...]."""
+    """The dataclass of a field typed as a dataclass, `dataclass | None` (an optional
+    section) or tuple[dataclass, ...]."""
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return tp
     args = get_args(tp)
+    if get_origin(tp) is types.UnionType:
+        sections = [a for a in args if dataclasses.is_dataclass(a) and isinstance(a, type)]
+        return sections[0] if sections else None
     if get_origin(tp) is tuple and args and dataclasses.is_dataclass(args[0]):
         return typing.cast(type, args[0])
     return None

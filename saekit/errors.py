@@ -15,6 +15,12 @@ class SaekitError(Exception):
     """A user-facing error: the message names the problem and the fix."""
 
 
+class SaekitDeprecation(FutureWarning):
+    """Input that still works for one release (an old recipe key); the message says the fix.
+
+    A FutureWarning, so Python shows it by default; the CLI prints it as one line."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates most similar to `name` (for "did you mean" hints)."""
     pool = list(candidates)

@@ -50,7 +50,7 @@ class CacheConfig:
     """Storage dtype: float32, float16 or bfloat16."""
     verify: bool = True
     """Check every shard's sha256 when a cache is opened: by `saekit cache` before it reuses
-    one, and by `saekit train` (~0.5 s per GB)."""
+    one, and by `saekit train` (cost: docs/benchmarks.md)."""
     overwrite: bool = False
     """Rebuild output_dir even if it holds a cache (a different or damaged one). The new cache
     is written next to it and swapped in when complete: a failed rebuild changes nothing."""

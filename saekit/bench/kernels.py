@@ -34,8 +34,7 @@ from typing import Any
 import torch
 
 from saekit.bench import protocol
-from saekit.dictionaries import build_dictionary
-from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext
+from saekit.dictionaries import SAEConfig, TrainableDictionary, TrainContext, build_dictionary
 from saekit.errors import SaekitError
 from saekit.kernels.csr import CsrOps, CsrPattern, select_ops
 from saekit.kernels.sparse_ops import csr_decode
@@ -156,12 +155,14 @@ def method_times(
     for method in METHODS:
         for kernels in ("auto", "dense"):
             cfg = SAEConfig(method=method, d_sae=d_sae, k=k, kernels=kernels)  # type: ignore[arg-type]
-            fns[f"{method}/{kernels}"] = _train_step(build_dictionary(cfg, d_in).to(device), x_BD)
+            sae = build_dictionary(cfg, d_in).to(device)
+            assert isinstance(sae, TrainableDictionary)
+            fns[f"{method}/{kernels}"] = _train_step(sae, x_BD)
     ms = _rounds(fns, device, rounds, "methods")["median_ms"]
     return {m: {kn: ms[f"{m}/{kn}"] for kn in ("auto", "dense")} for m in METHODS}
 
 
-def _train_step(sae: Dictionary, x_BD: torch.Tensor) -> Callable[[], None]:
+def _train_step(sae: TrainableDictionary, x_BD: torch.Tensor) -> Callable[[], None]:
     if sae.method == "jumprelu":
         with torch.no_grad():
             pre_BS = sae.pre_acts(x_BD[:512])

@@ -16,16 +16,15 @@ configuration it runs with and every way its step differs from saekit's.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from saekit.activations.tensors import TensorStream
 from saekit.bench import peers
 from saekit.bench.protocol import Side
-from saekit.bench.train_anchors import FixedStream, Shape, saelens_trainer
+from saekit.bench.train_anchors import Shape, saelens_trainer
 
 Builder = Callable[[torch.Tensor, Shape], tuple[Side, dict[str, Any]]]
 
@@ -38,11 +37,10 @@ def saekit_step(method: Literal["mp", "topk"]) -> Builder:
         from saekit.train.config import TrainConfig
         from saekit.train.trainer import Trainer
 
-        # A Trainer writes nothing before train(): the output dir is never created.
-        out = str(Path(tempfile.gettempdir()) / "saekit-bench-mp")
-        cfg = TrainConfig(total_tokens=shape.batch * 1000, output_dir=out, wandb_mode="disabled")
+        cfg = TrainConfig(total_tokens=shape.batch * 1000, wandb_mode="disabled")
         sae_cfg = SAEConfig(method=method, d_sae=shape.d_sae, k=shape.k)
-        trainer = Trainer((sae_cfg,), cfg, FixedStream(x_BD), {})
+        stream = TensorStream(x_BD, batch_size=x_BD.shape[0], shuffle=False)
+        trainer = Trainer((sae_cfg,), cfg, stream)  # no run_dir: writes nothing
         slot = trainer.slots[0]
 
         def step() -> None:

@@ -1,11 +1,12 @@
-"""MP-SAE vs one-shot SAEs on the hierarchical tree (methods.md §1(c), §8 G2), levels 0..8.
+"""MP-SAE vs one-shot SAEs on the hierarchical tree G2 (docs/evaluation.md), levels 0..8.
 
-The claim under test (MP-SAE paper, [ABS/SEC] in methods.md): as sibling correlation grows,
-one-shot SAEs (TopK, BatchTopK) orthogonalize siblings, Matryoshka keeps parents but distorts
-sibling correlations, and MP keeps both. Per level (true cosine 0.1·level within {parents +
-leaves} and within each sibling triple) and method, each dictionary is trained by the real
-Trainer (`bench.synthetic.train_on`) and scored by `bench.synthetic.score` (MMCS, Gram
-distortion, FVU, L0, sibling/implication violations), plus:
+The claim under test (the MP-SAE paper's abstract and experiments; docs/methods/mp.md): as
+sibling correlation grows, one-shot SAEs (TopK, BatchTopK) orthogonalize siblings, Matryoshka
+keeps parents but distorts sibling correlations, and MP keeps both. Per level (true cosine
+0.1·level within {parents + leaves} and within each sibling triple) and method, each
+dictionary is trained by the real Trainer (`bench.synthetic.train_on`) and scored by
+`bench.synthetic.score` (MMCS, Gram distortion, FVU, L0, sibling/implication violations),
+plus:
 
 - sibling cosine: mean cosine between the atoms matched to sibling features (true: 0.1·level);
 - absorption: `absorption` of each parent given its children, averaged over the parents;
@@ -27,10 +28,10 @@ from typing import Any
 
 import torch
 
+from saekit.activations.synthetic import HierarchicalTree
 from saekit.bench.synthetic import sae_config, score, train_on
 from saekit.dictionaries import Dictionary
 from saekit.dictionaries.mp import MatchingPursuitSAE
-from saekit.eval.synthetic import HierarchicalTree
 from saekit.eval.synthetic_metrics import absorption, match_features
 
 LEVELS = tuple(range(9))

@@ -56,7 +56,7 @@ def _commit() -> str:
 def run_sitting(out: Path, names: tuple[str, ...] = tuple(SITTING)) -> None:
     import importlib
 
-    from saekit.cli import BENCHES
+    from saekit.bench import BENCHES
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {

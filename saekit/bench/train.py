@@ -38,11 +38,10 @@ import torch
 from tqdm import tqdm
 
 from saekit.bench import protocol
-from saekit.bench.train_anchors import BUILDERS, PEERS, FixedStream, Shape
+from saekit.bench.train_anchors import BUILDERS, PEERS, Shape
 
 D_IN, D_SAE, K, BATCH = 576, 9216, 32, 4096
 SHAPE = Shape(D_IN, D_SAE, K, BATCH)
-_FixedStream = FixedStream  # `saekit bench mp` builds its trainers on it
 TARGETS = {"ratio_vs_anchor": ">= 1.8 at every thread count", "saekit_step_vs_gemm": "<= 1.3"}
 
 

@@ -22,14 +22,12 @@ from saekit's.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from saekit.activations.stream import BaseStream, StreamConfig
+from saekit.activations.tensors import TensorStream
 from saekit.bench import peers
 from saekit.bench.protocol import Side
 
@@ -44,19 +42,6 @@ class Shape(NamedTuple):
 Builder = Callable[[torch.Tensor, "torch.Tensor | None", Shape], tuple[Side, dict[str, Any]]]
 
 
-class FixedStream(BaseStream):
-    """A stream that is one tensor: enough for a Trainer to build its slots."""
-
-    def __init__(self, x_BD: torch.Tensor) -> None:
-        self.cfg = StreamConfig(hooks=("x",), batch_size=x_BD.shape[0])
-        self.d_in = {"x": x_BD.shape[1]}
-        self.norm_factors = {}
-        self.x_BD = x_BD
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        return {"x": self.x_BD}
-
-
 def saekit_step(
     x_BD: torch.Tensor, dead_S: torch.Tensor | None, shape: Shape
 ) -> tuple[Side, dict[str, Any]]:
@@ -64,16 +49,13 @@ def saekit_step(
     from saekit.train.config import TrainConfig
     from saekit.train.trainer import Trainer
 
-    # A Trainer writes nothing before train(): the output dir is never created.
-    out = str(Path(tempfile.gettempdir()) / "saekit-bench-train")
+    # Without a run directory a Trainer writes nothing.
     cfg = TrainConfig(
-        total_tokens=shape.batch * 1000,
-        output_dir=out,
-        wandb_mode="disabled",
-        device=str(x_BD.device),
+        total_tokens=shape.batch * 1000, wandb_mode="disabled", device=str(x_BD.device)
     )
     sae_cfg = SAEConfig(method="topk", d_sae=shape.d_sae, k=shape.k)
-    trainer = Trainer((sae_cfg,), cfg, FixedStream(x_BD), {})
+    stream = TensorStream(x_BD, batch_size=x_BD.shape[0], shuffle=False)
+    trainer = Trainer((sae_cfg,), cfg, stream)
     slot = trainer.slots[0]
 
     def step() -> None:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from saekit.dashboard.html import bar_chart, context, examples, fmt, line_chart, page, table
 from saekit.errors import SaekitError
+from saekit.rundir import RunDir
 
 SCORE_COLUMNS = ("detection", "fuzzing", "simulation")
 
@@ -31,16 +32,14 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def steering_curves(run: Path, name: str) -> dict[str, dict[str, list[float]]]:
+def steering_curves(run_dir: str | Path, name: str) -> dict[str, dict[str, list[float]]]:
     """{feature index: {"kl": [...], "score": [...]}} of one dictionary from steering.json.
 
     Reads the layout `saekit steer` writes ({"sites": {HOOK: {"directions": {"NAME#I":
     {"curve": [{"kl", "score", ...}, ...]}}}}}); also {NAME: {"features": {I: {"kl", "score"}}}}.
     """
-    f = run / "steering.json"
-    if not f.is_file():
-        return {}
-    data = json.loads(f.read_text())
+    run = RunDir(run_dir)
+    data = run.read_json(run.steering)
     if not isinstance(data, dict):
         return {}
     out: dict[str, dict[str, list[float]]] = {}
@@ -225,27 +224,27 @@ def build_dashboard(
     """Write the site (computing interp data first when missing); return its index.html."""
     from saekit.interp.run import load_interp, run_interp_eval
 
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise SaekitError(f"{run} is not a directory; pass a run directory of `saekit train`.")
-    interp = load_interp(run) or run_interp_eval(run, **interp_kwargs)
-    site = Path(out_dir) if out_dir is not None else run / "dashboard"
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise SaekitError(f"{run.path} is not a directory; pass a run directory of `saekit train`.")
+    interp = load_interp(run.path) or run_interp_eval(run.path, **interp_kwargs)
+    site = Path(out_dir) if out_dir is not None else run.dashboard
     assets = resources.files("saekit.dashboard") / "assets"
     (site / "assets").mkdir(parents=True, exist_ok=True)
     for fname in ("style.css", "table.js"):
         (site / "assets" / fname).write_text((assets / fname).read_text())
     for name, summary in interp["saes"].items():
-        src = run / summary["features_dir"]
+        src = run.path / summary["features_dir"]
         if not (src / "table.json").is_file():
             raise SaekitError(
-                f"{src}/table.json is missing; rerun `saekit dashboard {run} --recompute`."
+                f"{src}/table.json is missing; rerun `saekit dashboard {run.path} --recompute`."
             )
         rows = json.loads((src / "table.json").read_text())
         dest = site / name
         if dest.exists():
             shutil.rmtree(dest)
         _write(dest / "index.html", _table_page(name, summary, rows))
-        curves = steering_curves(run, name)
+        curves = steering_curves(run.path, name)
         for f in tqdm(
             sorted((src / "features").glob("*.json")),
             desc=f"pages {name}",

@@ -21,26 +21,27 @@ autograd through the dense pre-activations (the reference; same results).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saekit.dictionaries.base import (
-    Dictionary,
-    SAEConfig,
+from saekit.dictionaries.trainable import (
+    TrainableDictionary,
     TrainContext,
     TrainOutput,
-    aux_k_loss,
     check_k,
     resolve_k_aux,
     sum_sq_error,
 )
-from saekit.kernels.aux_k import aux_k_loss_gathered
+from saekit.kernels.aux_k import aux_k_loss, aux_k_loss_gathered
 from saekit.kernels.csr import CsrOps, CsrPattern, select_ops
 from saekit.kernels.sparse_ops import CsrCodes, csr_decode, csr_pre_acts
 from saekit.kernels.sparse_topk import batch_topk_entries
+
+if TYPE_CHECKING:
+    from saekit.dictionaries.config import SAEConfig
 
 THRESHOLD_EMA_RATE = 0.01
 """EMA rate of θ (SAELens topk_threshold_lr): averages θ over the last ~100 batches."""
@@ -78,7 +79,7 @@ class BatchEntries:
         )
 
 
-class BatchTopKSAE(Dictionary):
+class BatchTopKSAE(TrainableDictionary):
     """k active latents per token on average over each training batch."""
 
     method = "batchtopk"

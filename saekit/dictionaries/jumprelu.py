@@ -6,7 +6,7 @@
     l0     = λ · sparsity_scale · mean_B Σ_j H(pre_j − θ_j)
 
 H has no useful derivative, so θ learns through rectangle-kernel straight-through estimators
-with bandwidth ε (cfg.jumprelu_bandwidth, default 0.05), K(t) = 1 for |t| < 1/2:
+with bandwidth ε (jumprelu.bandwidth, default 0.05), K(t) = 1 for |t| < 1/2:
 
     ∂H(u − θ)/∂θ          ≈ −(1/ε) · K((u − θ)/ε)      (l0 term; gradient reaches θ only)
     ∂[u·H(u − θ)]/∂θ      ≈ −(θ/ε) · K((u − θ)/ε)      (reconstruction; paper eq. 11)
@@ -31,15 +31,46 @@ would mean a different width for every c. λ lives in `self.sparsity_coefficient
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext, TrainOutput, sum_sq_error
+from saekit.dictionaries.trainable import (
+    TrainableDictionary,
+    TrainContext,
+    TrainOutput,
+    sum_sq_error,
+)
 from saekit.errors import SaekitError
 from saekit.kernels.csr import CsrOps, select_ops
 from saekit.kernels.sparse_ops import CsrCodes, csr_decode, gathered_pre_acts
+
+if TYPE_CHECKING:
+    from saekit.dictionaries.config import SAEConfig
+
+
+@dataclass(frozen=True)
+class JumpReLUConfig:
+    """jumprelu: the L0 penalty, its optional target, and the thresholds' estimator."""
+
+    l0_coefficient: float = 1.0
+    """Weight of the step-function L0 penalty (initial value if target_l0)."""
+    target_l0: float | None = None
+    """Steer the L0 coefficient so the final L0 lands here (±10%)."""
+    init_threshold: float = 0.01
+    """Initial threshold (kept in fp32, parametrized directly, not via exp)."""
+    bandwidth: float = 0.05
+    """Width of the rectangle kernel of the straight-through estimator."""
+
+    def __post_init__(self) -> None:
+        if not self.bandwidth > 0:
+            raise SaekitError(f"jumprelu.bandwidth must be > 0, got {self.bandwidth}.")
+        if self.init_threshold < 0:
+            raise SaekitError(f"jumprelu.init_threshold must be >= 0, got {self.init_threshold}.")
+        if self.l0_coefficient < 0:
+            raise SaekitError(f"l0_coefficient must be >= 0, got {self.l0_coefficient}.")
 
 
 def _rectangle(u_BS: Tensor, theta_S: Tensor, eps: float) -> Tensor:
@@ -85,7 +116,7 @@ class JumpReLUSTE(torch.autograd.Function):
         return g_u_BS, g_theta_S, None
 
 
-class JumpReLUSAE(Dictionary):
+class JumpReLUSAE(TrainableDictionary):
     """Per-latent learned thresholds trained with a straight-through L0 penalty."""
 
     method = "jumprelu"
@@ -97,20 +128,14 @@ class JumpReLUSAE(Dictionary):
 
     def __init__(self, cfg: SAEConfig, d_in: int) -> None:
         super().__init__(cfg, d_in)
-        if not cfg.jumprelu_bandwidth > 0:
-            raise SaekitError(f"jumprelu_bandwidth must be > 0, got {cfg.jumprelu_bandwidth}.")
-        if cfg.jumprelu_init_threshold < 0:
-            raise SaekitError(
-                f"jumprelu_init_threshold must be >= 0, got {cfg.jumprelu_init_threshold}."
-            )
-        if cfg.l0_coefficient < 0:
-            raise SaekitError(f"l0_coefficient must be >= 0, got {cfg.l0_coefficient}.")
+        options: JumpReLUConfig = cfg.options()
         self.init_tied_weights()
         self.threshold = nn.Parameter(
-            torch.full((self.d_sae,), cfg.jumprelu_init_threshold, dtype=torch.float32)
+            torch.full((self.d_sae,), options.init_threshold, dtype=torch.float32)
         )
-        self.bandwidth = cfg.jumprelu_bandwidth
-        self.sparsity_coefficient = cfg.l0_coefficient
+        self.bandwidth = options.bandwidth
+        self.sparsity_coefficient = options.l0_coefficient
+        self.target_l0 = options.target_l0
 
     def encode(self, x_BD: Tensor) -> Tensor:
         pre_BS = self.pre_acts(x_BD)

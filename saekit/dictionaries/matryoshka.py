@@ -11,39 +11,55 @@ divide the sum by G levels; under Adam that overall scale is nearly irrelevant, 
 keeps the full-width term named `mse` identical to BatchTopK's, so logs compare across methods
 and α_aux = 1/32 has the same meaning relative to it. Inner levels log as `mse_<w>`.
 
-Widths default to d_sae/16, d_sae/4, d_sae (widths < 1 dropped). Pitfall (methods.md §1.5,
-Chanin et al. 2025, arXiv 2505.11756): a narrow inner level "hedges" — its latents absorb
-parts of child features they cannot afford separately — so do not make the first level tiny
-(d_sae/16 = 576 latents at d_sae 9,216). AuxK uses the full-width residual, not per level.
-With cfg.kernels ≠ "dense" each band decodes through the sparse kernels (as BatchTopK).
+Widths default to d_sae/16, d_sae/4, d_sae (widths < 1 dropped). Pitfall (Chanin et al.
+2025, arXiv 2505.11756; docs/methods/matryoshka.md): a narrow inner level "hedges" — its
+latents absorb parts of child features they cannot afford separately — so do not make the
+first level tiny (d_sae/16 = 576 latents at d_sae 9,216). AuxK uses the full-width
+residual, not per level. With cfg.kernels ≠ "dense" each band decodes through the sparse
+kernels (as BatchTopK).
 Saved as BatchTopK: SAELens "jumprelu" with the learned global threshold.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
-from saekit.dictionaries.base import SAEConfig, TrainContext, TrainOutput, sum_sq_error
 from saekit.dictionaries.batchtopk import BatchTopKSAE
+from saekit.dictionaries.trainable import TrainContext, TrainOutput, sum_sq_error
 from saekit.errors import SaekitError
 from saekit.kernels.csr import select_ops
 from saekit.kernels.sparse_ops import CsrCodes, csr_decode
+
+if TYPE_CHECKING:
+    from saekit.dictionaries.config import SAEConfig
+
+
+@dataclass(frozen=True)
+class MatryoshkaConfig:
+    """matryoshka: the nested prefix widths."""
+
+    widths: tuple[int, ...] = ()
+    """Nested prefix widths ending at d_sae; empty = d_sae/16, /4, /1."""
 
 
 def resolve_widths(cfg: SAEConfig) -> tuple[int, ...]:
     """The nested prefix widths, validated: strictly increasing, ending at d_sae."""
     d_sae = cfg.d_sae
-    if not cfg.matryoshka_widths:
+    options: MatryoshkaConfig = cfg.options()
+    if not options.widths:
         return tuple(sorted({w for w in (d_sae // 16, d_sae // 4, d_sae) if w >= 1}))
-    widths = tuple(cfg.matryoshka_widths)
+    widths = tuple(options.widths)
     if any(w < 1 for w in widths) or any(a >= b for a, b in zip(widths, widths[1:])):
         raise SaekitError(
-            f"matryoshka_widths {list(widths)} must be positive and strictly increasing, "
+            f"matryoshka.widths {list(widths)} must be positive and strictly increasing, "
             f"e.g. [{d_sae // 16}, {d_sae // 4}, {d_sae}]."
         )
     if widths[-1] != d_sae:
         raise SaekitError(
-            f"matryoshka_widths {list(widths)} must end at d_sae={d_sae} (the full dictionary "
+            f"matryoshka.widths {list(widths)} must end at d_sae={d_sae} (the full dictionary "
             f"is the outer level). Append {d_sae}."
         )
     return widths

@@ -6,16 +6,16 @@
 Atoms are tied (W_dec selects and decodes; W_enc = W_decᵀ) and unit-norm: the trainer
 renormalizes them after each step and removes the gradient along them. Unit norm is what makes
 this a pursuit: each step lowers ‖r‖² by exactly a_t² and leaves r orthogonal to the atom just
-chosen; with ‖d‖ = 1.6 the "residual" grows from 67 to 3178 in 20 steps (methods.md §1f).
+chosen; with ‖d‖ = 1.6 the "residual" grows from 67 to 3178 in 20 steps (docs/methods/mp.md).
 The loss is the squared error only (`mse`); sparsity is the step count k. Training backprops
 through the unrolled loop with the selected atoms held fixed (saekit/kernels/pursuit.py:
 O(B·(D + k)) saved for backward, no B×S tensor, no host sync).
 
-Options (SAEConfig):
-- mp_tied=False: separate encoder rows select atoms and set a_t; W_dec subtracts and decodes.
-- mp_dropout=q: each atom is barred from a training batch's pursuit with probability q
+Options (`mp:` section, MPConfig):
+- tied=False: separate encoder rows select atoms and set a_t; W_dec subtracts and decodes.
+- dropout=q: each atom is barred from a training batch's pursuit with probability q
   (overcomplete; the authors' MNIST run uses 0.75 in its first epoch). Never at inference.
-- mp_revival_coefficient=c: loss −c·⟨mean_b r_k[b], mean_{j dead} d_j⟩ (overcomplete's term),
+- revival_coefficient=c: loss −c·⟨mean_b r_k[b], mean_{j dead} d_j⟩ (overcomplete's term),
   dead = the trainer's dead mask; the residual is detached, so only dead atoms move.
   All dead atoms get the same pull, toward the batch's mean residual.
 
@@ -35,16 +35,42 @@ so the codes of raw x come out f times smaller than in training, in the input's 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext, TrainOutput, check_k
+from saekit.dictionaries.base import check_factor
+from saekit.dictionaries.trainable import TrainableDictionary, TrainContext, TrainOutput, check_k
 from saekit.errors import SaekitError
 from saekit.kernels.gram import GramCache
 from saekit.kernels.pursuit import MatchingPursuit, Path, Stop, choose_path, padded_width, pursue
 from saekit.kernels.sparse_topk import SparseCodes
+
+if TYPE_CHECKING:
+    from saekit.dictionaries.config import SAEConfig
+
+
+@dataclass(frozen=True)
+class MPConfig:
+    """mp: tied or separate selection, atom dropout, dead-atom revival."""
+
+    tied: bool = True
+    """Select with the decoder atoms (False: separate encoder rows; not SAELens-loadable)."""
+    dropout: float = 0.0
+    """Probability that an atom is barred from a training batch's pursuit (atom dropout)."""
+    revival_coefficient: float = 0.0
+    """Weight of the term pulling dead atoms toward the mean final residual (0 disables)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dropout < 1:
+            raise SaekitError(f"mp.dropout must be in [0, 1), got {self.dropout}.")
+        if not self.revival_coefficient >= 0:
+            raise SaekitError(
+                f"mp.revival_coefficient must be >= 0, got {self.revival_coefficient}. "
+                "Typical: 1e-2 (overcomplete)."
+            )
 
 
 class PursuitCodes(SparseCodes):
@@ -80,7 +106,7 @@ class AdaptiveCodes(NamedTuple):
         return {"mean": l0_B.mean().item(), "min": l0_B.min().item(), "max": l0_B.max().item()}
 
 
-class MatchingPursuitSAE(Dictionary):
+class MatchingPursuitSAE(TrainableDictionary):
     """k greedy matching-pursuit steps per token over unit-norm (tied) atoms."""
 
     method = "mp"
@@ -93,15 +119,9 @@ class MatchingPursuitSAE(Dictionary):
     def __init__(self, cfg: SAEConfig, d_in: int) -> None:
         super().__init__(cfg, d_in)
         check_k(cfg)
-        if not 0 <= cfg.mp_dropout < 1:
-            raise SaekitError(f"mp_dropout must be in [0, 1), got {cfg.mp_dropout}.")
-        if not cfg.mp_revival_coefficient >= 0:
-            raise SaekitError(
-                f"mp_revival_coefficient must be >= 0, got "
-                f"{cfg.mp_revival_coefficient}. Typical: 1e-2 (overcomplete)."
-            )
+        self.options: MPConfig = cfg.options()
         self.k = cfg.k
-        self.tied = cfg.mp_tied
+        self.tied = self.options.tied
         gen = torch.Generator().manual_seed(cfg.seed)
         W_dec_SD = torch.randn(self.d_sae, d_in, generator=gen)
         W_dec_SD /= W_dec_SD.norm(dim=1, keepdim=True)
@@ -193,12 +213,12 @@ class MatchingPursuitSAE(Dictionary):
 
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
         drop_S = None
-        if self.cfg.mp_dropout > 0:
-            drop_S = torch.rand(self.d_sae, device=self.W_dec.device) < self.cfg.mp_dropout
+        if self.options.dropout > 0:
+            drop_S = torch.rand(self.d_sae, device=self.W_dec.device) < self.options.dropout
         a_BK, j_BK, r_BD = self.pursuit(x_BD, drop_S=drop_S)
         # x̂ − x = −r_k exactly; the residual is the error, so no cancellation against x.
         losses = {"mse": r_BD.float().pow(2).sum(dim=-1).mean()}
-        if self.cfg.mp_revival_coefficient > 0:
+        if self.options.revival_coefficient > 0:
             losses["revival"] = self._revival(r_BD, ctx.dead_mask_S)
         x_hat_BD = x_BD.to(r_BD.dtype) - r_BD
         return TrainOutput(x_hat_BD, None, losses, PursuitCodes(a_BK, j_BK, self.d_sae))
@@ -210,15 +230,14 @@ class MatchingPursuitSAE(Dictionary):
         dead_S = dead_S.to(self.W_dec.dtype)
         mean_dead_D = dead_S @ self.W_dec / dead_S.sum().clamp_min(1)
         r_mean_D = r_BD.detach().mean(dim=0)
-        return -self.cfg.mp_revival_coefficient * torch.dot(r_mean_D, mean_dead_D).float()
+        return -self.options.revival_coefficient * torch.dot(r_mean_D, mean_dead_D).float()
 
     # -- folding and saving ----------------------------------------------------------------
 
     @torch.no_grad()
     def fold_normalization(self, factor: float) -> None:
         """Trained on f·x: MP(f·x − b) = f·MP(x − b/f), so b_dec ← b_dec/f; atoms stay unit."""
-        if not factor > 0:
-            raise SaekitError(f"Normalization factor must be > 0, got {factor}.")
+        check_factor(factor)
         self.b_dec.data /= factor
         self.folded_norm_factor *= factor
 

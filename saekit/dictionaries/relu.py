@@ -6,19 +6,44 @@
 
 The penalty multiplies each code by its decoder-row norm, so shrinking z while growing W_dec
 buys nothing; that is why the decoder is NOT renormalized (`unit_norm_decoder = False`). λ
-lives in `self.sparsity_coefficient` (initial value cfg.l1_coefficient) so a target-L0
+lives in `self.sparsity_coefficient` (initial value relu.l1_coefficient) so a target-L0
 controller can move it between steps. Saved as SAELens "standard".
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
-from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext, TrainOutput, sum_sq_error
+from saekit.dictionaries.trainable import (
+    TrainableDictionary,
+    TrainContext,
+    TrainOutput,
+    sum_sq_error,
+)
 from saekit.errors import SaekitError
 
+if TYPE_CHECKING:
+    from saekit.dictionaries.config import SAEConfig
 
-class ReLUSAE(Dictionary):
+
+@dataclass(frozen=True)
+class ReLUConfig:
+    """relu: the L1 penalty and its optional L0 target."""
+
+    l1_coefficient: float = 5.0
+    """Weight of the decoder-norm-weighted L1 penalty (initial value if target_l0)."""
+    target_l0: float | None = None
+    """Steer the L1 coefficient so the final L0 lands here (±10%)."""
+
+    def __post_init__(self) -> None:
+        if self.l1_coefficient < 0:
+            raise SaekitError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}.")
+
+
+class ReLUSAE(TrainableDictionary):
     """The "standard" SAE: ReLU codes, L1 sparsity weighted by decoder norms."""
 
     method = "relu"
@@ -27,10 +52,10 @@ class ReLUSAE(Dictionary):
 
     def __init__(self, cfg: SAEConfig, d_in: int) -> None:
         super().__init__(cfg, d_in)
-        if cfg.l1_coefficient < 0:
-            raise SaekitError(f"l1_coefficient must be >= 0, got {cfg.l1_coefficient}.")
+        options: ReLUConfig = cfg.options()
         self.init_tied_weights()
-        self.sparsity_coefficient = cfg.l1_coefficient
+        self.sparsity_coefficient = options.l1_coefficient
+        self.target_l0 = options.target_l0
 
     def encode(self, x_BD: Tensor) -> Tensor:
         return self.pre_acts(x_BD).relu()

@@ -1,50 +1,35 @@
-"""Save and load dictionaries in the SAELens (>= 6) disk format; import SAELens-saved SAEs.
+"""Load saekit saves, and import SAELens-saved SAEs, into saekit dictionaries.
 
-A saved dictionary is a directory that `sae_lens.SAE.load_from_disk(dir)` loads as is:
-
-    cfg.json                 SAELens keys (architecture, d_in, d_sae, dtype, k, metadata, ...)
-                             + a "saekit" section SAELens ignores (it keeps only its own fields):
-                               method, full SAEConfig, folded norm factor, state, provenance
-    sae_weights.safetensors  W_enc (D,S), b_enc (S), W_dec (S,D), b_dec (D) [+ threshold (S)]
-    sparsity.safetensors     optional: "sparsity" = log10 firing density per latent (S)
-
-Methods SAELens lacks (snmf) are written the same way under architecture "saekit-METHOD",
-which only saekit's `load_dictionary` reads (it dispatches on the saved method).
-
-Weights are always written with apply_b_dec_to_input = True, normalize_activations = "none"
-(the trainer folds its input scale first) and, for topk, rescale_acts_by_decoder_norm = False,
-which are exactly saekit's forward semantics. Importing a SAELens directory converts the other
-settings into the same semantics (folding decoder norms, moving b_dec into b_enc).
-
-Writes go to a temporary directory next to the target and are renamed into place, cfg.json
-last, so a crash never leaves a cfg.json describing weights that were not written.
+The format is described in save.py. A directory whose cfg.json holds a "saekit" section is
+rebuilt from it (any method); otherwise it is a SAELens save, whose settings are converted
+into saekit's forward semantics (folding decoder norms, moving b_dec into b_enc) so encode and
+decode match SAELens'.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, fields, replace
-from importlib import metadata as importlib_metadata
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from saekit.dictionaries.base import Dictionary, SAEConfig
+from saekit.config import from_dict
+from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.config import SAEConfig
+from saekit.dictionaries.registry import build_dictionary, dictionary_class
+from saekit.dictionaries.save import (
+    CFG_FILE,
+    FORMAT_VERSION,
+    METADATA_FROM_PROVENANCE,
+    SPARSITY_FILE,
+    WEIGHTS_FILE,
+)
 from saekit.errors import SaekitError
-from saekit.files import follow_umask
-
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
-SPARSITY_FILE = "sparsity.safetensors"
-FORMAT_VERSION = 1
-"""Version of the "saekit" cfg.json section; bump on incompatible changes."""
 
 SAELENS_METHODS = {
     "standard": "relu",
@@ -56,82 +41,8 @@ SAELENS_METHODS = {
 }
 """SAELens architecture → saekit method used to import it."""
 
-_METADATA_FROM_PROVENANCE = ("model_name", "context_size", "prepend_bos", "dataset_path")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _DTYPES |= {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _saelens_version() -> str:
-    # SAELens rewrites configs it believes older than 6.0.0, so never claim less than that.
-    try:
-        return importlib_metadata.version("sae-lens")
-    except importlib_metadata.PackageNotFoundError:
-        return "6.0.0"
-
-
-def save_dictionary(d: Dictionary, path: str | Path, log10_density_S: Tensor | None = None) -> Path:
-    """Write `d` to directory `path` (created or updated atomically); returns the path."""
-    root = Path(path)
-    tensors = {n: t.detach().cpu().contiguous() for n, t in d.export_tensors().items()}
-    dtype_name = str(d.W_enc.dtype).removeprefix("torch.")
-    meta = {k: d.provenance[k] for k in _METADATA_FROM_PROVENANCE if k in d.provenance}
-    cfg_json: dict[str, Any] = {
-        # No SAELens equivalent (snmf): same layout, an architecture only saekit loads.
-        "architecture": d.saelens_architecture or f"saekit-{d.method}",
-        "d_in": d.d_in,
-        "d_sae": d.d_sae,
-        "dtype": dtype_name,
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        **d.saelens_config(),
-        "metadata": {
-            "sae_lens_version": _saelens_version(),
-            "sae_lens_training_version": None,
-            "hook_name": d.cfg.hook or None,
-            "training_architecture": d.method,
-            **meta,
-        },
-        "saekit": {
-            "format": FORMAT_VERSION,
-            "method": d.method,
-            "d_in": d.d_in,
-            "config": asdict(replace(d.cfg, method=d.method)),  # type: ignore[arg-type]
-            "folded_norm_factor": d.folded_norm_factor,
-            "state": d.export_state(),
-            "provenance": d.provenance,
-        },
-    }
-    try:
-        cfg_text = json.dumps(cfg_json, indent=2, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise SaekitError(
-            f"Cannot save to {root}: provenance/state must be JSON-serializable and finite "
-            f"({exc}). Store plain numbers and strings in dictionary.provenance."
-        ) from None
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        if log10_density_S is not None:
-            density = {"sparsity": log10_density_S.detach().float().cpu().contiguous()}
-            save_file(density, str(tmp / SPARSITY_FILE))
-        (tmp / CFG_FILE).write_text(cfg_text)
-        follow_umask(tmp)  # mkdtemp made it 0700 and safetensors writes 0600
-        if not root.exists():
-            os.rename(tmp, root)
-            return root
-        if not root.is_dir():
-            raise SaekitError(f"Cannot save to {root}: it exists and is not a directory.")
-        if log10_density_S is None:
-            (root / SPARSITY_FILE).unlink(missing_ok=True)  # stale from an earlier save
-        for name in (WEIGHTS_FILE, SPARSITY_FILE, CFG_FILE):  # cfg.json last
-            if (tmp / name).exists():
-                os.replace(tmp / name, root / name)
-        return root
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_cfg(root: Path) -> dict[str, Any]:
@@ -162,6 +73,13 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
         ) from None
 
 
+def saved_hook(path: str | Path) -> str | None:
+    """The hook a saved dictionary was trained on (cfg.json metadata), if it names one."""
+    meta = _read_cfg(Path(path)).get("metadata") or {}
+    hook = meta.get("hook_name") if isinstance(meta, dict) else None
+    return str(hook) if hook else None
+
+
 def load_log10_density(path: str | Path) -> Tensor | None:
     """The per-latent log10 firing density saved next to the weights, if any."""
     file = Path(path) / SPARSITY_FILE
@@ -185,8 +103,6 @@ def load_dictionary(path: str | Path) -> Dictionary:
 
 
 def _build(cfg: SAEConfig, d_in: int, dtype_name: str, root: Path) -> Dictionary:
-    from saekit.dictionaries import build_dictionary
-
     if dtype_name not in _DTYPES:
         raise SaekitError(f"{root / CFG_FILE}: unknown dtype {dtype_name!r}; use {list(_DTYPES)}.")
     return build_dictionary(cfg, d_in).to(_DTYPES[dtype_name])
@@ -211,10 +127,7 @@ def _load_saekit(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: Pat
             f"{root} was written by a newer saekit (format {sk['format']} > {FORMAT_VERSION}). "
             "Upgrade saekit to load it."
         )
-    known = {f.name for f in fields(SAEConfig)}
-    raw = {k: v for k, v in dict(sk["config"]).items() if k in known}
-    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}  # JSON lists
-    cfg = replace(SAEConfig(**raw), method=sk["method"])
+    cfg = saved_config(dict(sk["config"]), str(sk["method"]), int(sk.get("format", 1)))
     d = _build(cfg, int(sk["d_in"]), str(cfg_json.get("dtype", "float32")), root)
     _check_shapes(d, tensors, root)
     for key in ("d_in", "d_sae"):  # the fields SAELens builds from: they must agree too
@@ -282,7 +195,7 @@ def _import_saelens(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: 
         "architecture": arch,
         # "hook_z" SAEs read (n_heads·d_head)-flattened inputs; saekit expects them flattened.
         "reshape_activations": cfg_json.get("reshape_activations", "none"),
-        **{key: metadata[key] for key in _METADATA_FROM_PROVENANCE if key in metadata},
+        **{key: metadata[key] for key in METADATA_FROM_PROVENANCE if key in metadata},
     }
     return d
 
@@ -300,3 +213,17 @@ def _saelens_threshold(f64: dict[str, Tensor], d_sae: int, root: Path) -> Tensor
         raise SaekitError(f"{root / WEIGHTS_FILE}: threshold holds non-finite values.")
     # SAELens gates relu(pre)·[pre > θ]; with θ ≥ 0 that equals saekit's pre·[pre > θ].
     return theta.clamp(min=0.0)
+
+
+def saved_config(raw: dict[str, Any], method: str, version: int) -> SAEConfig:
+    """The SAEConfig of a save: keys this saekit does not know are dropped (a newer minor
+    version's fields); format-1 saves hold flat method keys, mapped without a warning (the
+    user cannot rewrite a save, and re-saving upgrades it)."""
+    dictionary_class(method)  # an unknown method names the known ones
+    raw = {**raw, "method": method}
+    if version < 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = SAEConfig.upgrade_legacy(raw, "")
+    known = set(SAEConfig.__dataclass_fields__)
+    return from_dict(SAEConfig, {k: v for k, v in raw.items() if k in known})

@@ -1,6 +1,7 @@
-"""SNMF as a Dictionary: semi-nonnegative features of MLP activations (arXiv 2506.10920).
+"""SNMF as a dictionary: semi-nonnegative features of MLP activations (arXiv 2506.10920).
 
-A fitted factorization A ≈ F Gᵀ (snmf_fit.py, snmf_stream.py) becomes a dictionary with
+A factorization A ≈ F Gᵀ fitted in closed form (snmf_fit.py in memory, snmf_stream.py
+streaming) becomes a dictionary with
 
     W_dec (S, D)   the features, rows = F's columns scaled to unit norm (S = K features,
                    D = d_mlp; F D⁻¹, G D leaves F Gᵀ unchanged, and unit atoms make codes
@@ -12,11 +13,15 @@ A fitted factorization A ≈ F Gᵀ (snmf_fit.py, snmf_stream.py) becomes a dict
                    the features a token uses.
     decode(z_BS)   z W_dec (b_dec stays 0: SNMF has no bias)
 
-Optionally hierarchical (cfg.snmf_hierarchy = (r2, r3, ...)): level l factorizes the unit atoms
+Optionally hierarchical (snmf.hierarchy = (r2, r3, ...)): level l factorizes the unit atoms
 of level l−1, atoms_{l−1} ≈ G_l atoms_l with G_l ≥ 0 (coarser concepts as nonnegative mixtures
 of finer ones, as the authors' hierchichal_snmf.py does on the raw F, whose column norms grow
 with √N). Level-l codes are z G_2 ⋯ G_l. The authors' optional joint Adam fine-tuning of the
 product is left out: it does not keep G ≥ 0.
+
+`SNMFDictionary.fit(cfg, data)` fits the first N tokens of one hook: held in memory as one
+D × N float32 matrix (N·D·4 bytes: 32k tokens of d_mlp 1536 = 200 MB) by `fit_snmf`, or, with
+snmf.stream_passes = P > 0, replayed P times by `fit_snmf_stream`, one batch at a time.
 
 Saved in saekit's own layout (cfg.json + sae_weights.safetensors, architecture
 "saekit-snmf"), which `load_dictionary` reads; SAELens has no SNMF architecture.
@@ -24,16 +29,23 @@ Saved in saekit's own layout (cfg.json + sae_weights.safetensors, architecture
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import Dictionary, SAEConfig, TrainContext, TrainOutput
-from saekit.dictionaries.snmf_fit import RIDGE, fit_snmf, keep_count
+from saekit.dictionaries.base import check_factor
+from saekit.dictionaries.fitted import Fit, FitData, FittedDictionary
+from saekit.dictionaries.snmf_fit import RIDGE, Init, SNMFFit, fit_snmf, keep_count
+from saekit.dictionaries.snmf_stream import fit_snmf_stream
 from saekit.errors import SaekitError
+
+if TYPE_CHECKING:
+    from saekit.dictionaries.config import SAEConfig
 
 ENCODE_ITERS = 100
 """FISTA steps per encode. On SmolLM2 blocks.15.mlp.hook_post (100 features fitted on 8k
@@ -41,19 +53,41 @@ tokens, W Wᵀ condition number 290) the loss after 100 steps is within 3e-6 (re
 loss after 1000; 30 steps are within 2e-4, the clipped least-squares start within 17%."""
 
 
-class SNMFDictionary(Dictionary):
+@dataclass(frozen=True)
+class SNMFConfig:
+    """snmf: winner-take-all sparsity, initialization, stopping, streaming, hierarchy."""
+
+    sparsity: float = 0.01
+    """Fraction of d_in each feature keeps by winner-take-all (⌈s·d_in⌉ neurons)."""
+    init: Init = "random"
+    """Initial codes: random U(0,1), SVD (Ding et al. 2010) or k-means one-hot."""
+    max_iter: int = 2000
+    """Full-batch iterations at most (2,000 in the paper's demo scripts)."""
+    patience: int = 500
+    """Stop after this many iterations without an improvement > tol·‖A‖²."""
+    tol: float = 1e-6
+    """Relative tolerance; the loss ‖A − FGᵀ‖² must drop by more than tol·‖A‖²."""
+    stream_passes: int = 0
+    """0 = fit train.total_tokens in memory; N > 0 = stream them, at most N passes."""
+    hierarchy: tuple[int, ...] = ()
+    """Ranks of coarser levels, each an SNMF of the previous level's features."""
+
+    def __post_init__(self) -> None:
+        keep_count(1, self.sparsity)  # validates s
+        if any(r < 1 for r in self.hierarchy):
+            raise SaekitError(f"snmf.hierarchy ranks must be ≥ 1, got {list(self.hierarchy)}.")
+
+
+class SNMFDictionary(FittedDictionary):
     """Fixed SNMF features with NNLS codes; fitted in closed form, not by gradient steps."""
 
     method = "snmf"
-    unit_norm_decoder = False
     saelens_architecture = ""
 
     def __init__(self, cfg: SAEConfig, d_in: int) -> None:
         super().__init__(cfg, d_in)
-        keep_count(d_in, cfg.snmf_sparsity)  # validates s
-        ranks = (cfg.d_sae, *cfg.snmf_hierarchy)
-        if min(ranks) < 1:
-            raise SaekitError(f"snmf_hierarchy ranks must be ≥ 1, got {cfg.snmf_hierarchy}.")
+        self.options: SNMFConfig = cfg.options()
+        ranks = (cfg.d_sae, *self.options.hierarchy)
         self.encode_iters = ENCODE_ITERS
         gen = torch.Generator().manual_seed(cfg.seed)
         frozen = {"requires_grad": False}
@@ -126,18 +160,46 @@ class SNMFDictionary(Dictionary):
             z_BS, t = z_next, t_next
         return z_BS
 
-    def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
-        raise SaekitError(
-            "snmf is fitted in closed form by `saekit train` (saekit.train.snmf_run), not by "
-            "gradient steps; give every dictionary of the recipe method: snmf."
-        )
+    def feature_parents(self) -> list[int] | None:
+        """Each feature's strongest level-2 parent (None without a hierarchy)."""
+        levels = self.levels()
+        return levels[0][1].argmax(dim=1).tolist() if levels else None
 
     @torch.no_grad()
     def fold_normalization(self, factor: float) -> None:
         """Nothing to fold: atoms are unit norm and NNLS codes scale with x (z(f·x) = f·z(x))."""
-        if not factor > 0:
-            raise SaekitError(f"Normalization factor must be > 0, got {factor}.")
+        check_factor(factor)
         self.folded_norm_factor *= factor
+
+    # ---- fitting -----------------------------------------------------------------------------
+    @classmethod
+    def check(cls, cfg: SAEConfig, n_tokens: int) -> None:
+        if cfg.d_sae > n_tokens:
+            raise SaekitError(
+                f"d_sae={cfg.d_sae} SNMF features need more than train.total_tokens="
+                f"{n_tokens} tokens."
+            )
+
+    @classmethod
+    def fit(cls, cfg: SAEConfig, data: FitData, progress: bool = True) -> Fit:
+        """Fit on `data` (in memory, or streamed with snmf.stream_passes > 0)."""
+        o: SNMFConfig = cfg.options()
+        solver: Callable[..., SNMFFit]
+        if o.stream_passes == 0:
+            solver = partial(fit_snmf, data.matrix(), max_iter=o.max_iter, patience=o.patience)
+        else:
+            solver = partial(fit_snmf_stream, data.passes, max_passes=o.stream_passes)
+        fit = solver(
+            cfg.d_sae, sparsity=o.sparsity, tol=o.tol, init=o.init, seed=cfg.seed, progress=progress
+        )
+        facts = {
+            "snmf_loss": fit.loss,
+            "snmf_fvu": fit.fvu,
+            "snmf_best_iter": fit.best_iter,
+            "snmf_iterations": len(fit.losses),
+            "snmf_solver": "stream" if o.stream_passes else "full",
+        }
+        return Fit(snmf_from_fit(cfg, fit.F_DK), fit.losses, fit.centered_sq, facts)
 
     def export_tensors(self) -> dict[str, Tensor]:
         out = super().export_tensors()
@@ -153,9 +215,9 @@ class SNMFDictionary(Dictionary):
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """Run ~500 small ops (B × S each) on one thread. On 2 cores shared with other jobs, each
-    op's OpenMP barrier waits for a descheduled thread: encoding 1016 SmolLM2 tokens took
-    27 s on 2 threads and 0.33 s on one. The ops are too small for threads to pay off."""
+    """Run ~500 small ops (B × S each) on one thread: on cores shared with other jobs each op's
+    OpenMP barrier waits for a descheduled thread, and the ops are too small for threads to
+    pay off (measured in docs/benchmarks.md)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -188,17 +250,18 @@ def fit_hierarchy(
 
 
 def snmf_from_fit(cfg: SAEConfig, F_DK: Tensor) -> SNMFDictionary:
-    """A dictionary holding fitted features F_DK, plus the hierarchy cfg.snmf_hierarchy asks
-    for (each level fitted with cfg's init, iterations, patience, tolerance and seed)."""
+    """A dictionary holding fitted features F_DK, plus the hierarchy snmf.hierarchy asks
+    for (each level fitted with the section's init, iterations, patience, tolerance and seed)."""
     d = SNMFDictionary(cfg, F_DK.shape[0])
+    o = d.options
     hierarchy = fit_hierarchy(
         _unit_rows(F_DK.T),
-        cfg.snmf_hierarchy,
-        cfg.snmf_sparsity,
-        init=cfg.snmf_init,
-        max_iter=cfg.snmf_max_iter,
-        patience=cfg.snmf_patience,
-        tol=cfg.snmf_tol,
+        o.hierarchy,
+        o.sparsity,
+        init=o.init,
+        max_iter=o.max_iter,
+        patience=o.patience,
+        tol=o.tol,
         seed=cfg.seed,
     )
     d.set_features(F_DK.to(d.W_dec.dtype), hierarchy)

@@ -18,12 +18,11 @@ WTA breaks the monotonicity of Ding's updates (on a 256 × 2000 problem with s =
 rose in 73 of 300 iterations), so the best pair is returned, never the last iterate.
 
 Cost. G is held as G_KN (features × tokens), so after WTA P_KN = FᵀA is a CSR × dense product
-over the ⌈s·D⌉ kept neurons of each feature: 5 ms instead of 55 ms for the dense product
-(8192 tokens, D = 1536, K = 100, 1 thread). The loss is ‖A‖² − 2⟨P, G⟩ + ⟨Q, GᵀG⟩, and GᵀG
-is reused by the next F step, so an iteration costs one dense GEMM (A Gᵀ) plus O(N·K²); the
-official loop costs three (A G, AᵀF and F Gᵀ for the loss) plus a D × N residual. At 16k
-tokens an iteration takes 0.21 s vs 0.87 s for that loop (`saekit bench snmf`: 4.2x), and its
-loss matches a float64 residual to 6e-7 where the official float32 torch.norm is off by 0.6%.
+over the ⌈s·D⌉ kept neurons of each feature, not a dense one. The loss is
+‖A‖² − 2⟨P, G⟩ + ⟨Q, GᵀG⟩, and GᵀG is reused by the next F step, so an iteration costs one
+dense GEMM (A Gᵀ) plus O(N·K²); the official loop costs three (A G, AᵀF and F Gᵀ for the loss)
+plus a D × N residual (timings: `saekit bench snmf`, docs/benchmarks.md). Its loss matches a
+float64 residual to 6e-7 where the official float32 torch.norm is off by 0.6%.
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ class SNMFFit(NamedTuple):
 def keep_count(d: int, sparsity: float) -> int:
     """Neurons WTA keeps per feature: ⌈s·D⌉, at least 1."""
     if not 0 < sparsity <= 1:
-        raise SaekitError(f"snmf_sparsity must be in (0, 1], got {sparsity}; default 0.01.")
+        raise SaekitError(f"snmf.sparsity must be in (0, 1], got {sparsity}; default 0.01.")
     return max(1, math.ceil(sparsity * d))
 
 
@@ -240,6 +239,6 @@ def fit_snmf(
             break
     bar.close()
     if best is None:
-        raise SaekitError("snmf_max_iter must be ≥ 1.")
+        raise SaekitError("snmf.max_iter must be ≥ 1.")
     loss, F_KD, G_KN, it = best
     return SNMFFit(F_KD.T, G_KN.T, loss, it, losses, sq_A, centered_sq(A_DN, sq_A))

@@ -10,8 +10,7 @@ are kept at unit norm by the trainer, so L0 is exactly k and no L1 term is neede
 
 Training runs `saekit.kernels.topk_autoencoder`: after the encoder GEMM everything touches
 only the B·k kept latents (decode, and the backward of decoder and encoder), and AuxK reads
-only the dead latents' columns. At B=4096, d_in=576, d_sae=9216, k=32 a whole trainer step
-costs 1.35 encoder GEMMs on one CPU thread (`saekit bench train`). The codes come back sparse
+only the dead latents' columns (measured step cost: docs/benchmarks.md). The codes come back sparse
 (TrainOutput.codes); z_BS is built only if read. cfg.kernels picks the path: on CPU in fp32
 the fused autograd function above; with Triton (CUDA), or in bf16/fp16 (which torch's CPU
 sparse kernels lack), the CSR kernels of `saekit.kernels.sparse_ops`; "dense" runs
@@ -22,23 +21,21 @@ pre-activations, which is what SAELens does when that flag is off.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saekit.dictionaries.base import (
-    Dictionary,
-    SAEConfig,
+from saekit.dictionaries.trainable import (
+    TrainableDictionary,
     TrainContext,
     TrainOutput,
-    aux_k_loss,
     check_k,
     resolve_k_aux,
     sum_sq_error,
 )
-from saekit.kernels.aux_k import aux_k_loss_dead, aux_k_loss_gathered
+from saekit.kernels.aux_k import aux_k_loss, aux_k_loss_dead, aux_k_loss_gathered
 from saekit.kernels.csr import CsrOps, CsrPattern, select_ops
 from saekit.kernels.sparse_ops import csr_decode, csr_pre_acts
 from saekit.kernels.sparse_topk import (
@@ -49,8 +46,11 @@ from saekit.kernels.sparse_topk import (
     topk_autoencoder,
 )
 
+if TYPE_CHECKING:
+    from saekit.dictionaries.config import SAEConfig
 
-class TopKSAE(Dictionary):
+
+class TopKSAE(TrainableDictionary):
     """Per-token TopK activation; exactly k active latents per row (fewer only if < k are > 0)."""
 
     method = "topk"

@@ -1,6 +1,9 @@
-"""Evaluation.
+"""Evaluation of one dictionary; `saekit/report.py` aggregates a run's results above it.
 
-metrics            reconstruction/sparsity/downstream metrics, each defined once
-synthetic          generators with known features (flat, tree, absorption toy)
+evaluate           `saekit.evaluate`: the core metrics on tensors, or on a model's text
+core               reconstruction, sparsity and CE/KL with the dictionary spliced in
+metrics            each metric defined once (the trainer logs the same FVU and density)
+feature_views      each feature's input and output views (as in the SNMF paper)
 synthetic_metrics  ground-truth scores: MMCS, Hungarian matching, absorption, Gram distortion
+plots              PNG curves and density histograms
 """

@@ -139,12 +139,25 @@ def evaluate_core(
         z_NS = sae.encode(x_ND.to(sae.W_enc.dtype))
         recon.update(x_ND, sae.decode(z_NS).float())
         sparsity.update(z_NS)
+    out = {"hook": hook, **summarize(sae, recon, sparsity)}
+    n_tok = out["n_tokens"]
+    if with_lm and n_tok:
+        batches = _batches(
+            windows, n_windows, model_batch_size, device, f"eval {hook} (LM loss)", progress
+        )
+        out.update(_lm_metrics(model, sae, hook, batches, recon.mean_D))
+    return out
+
+
+def summarize(
+    sae: Dictionary, recon: ReconstructionStats, sparsity: SparsityStats
+) -> dict[str, Any]:
+    """Reconstruction and sparsity metrics of `sae` from accumulated statistics."""
     r = recon.compute()
     s = sparsity.compute()
     n_tok = int(r.n_tokens)
     hist = density_histogram(sparsity.counts_S, n_tok)
-    out: dict[str, Any] = {
-        "hook": hook,
+    return {
         "method": sae.method,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
@@ -163,9 +176,3 @@ def evaluate_core(
         "log10_density": log10_density(sparsity.counts_S, n_tok).tolist(),
         "density_histogram": {"counts": hist.counts_N.tolist(), "edges": hist.edges_N1.tolist()},
     }
-    if with_lm and n_tok:
-        batches = _batches(
-            windows, n_windows, model_batch_size, device, f"eval {hook} (LM loss)", progress
-        )
-        out.update(_lm_metrics(model, sae, hook, batches, recon.mean_D))
-    return out

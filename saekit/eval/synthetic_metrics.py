@@ -1,4 +1,5 @@
-"""Ground-truth metrics for dictionaries trained on `saekit.eval.synthetic` data (§8.2).
+"""Ground-truth metrics for dictionaries trained on `saekit.activations.synthetic` data
+(definitions: docs/evaluation.md, "Synthetic ground truth").
 
 true_FD: F true unit features; dec_SD: S decoder rows (any norm; normalised here). Cosines are
 signed (M1): our codes are nonnegative, so an atom pointing at −g does not recover g. SAELens'
@@ -181,8 +182,8 @@ def hierarchy_consistency(
     """M7 over the matched latents of a tree whose parent of feature i is parent_F[i] (−1: none).
 
     The implication term is conditional on the child latent firing rather than the joint
-    P(child on, parent off) of methods.md: the joint scales with child frequency (0.04 per child
-    in the default tree), which makes it incomparable across trees.
+    P(child on, parent off) (docs/evaluation.md): the joint scales with child frequency (0.04
+    per child in the default tree), which makes it incomparable across trees.
     """
     fires_BS = z_BS != 0
     atom_F = matching.atom_F

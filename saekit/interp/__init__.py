@@ -1,4 +1,4 @@
-"""Feature statistics and LLM-free interpretability scores (methods §5.4)."""
+"""Feature statistics and LLM-free interpretability scores (docs/interpretability.md)."""
 
 from saekit.interp.collect import FeatureCollector, FeatureData
 from saekit.interp.config import InterpConfig

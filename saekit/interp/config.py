@@ -24,7 +24,7 @@ class InterpConfig:
     """Uniform sample of activating held-out test examples per feature (quantile samples,
     detection/fuzzing positives)."""
     top_tokens: int = 100
-    """Highest-activation token positions per feature for the token entropy (N = 100, §5.4)."""
+    """Highest-activation token positions per feature for the token entropy (N = 100)."""
     test_fraction: float = 0.5
     """Fraction of windows whose examples form the test split (the rest fits explanations)."""
     max_ngrams: int = 5

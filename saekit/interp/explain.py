@@ -1,9 +1,10 @@
-"""The LLM-free explainer (§5.4.3): a feature's explanation is a set of at most 5 unigrams or
-bigrams, chosen greedily on the train split to maximize the balanced accuracy (default) or the F1
-(§5.4.3) of the rule "the example contains one of them" against "the feature fires in the
-example" (max activation > 0). F1 favours the trivial rule for dense features: a feature firing
-in half the examples gets F1 0.67 from "contains a comma", while its balanced accuracy is 0.5,
-the chance level of the detection test; balanced accuracy only rewards n-grams that separate.
+"""The LLM-free explainer (docs/interpretability.md): a feature's explanation is a set of at
+most 5 unigrams or bigrams, chosen greedily on the train split to maximize the balanced
+accuracy (default) or the F1 of the rule "the example contains one of them" against "the
+feature fires in the example" (max activation > 0). F1 favours the trivial rule for dense
+features: a feature firing in half the examples gets F1 0.67 from "contains a comma", while its
+balanced accuracy is 0.5, the chance level of the detection test; balanced accuracy only
+rewards n-grams that separate.
 
 N-grams are integer keys: a unigram is its token id v < V; a bigram (u, v) is V + u·V + v. A
 key "ends" at the position of its last token, which is where fuzzing predicts activation.

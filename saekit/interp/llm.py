@@ -1,5 +1,6 @@
-"""Optional LLM scorer (§5.1): delphi-style detection and fuzzing judged by a chat model, either
-any OpenAI-compatible endpoint or the offline SmolLM2-Instruct (no network, runs in tests).
+"""Optional LLM scorer (docs/interpretability.md): delphi-style detection and fuzzing judged by
+a chat model, either any OpenAI-compatible endpoint or the offline SmolLM2-Instruct (no
+network, runs in tests).
 
 Detection: the judge reads the explanation and 5 passages per prompt and answers a Python list
 of 0/1 ("does the passage show the feature?"). Fuzzing: tokens are wrapped in << >>; activating

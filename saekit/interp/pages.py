@@ -3,7 +3,6 @@ of `table.json` (what the index table shows). Token ids become display strings h
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,11 @@ from saekit.interp.views import (
     unembedding,
     vocab_projection,
 )
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Write atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(obj, separators=(",", ":")))
-    partial.replace(path)
-    return path
+from saekit.rundir import write_json
 
 
 class TokenText:
-    """Token id → display string, cached (decoding one id at a time is ~20 µs)."""
+    """Token id → display string, cached (a tokenizer decodes one id at a time slowly)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -141,5 +132,5 @@ def feature_records(
                 ]
                 for side in ("top", "bottom")
             }
-        write_json(out_dir / f"{s}.json", page)
+        write_json(out_dir / f"{s}.json", page, indent=None)
     return rows

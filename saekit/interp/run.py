@@ -20,9 +20,11 @@ from saekit.dictionaries import Dictionary, load_dictionary
 from saekit.errors import SaekitError
 from saekit.interp.collect import FeatureCollector, FeatureData
 from saekit.interp.config import InterpConfig
-from saekit.interp.pages import TokenText, feature_records, write_json
+from saekit.interp.pages import TokenText, feature_records
 from saekit.interp.scores import Scorer, score_features, summarize
 from saekit.models.hooks import HookedModel, build_hooked_model
+from saekit.recipe import load_run
+from saekit.rundir import RunDir, write_json
 
 
 def random_control(sae: Dictionary, seed: int) -> Dictionary:
@@ -144,7 +146,7 @@ def interp_dictionary(
             cfg.llm_examples,
         )
     table = feature_records(model, sae, main, scores, cfg, out_dir / "features")
-    write_json(out_dir / "table.json", table)
+    write_json(out_dir / "table.json", table, indent=None)
     return summary
 
 
@@ -158,14 +160,12 @@ def run_interp_eval(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score every dictionary of a run (or one SAE dir); write interp.json into `out_dir`."""
-    from saekit.eval.report import resolve_targets
-
     cfg = cfg or InterpConfig()
     run = Path(path)
-    recipe, targets = resolve_targets(run, hook)
+    recipe, targets = load_run(run, hook)
     if model_name is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=model_name))
-    out = Path(out_dir) if out_dir is not None else run
+    out = RunDir(out_dir if out_dir is not None else run)
     if model is None:
         model = build_hooked_model(recipe.model)
     windows = build_windows(
@@ -181,15 +181,14 @@ def run_interp_eval(
     }
     for name, sae_dir, sae_hook in targets:
         sae = load_dictionary(sae_dir)
-        summary = interp_dictionary(
-            model, sae, sae_hook, windows, cfg, out / "interp" / name, progress
-        )
-        report["saes"][name] = summary | {"features_dir": f"interp/{name}"}
-    write_json(out / "interp.json", report)
+        features_dir = out.interp_dir(name)
+        summary = interp_dictionary(model, sae, sae_hook, windows, cfg, features_dir, progress)
+        report["saes"][name] = summary | {"features_dir": str(features_dir.relative_to(out.path))}
+    write_json(out.interp, report, indent=None)
     return report
 
 
 def load_interp(path: str | Path) -> dict[str, Any] | None:
     """The interp.json of a run dir, or None when it has not been computed."""
-    f = Path(path) / "interp.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+    run = RunDir(path)
+    return run.read_json(run.interp)

@@ -1,4 +1,4 @@
-"""LLM-free interpretability scores per feature (§5.4.4-6), from one `FeatureData`.
+"""LLM-free interpretability scores per feature (docs/interpretability.md), from one `FeatureData`.
 
 - detection: balanced accuracy of "the example contains an n-gram of the explanation" on held-out
   examples: up to 50 activating ones spread evenly over the feature's activation quantiles (from

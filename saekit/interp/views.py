@@ -75,7 +75,7 @@ def cooccurrence_neighbours(ex_max_CS: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 def decoder_neighbours(W_dec_SD: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Top-n features by cosine similarity of decoder rows (§5.4.7 redundancy/splitting)."""
+    """Top-n features by cosine similarity of decoder rows (redundancy, splitting)."""
     unit = W_dec_SD.float() / W_dec_SD.float().norm(dim=1, keepdim=True).clamp_min(1e-8)
     ids, vals = [], []
     for a in range(0, unit.shape[0], NEIGHBOUR_BLOCK):

@@ -16,19 +16,9 @@ on the host. Both select the same latents and give the same loss and gradients.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from saekit.dictionaries.base import SAEConfig
-
-
-def resolve_k_aux(cfg: SAEConfig, d_in: int) -> int:
-    """AuxK width: cfg.aux_k, else d_in // 2 (Gao et al. 2024's heuristic), at least 1."""
-    return cfg.aux_k if cfg.aux_k is not None else max(d_in // 2, 1)
 
 
 def _scaled_normalized_error(

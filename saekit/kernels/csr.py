@@ -36,9 +36,8 @@ KernelMode = Literal["auto", "triton", "torch", "dense"]
 def stable_argsort(keys_N: Tensor, n_keys: int) -> Tensor:
     """argsort(stable=True) of keys in [0, n_keys), on CPU by numpy's single-threaded sort.
 
-    torch's parallel CPU sort of B·k = 131k keys takes ~2 ms on idle cores but stalls for up
-    to ~190 ms when other jobs share them; numpy's radix sort of uint16 keys (d_sae ≤ 65536)
-    takes 1.6 ms either way (wider int64 keys: ~14 ms).
+    torch's parallel CPU sort stalls when other jobs share the cores; numpy's radix sort of
+    uint16 keys (d_sae ≤ 65536) does not (measured in docs/benchmarks.md).
     """
     if keys_N.device.type != "cpu":
         return keys_N.argsort(stable=True)

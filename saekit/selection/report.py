@@ -10,7 +10,6 @@ selection.json (written atomically to OUT_DIR, default RUN_DIR/selection/):
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, replace
@@ -23,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from saekit.errors import SaekitError  # noqa: E402
+from saekit.rundir import write_json  # noqa: E402
 from saekit.selection.config import DataFields, SelectConfig  # noqa: E402
 from saekit.selection.data import Sample, load_samples, offline_categories, split_category  # noqa: E402
 from saekit.selection.evaluate import mean_std, retrieval_eval, retrieval_table  # noqa: E402
@@ -196,7 +196,5 @@ def run_selection_eval(
         result["plots"]["downstream"] = str(
             _plot_downstream(down, out / "selection-downstream.png")
         )
-    partial = out / "selection.json.partial"
-    partial.write_text(json.dumps(result, indent=1))
-    partial.replace(out / "selection.json")
+    write_json(out / "selection.json", result)
     return result

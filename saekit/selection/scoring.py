@@ -1,7 +1,7 @@
 """Score a pool against target exemplars with MoNA and every baseline, from shared embeddings.
 
-MoNA (Ma et al. 2025, arXiv 2503.15573; methods §3(a)): pooled SAE features, per-feature scale
-(÷ pool max), IDF weights, generalized Jaccard to the mean target vector (or LESS max over
+MoNA (Ma et al. 2025, arXiv 2503.15573; docs/selection.md): pooled SAE features, per-feature
+scale (÷ pool max), IDF weights, generalized Jaccard to the mean target vector (or LESS max over
 sub-tasks). `neurons` is the same pipeline on raw MLP neurons: the paper's "no SAE" ablation.
 """
 

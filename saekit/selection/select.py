@@ -17,6 +17,8 @@ from typing import Any
 from saekit.dictionaries import Dictionary, load_dictionary
 from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel, build_hooked_model
+from saekit.recipe import load_run
+from saekit.rundir import RunDir, write_json
 from saekit.selection.config import DataFields, SelectConfig
 from saekit.selection.data import Sample, load_samples
 from saekit.selection.scoring import build_probes, embed_sets, jaccard_scores, score_methods
@@ -41,13 +43,12 @@ def load_selector(
     model: HookedModel | None = None,
 ) -> Selector:
     """The run's (or SAE dir's) dictionary and model; `sae_name` picks one of several."""
-    from saekit.eval.report import resolve_targets
-
-    recipe, targets = resolve_targets(Path(run_dir), hook)
+    recipe, all_targets = load_run(run_dir, hook)
+    targets = all_targets
     if sae_name is not None:
-        targets = [t for t in targets if t[0] == sae_name]
+        targets = [t for t in all_targets if t.name == sae_name]
         if not targets:
-            names = ", ".join(t[0] for t in resolve_targets(Path(run_dir), hook)[1])
+            names = ", ".join(t.name for t in all_targets)
             raise SaekitError(f"No dictionary {sae_name!r} in {run_dir}; choose one of: {names}.")
     name, sae_dir, sae_hook = targets[0]
     if model is None:
@@ -150,9 +151,7 @@ def select_data(
         ]
         _write_jsonl(out / "ranking.jsonl", ranking)
         _write_jsonl(out / "selected.jsonl", [pool[i].record() for i in picks["mona"].tolist()])
-        partial = out / "report.json.partial"
-        partial.write_text(json.dumps(report, indent=1))
-        partial.replace(out / "report.json")
+        write_json(out / "report.json", report)
         report["out_dir"] = str(out)
     report["selected_rows"] = [pool[i].source_index for i in picks["mona"].tolist()]
     return report
@@ -174,5 +173,5 @@ def select_from_specs(
     pool = load_samples(pool_spec, fields, "pool")
     target = load_samples(target_spec, fields, "target")
     selector = load_selector(run_dir, sae_name, model_name)
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "selection"
+    out = Path(out_dir) if out_dir is not None else RunDir(run_dir).selection
     return select_data(selector, pool, target, cfg, out, baselines)

@@ -5,7 +5,7 @@ the response; the text between sentinels is template (role markers, the default 
 end-of-turn tokens). Each piece is tokenized on its own, so every token is known to be template,
 instruction or response without offset mappings. Template tokens and position 0 (the attention
 sink, whose norm is 10-100x the rest) are never pooled: they fire the same latents in every
-sample and would inflate every similarity (methods §3(f) pitfall 2).
+sample and would inflate every similarity (docs/selection.md, pitfall 2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Steering with learned features and a judge-free steering score (methods §4.5)."""
+"""Steering with learned features and a judge-free steering score (docs/steering.md)."""
 
-from saekit.steering.api import feature_edit, resolve_dictionary, steer_generate
+from saekit.steering.api import feature_edit, resolve_dictionary, steer, steer_generate
 from saekit.steering.calibrate import Calibration, calibrate
 from saekit.steering.directions import Direction
 from saekit.steering.evaluate import run_steering_eval, steering_table
@@ -18,6 +18,7 @@ __all__ = [
     "feature_edit",
     "resolve_dictionary",
     "run_steering_eval",
+    "steer",
     "steer_generate",
     "steering_table",
 ]

@@ -15,7 +15,8 @@ from saekit.dictionaries import load_dictionary
 from saekit.dictionaries.base import Dictionary
 from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel
-from saekit.steering.directions import dictionary_direction, load_run_dictionaries
+from saekit.recipe import load_run
+from saekit.steering.directions import dictionary_direction
 from saekit.steering.generate import Edits, encode_prompts, generate
 from saekit.steering.interventions import AddDirection, ClampFeature, PositionalEdit
 
@@ -25,7 +26,7 @@ def resolve_dictionary(
 ) -> tuple[Any, str, Dictionary, str]:
     """(recipe, name, dictionary, hook) of the run's dictionary called `dictionary`
     (optional when the run has exactly one)."""
-    recipe, targets = load_run_dictionaries(run_dir, hook)
+    recipe, targets = load_run(run_dir, hook)
     names = [name for name, _, _ in targets]
     if dictionary is None and len(targets) > 1:
         raise SaekitError(
@@ -90,3 +91,23 @@ def steer_generate(
     (ids,) = encode_prompts(model, [prompt])
     (cont,) = generate(model, [ids], n_new, edits, temperature, seed)
     return str(model.tokenizer.decode(cont))
+
+
+def steer(
+    model: HookedModel,
+    sae: Dictionary,
+    prompt: str,
+    feature: int,
+    strength: float | None = None,
+    clamp: float | None = None,
+    hook: str | None = None,
+    n_new: int = 32,
+) -> str:
+    """`saekit.steer`: the continuation of `prompt` with feature `feature` of `sae` added at
+    `strength` × its unit direction (or its code clamped to `clamp`), at `hook` (default: the
+    hook the dictionary was trained on). Greedy decoding."""
+    hook = hook or sae.cfg.hook
+    if not hook:
+        raise SaekitError("This dictionary records no hook; pass hook=... to steer().")
+    edit = feature_edit(sae.to(model.device), feature, strength, clamp)
+    return steer_generate(model, prompt, {hook: edit}, n_new=n_new)

@@ -1,4 +1,5 @@
-"""Strength calibration: find α with a given next-token KL, by bisection (methods §4.5 step 1).
+"""Strength calibration: find α with a given next-token KL by bisection (docs/steering.md,
+step 1 of the steering score).
 
 KL(p_0 ‖ p_α) at the last position of the selection prompts, averaged over prompts, grows with
 |α| for small α (it is 0 at α = 0 and its derivative in α is 0 there too). For each target κ,

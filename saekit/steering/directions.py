@@ -3,7 +3,7 @@
 A `Direction` is a unit vector at one hook: a dictionary feature (SAE decoder row or SNMF
 atom, both at the hook the dictionary was trained on), a difference-in-means direction
 (mean activation on concept texts minus mean on neutral texts), a random direction, or any
-vector. Its target token set T (methods §4.5) is either
+vector. Its target token set T (docs/steering.md, "Protocol") is either
 
     vocab    the top-k tokens of ln_final(r) W_U, r the direction's write into the residual
              stream (r = v at residual hooks; r = W_out v at an MLP's hidden activation);
@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +27,8 @@ from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel
 from saekit.steering.interventions import check_feature
 
-Kind = Literal["sae", "snmf", "diffmean", "random", "vector"]
+Kind = str
+"""A dictionary feature's method (topk, relu, snmf, ...), or diffmean, random, vector."""
 _TL_MLP = re.compile(r"blocks\.(\d+)\.mlp\.hook_post")
 _TL_RESID = re.compile(r"blocks\.\d+\.hook_(resid_pre|resid_mid|resid_post|mlp_out|attn_out)")
 _HF_MLP = re.compile(r"model\.layers\.(\d+)\.mlp\.down_proj:in")
@@ -123,7 +124,7 @@ def output_logits(model: HookedModel, hook: str, v_D: Tensor) -> Tensor:
     if model.is_transformer_lens:
         match = _TL_MLP.fullmatch(hook)
         if match:
-            from saekit.eval.snmf_views import residual_directions
+            from saekit.eval.feature_views import residual_directions
 
             r_M = residual_directions(model, int(match.group(1)), v_D[None].to(model.device))[0]
         elif _TL_RESID.fullmatch(hook):
@@ -180,12 +181,3 @@ def maxact_targets(
             f"No token occurs {min_count}+ times in the reference text; give more text."
         )
     return [[int(t) for t in col] for col in means_VK.topk(top, dim=0).indices.T]
-
-
-def load_run_dictionaries(
-    path: str | Path, hook: str | None = None
-) -> tuple[Any, list[tuple[str, Path, str]]]:
-    """(recipe, [(name, dictionary dir, hook)]) of a run directory or one SAE directory."""
-    from saekit.eval.report import resolve_targets
-
-    return resolve_targets(Path(path), hook)

@@ -8,7 +8,6 @@ same KL budgets, so rows of the table compare methods at equal disruption of the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,16 +16,16 @@ from typing import Any
 import torch
 
 from saekit.config import to_dict
-from saekit.dictionaries import SNMFDictionary, load_dictionary
+from saekit.dictionaries import load_dictionary
 from saekit.dictionaries.saelens_format import load_log10_density
 from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel, build_hooked_model
+from saekit.recipe import load_run
+from saekit.rundir import RunDir, write_json
 from saekit.steering.directions import (
     Direction,
-    Kind,
     dictionary_direction,
     diffmean_direction,
-    load_run_dictionaries,
     maxact_targets,
     random_directions,
     vocab_targets,
@@ -73,9 +72,9 @@ def run_steering_eval(
     runs = [Path(run_dir)] if isinstance(run_dir, str | Path) else [Path(p) for p in run_dir]
     if not runs:
         raise SaekitError("Give at least one run directory.")
-    out = Path(out_dir) if out_dir is not None else runs[0]
-    out.mkdir(parents=True, exist_ok=True)
-    loaded = [load_run_dictionaries(r) for r in runs]
+    out = RunDir(out_dir if out_dir is not None else runs[0])
+    out.path.mkdir(parents=True, exist_ok=True)
+    loaded = [load_run(r) for r in runs]
     recipe = loaded[0][0]
     if model_name is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=model_name))
@@ -87,7 +86,6 @@ def run_steering_eval(
     for _, targets in loaded:
         for name, sae_dir, hook in targets:
             sae = load_dictionary(sae_dir)
-            kind: Kind = "snmf" if isinstance(sae, SNMFDictionary) else "sae"
             idx = (
                 list(features)
                 if features is not None
@@ -95,7 +93,9 @@ def run_steering_eval(
             )
             for i in idx:
                 v = dictionary_direction(sae, i)
-                by_hook.setdefault(hook, []).append(Direction(f"{name}#{i}", kind, hook, v, []))
+                by_hook.setdefault(hook, []).append(
+                    Direction(f"{name}#{i}", sae.method, hook, v, [])
+                )
     if labelled is True:
         from saekit.steering.concepts import evals_concept_texts
 
@@ -122,17 +122,14 @@ def run_steering_eval(
         if judge is not None and judge.backend != "none":
             _judge_site(Judge(judge), results)
         rows = [{"hook": hook, **r} for r in summarize(results, cfg.kl_targets)]
-        png = out / f"steering-{hook.replace(':', '_')}.png"
-        plot = plot_score_vs_kl(rows, f"steering at {hook}", png)
+        plot = plot_score_vs_kl(rows, f"steering at {hook}", out.steering_plot(hook))
         report["sites"][hook] = {
             "alpha_max": study.alpha_max,
             "directions": results,
             "plot": str(plot),
         }
         report["table"] += rows
-    partial = out / "steering.json.partial"
-    partial.write_text(json.dumps(report, indent=1))
-    partial.replace(out / "steering.json")
+    write_json(out.steering, report)
     return report
 
 

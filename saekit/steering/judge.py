@@ -1,4 +1,5 @@
-"""Optional judge path (methods §4.6): rate steered continuations for concept and fluency.
+"""Optional judge path (docs/steering.md, "Optional judge"): rate steered continuations for
+concept and fluency.
 
 Off by default. Two backends score the same rubrics, each on 0-2 and answered as
 "Rating: [[s]]": `openai` posts to any OpenAI-compatible chat endpoint (URL and model in the

@@ -1,4 +1,4 @@
-"""Judge-free steering metrics, each defined once (protocol: methods §4.5).
+"""Judge-free steering metrics, each defined once (protocol: docs/steering.md).
 
 Shapes: P prompts, V vocabulary. Log-probabilities are natural logs.
 

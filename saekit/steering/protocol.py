@@ -1,4 +1,4 @@
-"""The judge-free steering protocol at one hook (methods §4.5): measure, then score.
+"""The judge-free steering protocol at one hook (docs/steering.md): measure, then score.
 
 `SiteStudy` holds what every direction at one hook shares: the neutral prompts (split into a
 selection half P_sel and an evaluation half P_eval), the unsteered baseline and the target
@@ -54,7 +54,7 @@ DEFAULT_PROMPTS = (
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    """The steering score protocol (methods §4.5)."""
+    """The steering score protocol (docs/steering.md, "The steering score")."""
 
     kl_targets: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
     """Next-token KL budgets κ (nats) the strength is calibrated to."""

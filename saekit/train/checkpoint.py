@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from saekit.errors import SaekitError
 from saekit.files import follow_umask
+from saekit.rundir import LOCK_FILE
 
 LATEST = "latest"
 
@@ -136,7 +137,7 @@ class RunLock:
     claim, so two resumers that both saw P dead cannot both take it.
     """
 
-    NAME = "run.lock"
+    NAME = LOCK_FILE
 
     def __init__(self, out: Path) -> None:
         self.path = out / self.NAME

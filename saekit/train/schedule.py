@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from saekit.dictionaries import Dictionary
+from saekit.dictionaries import TrainableDictionary
 from saekit.errors import SaekitError
 
 
@@ -98,9 +98,9 @@ class L0Controller:
         self.error = state.get("error")
 
 
-def l0_controller(sae: Dictionary, name: str) -> L0Controller | None:
+def l0_controller(sae: TrainableDictionary, name: str) -> L0Controller | None:
     """The controller steering `sae` to its target_l0 (None without one); checks it can."""
-    target, coef = sae.cfg.target_l0, sae.sparsity_coefficient
+    target, coef = sae.target_l0, sae.sparsity_coefficient
     if target is None:
         return None
     if coef is None or not coef > 0 or not target > 0:

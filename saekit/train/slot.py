@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from saekit.activations.stream import BaseStream
-from saekit.dictionaries import Dictionary, SAEConfig
+from saekit.dictionaries import SAEConfig, TrainableDictionary
 from saekit.errors import SaekitError
 from saekit.train.config import TrainConfig
 from saekit.train.schedule import default_lr, l0_controller, lr_multiplier
@@ -17,11 +17,13 @@ from saekit.train.schedule import default_lr, l0_controller, lr_multiplier
 class Slot:
     """One dictionary and everything that trains it."""
 
-    def __init__(self, name: str, hook: str, sae: Dictionary, cfg: TrainConfig, n_steps: int):
+    def __init__(
+        self, name: str, hook: str, sae: TrainableDictionary, cfg: TrainConfig, n_steps: int
+    ) -> None:
         self.name, self.hook, self.sae = name, hook, sae
         lr = cfg.lr if cfg.lr is not None else default_lr(sae.d_sae)
-        # fused: one pass over Adam's state instead of ~10 per tensor; 190 → 30 ms per step at
-        # d_sae 9216 × d_in 576 on 2 CPU cores (same update up to float rounding).
+        # fused: one pass over Adam's state instead of ~10 per tensor (same update up to float
+        # rounding; its cost in docs/benchmarks.md).
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -38,7 +40,7 @@ class Slot:
             "tokens_since_fired": self.tokens_since_fired_S,
             "fire_count": self.fire_count_S,
             "controller": self.controller.state_dict() if self.controller else None,
-            "sparsity_coefficient": getattr(self.sae, "sparsity_coefficient", None),
+            "sparsity_coefficient": self.sae.sparsity_coefficient,
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -49,7 +51,7 @@ class Slot:
         if self.controller and state["controller"]:
             self.controller.load_state_dict(state["controller"])
         if state["sparsity_coefficient"] is not None:
-            self.sae.sparsity_coefficient = state["sparsity_coefficient"]  # type: ignore[assignment]
+            self.sae.sparsity_coefficient = state["sparsity_coefficient"]
 
 
 def resolve_hook(i: int, sae_cfg: SAEConfig, stream: BaseStream) -> str:

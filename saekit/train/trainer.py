@@ -2,11 +2,12 @@
 
 Each dictionary has its own Adam, LR schedule, dead-latent clock and (for relu/jumprelu with a
 target L0) sparsity controller; all read their hook's rows from the same batch, so N SAEs on
-one layer (a sweep) or on N layers cost one model forward. Logging (tqdm, history.jsonl,
-wandb) and checkpoints happen every `log_every` / `checkpoint_every` steps; between them only
-the finite-loss check and the L0 controller (relu/jumprelu with target_l0) read a value on the
+one layer (a sweep) or on N layers cost one model forward. Logging (tqdm, history, wandb) and
+checkpoints happen every `log_every` / `checkpoint_every` steps; between them only the
+finite-loss check and the L0 controller (relu/jumprelu with target_l0) read a value on the
 host each step. Under torchrun the ranks split the batch or the dictionaries (`distributed.py`);
-rank 0 logs and writes checkpoints (`run_state.py`).
+rank 0 logs and writes checkpoints (`run_state.py`). Without a run directory nothing is
+written: the history stays in memory and the trained dictionaries are returned.
 """
 
 from __future__ import annotations
@@ -22,53 +23,66 @@ import torch
 from tqdm import tqdm
 
 from saekit.activations.stream import BaseStream
-from saekit.dictionaries import Dictionary, SAEConfig, TrainContext, build_dictionary
+from saekit.dictionaries import Dictionary, SAEConfig, TrainableDictionary, TrainContext
+from saekit.dictionaries.registry import build_dictionary
 from saekit.errors import SaekitError
 from saekit.eval.metrics import fvu, log10_density
-from saekit.train.checkpoint import has_checkpoint
+from saekit.rundir import RunDir
+from saekit.train.checkpoint import has_checkpoint, save_checkpoint
 from saekit.train.config import TrainConfig
 from saekit.train.distributed import Distributed
 from saekit.train.geometric_median import geometric_median
 from saekit.train.logging import RunLogger
-from saekit.train.run_state import load_run_state, save_run_state
+from saekit.train.run_state import RunState, gather_state, read_state, restore_state
 from saekit.train.schedule import sparsity_scale
 from saekit.train.slot import Slot, resolve_hook, slot_name
 
 
 class Trainer:
-    """Trains `sae_cfgs` on `stream`, writing into `cfg.output_dir`."""
+    """Trains `sae_cfgs` on `stream`; writes into `run_dir` when one is given."""
 
     def __init__(
         self,
         sae_cfgs: tuple[SAEConfig, ...],
         cfg: TrainConfig,
         stream: BaseStream,
-        run_config: dict[str, Any],
+        run_config: dict[str, Any] | None = None,
         provenance: dict[str, Any] | None = None,
         dist: Distributed | None = None,
+        run_dir: RunDir | None = None,
     ) -> None:
         if not sae_cfgs:
             raise SaekitError("The recipe trains no dictionary: add at least one entry to saes.")
-        self.cfg, self.stream, self.run_config = cfg, stream, run_config
+        self.cfg, self.stream, self.run_config = cfg, stream, run_config or {}
         self.provenance = provenance or {}
         self.dist = dist or Distributed()
-        self.out = Path(cfg.output_dir)
+        self.run_dir = run_dir
         self.batch_tokens = stream.cfg.batch_size * self.dist.data_world
         """Tokens per step over all ranks (= stream.batch_size of the recipe)."""
         self.n_steps = max(1, cfg.total_tokens // self.batch_tokens)
         self.step = 0
         self.saved_step = -1
         """Step of the newest checkpoint written or loaded (the end skips rewriting it)."""
+        self.history: list[dict[str, float]] = []
+        """Every log record ({"step": n, "NAME/fvu": ...}), as history.jsonl holds them."""
+        self.dictionaries: dict[str, Dictionary] = {}
+        """After training: the exported (folded, CPU) copy of each dictionary this rank owns."""
         self.slots = []
         for i, sae_cfg in enumerate(sae_cfgs):
             if not self.dist.owns(i):
                 continue
             hook = resolve_hook(i, sae_cfg, stream)
             sae_cfg = replace(sae_cfg, hook=hook)
-            sae = build_dictionary(sae_cfg, stream.d_in[hook]).to(cfg.device)
-            self.slots.append(Slot(slot_name(i, sae_cfg, hook), hook, sae, cfg, self.n_steps))
+            sae = build_dictionary(sae_cfg, stream.d_in[hook])
+            if not isinstance(sae, TrainableDictionary):
+                raise SaekitError(
+                    f"saes[{i}]: method {sae_cfg.method} is fitted in closed form, not trained "
+                    "by gradient steps; train it in a recipe whose dictionaries are all fitted."
+                )
+            name = slot_name(i, sae_cfg, hook)
+            self.slots.append(Slot(name, hook, sae.to(cfg.device), cfg, self.n_steps))
 
-    # ---- init / checkpoints ------------------------------------------------------------------
+    # ---- init / state ------------------------------------------------------------------------
     def init_b_dec(self, batch: dict[str, torch.Tensor]) -> None:
         """b_dec ← geometric median of the first rows (robust to attention-sink outliers)."""
         n = self.cfg.b_dec_init_samples
@@ -87,19 +101,37 @@ class Trainer:
         self.stream.norm_factors = agreed
         return {h: x * (agreed[h] / local[h]) if h in local else x for h, x in batch.items()}
 
+    def state_dict(self) -> RunState | None:
+        """The whole run's state (dictionaries, optimizers, clocks, stream, RNGs), gathered
+        on rank 0; None on the other ranks."""
+        return gather_state(
+            self.slots, self.dist, self.stream, self.step, self.n_steps, self.run_config
+        )
+
+    def load_state_dict(self, state: RunState) -> None:
+        """Continue from `state`: every owned slot, this rank's stream position and RNGs."""
+        self.step = self.saved_step = restore_state(self.slots, self.dist, self.stream, state)
+
     def checkpoint(self) -> None:
         """Rank 0 writes one checkpoint, the same whatever the number of processes."""
-        save_run_state(self)
+        state = self.state_dict()
+        if state is not None and self.run_dir is not None:
+            save_checkpoint(self.run_dir.checkpoints, self.step, *state)
         self.saved_step = self.step
 
     def resume(self) -> None:
         """Load the newest checkpoint; refuse (naming the difference) one of another recipe."""
-        self.step = self.saved_step = load_run_state(self)
+        assert self.run_dir is not None, "resuming needs a run directory"
+        self.load_state_dict(
+            read_state(self.run_dir.checkpoints, self.slots, self.dist, self.run_config)
+        )
 
     # ---- the loop ----------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict[str, Any]:
+        """Run to train.total_tokens; returns the summary (steps, tokens, saes)."""
+        out = self.run_dir
         # A run that died before its first checkpoint resumes from step 0.
-        if resume and self.dist.broadcast(has_checkpoint(self.out / "checkpoints")):
+        if resume and out and self.dist.broadcast(has_checkpoint(out.checkpoints)):
             self.resume()  # restores the RNG states too
         if self.step == 0:
             # Seeded here rather than at construction, so the random stream (MP's atom dropout)
@@ -107,9 +139,8 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             random.seed(self.cfg.seed)
         main = self.dist.is_main
-        logger = RunLogger(self.out, self.cfg, self.run_config, resume) if main else None
-        if logger is not None:
-            logger.truncate(self.step)
+        logger = RunLogger(out if main else None, self.cfg, self.run_config, resume)
+        logger.truncate(self.step)
         bar = tqdm(
             total=self.n_steps, initial=self.step, desc="training", unit="step", disable=not main
         )
@@ -131,20 +162,19 @@ class Trainer:
                 record["tokens_per_s"] = tokens_last / max(now - t_last, 1e-9)
                 t_last, tokens_last = now, 0
                 record = self.dist.merge_record(record)
-                if logger is not None:
-                    logger.log(self.step, record)
+                logger.log(self.step, record)
                 first = self.slots[0].name
                 bar.set_postfix(
                     fvu=f"{record[f'{first}/fvu']:.3f}", l0=f"{record[f'{first}/l0']:.1f}"
                 )
-            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+            if out and self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
-        if self.step != self.saved_step:
+        if out and self.step != self.saved_step:
             self.checkpoint()
         summary = self.export()
-        if logger is not None:
-            logger.finish(summary)
+        self.history = logger.records
+        logger.finish(summary)
         return summary
 
     def _step(self, slot: Slot, x_BD: torch.Tensor, log_now: bool) -> dict[str, float]:
@@ -184,7 +214,7 @@ class Trainer:
             if slot.controller is not None and self.step >= cfg.sparsity_warmup_steps:
                 l0 = float(fired_S.sum().float() / n_rows)  # = mean_B(L0) exactly
                 lr = float(slot.scheduler.get_last_lr()[0])  # the loop's speed follows it
-                sae.sparsity_coefficient = slot.controller.update(l0, lr)  # type: ignore[assignment]
+                sae.sparsity_coefficient = slot.controller.update(l0, lr)
         if not log_now:
             return {}
         with torch.no_grad():
@@ -194,28 +224,33 @@ class Trainer:
             rec[f"{slot.name}/l0"] = l0 if l0 is not None else float(fired_S.sum() / n_rows)
             rec[f"{slot.name}/dead_fraction"] = float(dead_S.float().mean())
             rec[f"{slot.name}/lr"] = float(slot.scheduler.get_last_lr()[0])
-            coef = getattr(sae, "sparsity_coefficient", None)
-            if coef is not None:
-                rec[f"{slot.name}/sparsity_coefficient"] = float(coef)
+            if sae.sparsity_coefficient is not None:
+                rec[f"{slot.name}/sparsity_coefficient"] = float(sae.sparsity_coefficient)
         return rec
 
     def export(self) -> dict[str, Any]:
-        """Save every dictionary (normalization folded in) under OUTPUT_DIR/saes/NAME."""
+        """Every dictionary with the normalization folded in (taking raw activations), saved
+        under RUN_DIR/saes/NAME when there is a run directory; the run's summary."""
         tokens = self.step * self.batch_tokens
         summary: dict[str, Any] = {"steps": self.step, "tokens": tokens, "saes": {}}
         n_tokens = max(1, tokens)
         # Data parallel: rank 0 writes the (identical) dictionaries; hooks: each rank its own.
         mine = self.slots if self.dist.mode == "hooks" or self.dist.is_main else []
         for slot in mine:
-            density_S = log10_density(slot.fire_count_S, n_tokens)
+            sae = copy.deepcopy(slot.sae).cpu()
+            path = self.run_dir.sae_dir(slot.name) if self.run_dir else None
+            provenance = {**self.provenance, "training_tokens": n_tokens}
+            if self.run_dir is not None:
+                provenance["run_dir"] = str(self.run_dir.path)
             summary["saes"][slot.name] = export_dictionary(
-                copy.deepcopy(slot.sae).cpu(),
-                self.out / "saes" / slot.name,
+                sae,
+                path,
                 slot.hook,
                 self.stream.norm_factors.get(slot.hook),
-                {**self.provenance, "training_tokens": n_tokens, "run_dir": str(self.out)},
-                density_S,
+                provenance,
+                log10_density(slot.fire_count_S, n_tokens),
             )
+            self.dictionaries[slot.name] = sae
         parts = self.dist.all_gather(summary["saes"])
         summary["saes"] = dict(sorted((k, v) for part in parts for k, v in part.items()))
         return summary
@@ -223,15 +258,17 @@ class Trainer:
 
 def export_dictionary(
     sae: Dictionary,
-    path: Path,
+    path: Path | None,
     hook: str,
     norm_factor: float | None,
     provenance: dict[str, Any],
     log10_density_S: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Fold the stream's normalization into `sae`, record provenance, save it under `path`."""
+    """Fold the stream's normalization into `sae`, record provenance, save it under `path`
+    (if given); the summary line of the run."""
     if norm_factor is not None:
         sae.fold_normalization(norm_factor)
     sae.provenance = {**provenance, "hook": hook, "norm_factor": norm_factor}
-    sae.save(path, log10_density_S)
-    return {"hook": hook, "method": sae.method, "path": str(path)}
+    if path is not None:
+        sae.save(path, log10_density_S)
+    return {"hook": hook, "method": sae.method, "path": str(path) if path else None}

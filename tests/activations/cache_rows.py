@@ -9,28 +9,16 @@ import torch
 from torch import Tensor
 
 from saekit.activations.cache import CacheConfig, write_cache
-from saekit.activations.stream import BaseStream
+from saekit.activations.tensors import TensorStream
 
 HOOKS = ("blocks.0.hook_resid_post", "model.layers.1.mlp.down_proj:in")
 PROVENANCE = {"model": "tiny", "data": "synthetic"}
 INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-class ListStream(BaseStream):
-    """Serves fixed rows in order, `batch_size` at a time, looping."""
-
-    def __init__(self, rows: dict[str, Tensor], batch_size: int) -> None:
-        self.rows = rows
-        self.batch_size = batch_size
-        self.d_in = {h: x.shape[1] for h, x in rows.items()}
-        self.norm_factors = {}
-        self.n_tokens_served = 0
-
-    def next_batch(self) -> dict[str, Tensor]:
-        n = next(iter(self.rows.values())).shape[0]
-        idx = torch.arange(self.n_tokens_served, self.n_tokens_served + self.batch_size) % n
-        self.n_tokens_served += self.batch_size
-        return {h: x[idx] for h, x in self.rows.items()}
+def in_order(rows: dict[str, Tensor], batch_size: int) -> TensorStream:
+    """The rows in order, `batch_size` at a time, looping; special values served as they are."""
+    return TensorStream(rows, batch_size, shuffle=False, check_finite=False)
 
 
 def source_rows(n: int, dtype: torch.dtype, specials: bool = True) -> dict[str, Tensor]:
@@ -64,4 +52,4 @@ def build(
     cfg = CacheConfig(
         output_dir=str(tmp_path / "cache"), n_tokens=n_tokens, shard_tokens=32, dtype=dtype
     )
-    return write_cache(ListStream(rows, batch_size=24), cfg, kw.get("provenance", PROVENANCE))
+    return write_cache(in_order(rows, batch_size=24), cfg, kw.get("provenance", PROVENANCE))

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 import torch
-from cache_rows import HOOKS, PROVENANCE, ListStream, bits, build, snapshot, source_rows
+from cache_rows import HOOKS, PROVENANCE, bits, build, in_order, snapshot, source_rows
 from torch import Tensor
 
 from saekit.activations.cache import ActivationCache, CacheConfig, write_cache
 from saekit.activations.stream import ActivationStream, StreamConfig
+from saekit.activations.tensors import TensorStream
 from saekit.errors import SaekitError
 
 
@@ -25,7 +26,7 @@ def test_round_trip_is_bit_exact_across_shards(tmp_path, dtype):
     torch_dtype = getattr(torch, dtype)
     rows = source_rows(100, torch_dtype)
     cfg = CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=100, shard_tokens=32, dtype=dtype)
-    out = write_cache(ListStream(rows, batch_size=24), cfg, PROVENANCE)
+    out = write_cache(in_order(rows, batch_size=24), cfg, PROVENANCE)
     cache = ActivationCache(out)
     assert cache.rows == 100 and cache.dtype == dtype
     for h in HOOKS:
@@ -43,7 +44,7 @@ def test_round_trip_is_bit_exact_across_shards(tmp_path, dtype):
 def test_storage_dtype_converts_once(tmp_path):
     rows = source_rows(40, torch.float32)
     cfg = CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=40, shard_tokens=16, dtype="float16")
-    cache = ActivationCache(write_cache(ListStream(rows, batch_size=7), cfg, PROVENANCE))
+    cache = ActivationCache(write_cache(in_order(rows, batch_size=7), cfg, PROVENANCE))
     for h in HOOKS:
         assert torch.equal(bits(cache.read(h, 0, 40)), bits(rows[h].half()))
 
@@ -87,7 +88,7 @@ def test_a_different_cache_is_never_overwritten(tmp_path, change):
 def test_the_same_cache_is_reused_untouched(tmp_path):
     out = build(tmp_path)
     before = snapshot(out)
-    stream = ListStream(source_rows(100, torch.float32), batch_size=24)
+    stream = in_order(source_rows(100, torch.float32), batch_size=24)
     cfg = CacheConfig(output_dir=str(out), n_tokens=100, shard_tokens=32)
     assert write_cache(stream, cfg, PROVENANCE) == out
     assert stream.n_tokens_served == 0
@@ -167,7 +168,7 @@ def test_a_damaged_cache_is_not_reused_and_overwrite_rebuilds_it(tmp_path, how):
     out = build(tmp_path)
     damage(out, how)
     before = snapshot(out)
-    stream = ListStream(source_rows(100, torch.float32), batch_size=24)
+    stream = in_order(source_rows(100, torch.float32), batch_size=24)
     with pytest.raises(SaekitError) as err:
         write_cache(stream, rebuild_cfg(out), PROVENANCE)
     assert REBUILD in str(err.value) and "\n" not in str(err.value)
@@ -186,27 +187,28 @@ def test_overwrite_replaces_a_different_cache(tmp_path):
     with pytest.raises(SaekitError, match="different activation cache.*--cache.overwrite true"):
         build(tmp_path, n_tokens=64)
     cfg = CacheConfig(output_dir=str(out), n_tokens=64, shard_tokens=32, overwrite=True)
-    write_cache(ListStream(source_rows(64, torch.float32), batch_size=24), cfg, PROVENANCE)
+    write_cache(in_order(source_rows(64, torch.float32), batch_size=24), cfg, PROVENANCE)
     assert ActivationCache(out).rows == 64
 
 
-class FailingStream(ListStream):
-    """Raises on batch `fail_at` (a model crash, Ctrl-C, a full disk ...)."""
+def failing_stream(rows: dict[str, Tensor], batch_size: int, fail_at: int) -> TensorStream:
+    """`in_order(rows)`, raising on batch `fail_at` (a model crash, Ctrl-C, a full disk ...)."""
+    stream = in_order(rows, batch_size)
+    serve = stream.next_batch
 
-    def __init__(self, rows: dict[str, Tensor], batch_size: int, fail_at: int) -> None:
-        super().__init__(rows, batch_size)
-        self.fail_at = fail_at
-
-    def next_batch(self) -> dict[str, Tensor]:
-        if self.n_tokens_served >= self.fail_at * self.batch_size:
+    def next_batch() -> dict[str, Tensor]:
+        if stream.n_tokens_served >= fail_at * batch_size:
             raise KeyboardInterrupt
-        return super().next_batch()
+        return serve()
+
+    stream.next_batch = next_batch  # type: ignore[method-assign]
+    return stream
 
 
 def test_a_rebuild_that_fails_midway_keeps_the_old_cache(tmp_path):
     out = build(tmp_path, n_tokens=100)
     before = snapshot(out)
-    stream = FailingStream(source_rows(100, torch.float32), batch_size=24, fail_at=3)
+    stream = failing_stream(source_rows(100, torch.float32), batch_size=24, fail_at=3)
     with pytest.raises(KeyboardInterrupt):
         write_cache(stream, rebuild_cfg(out, overwrite=True), PROVENANCE)
     assert stream.n_tokens_served == 72  # two shards of the new cache were written, then lost
@@ -219,7 +221,7 @@ def test_an_unfinished_cache_is_rebuilt_without_overwrite(tmp_path):
     out = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):  # nothing reaches the output directory
         write_cache(
-            FailingStream(source_rows(100, torch.float32), 24, 3), rebuild_cfg(out), PROVENANCE
+            failing_stream(source_rows(100, torch.float32), 24, 3), rebuild_cfg(out), PROVENANCE
         )
     assert not out.exists() and list(tmp_path.iterdir()) == []
     # An unfinished cache left by an older saekit (shards but no manifest) is replaced.
@@ -227,7 +229,7 @@ def test_an_unfinished_cache_is_rebuilt_without_overwrite(tmp_path):
     (out / "manifest.json").unlink()
     with pytest.raises(SaekitError, match="no manifest.json.*saekit cache RECIPE"):
         ActivationCache(out)
-    write_cache(ListStream(source_rows(100, torch.float32), 24), rebuild_cfg(out), PROVENANCE)
+    write_cache(in_order(source_rows(100, torch.float32), 24), rebuild_cfg(out), PROVENANCE)
     assert ActivationCache(out).rows == 100
 
 
@@ -238,7 +240,7 @@ def test_a_directory_with_other_files_is_never_replaced(tmp_path, overwrite):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(SaekitError, match="notes.txt.*not part of an activation cache.*output_dir"):
         write_cache(
-            ListStream(source_rows(100, torch.float32), 24),
+            in_order(source_rows(100, torch.float32), 24),
             rebuild_cfg(out, overwrite=overwrite),
             PROVENANCE,
         )
@@ -252,13 +254,13 @@ def test_write_cache_refuses_a_dtype_that_overflows(tmp_path):
     rows[HOOKS[1]][70, 3] = 1e5  # finite in fp32 and bf16, inf in fp16 (max 65504)
     cfg = CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=100, shard_tokens=32)
     with pytest.raises(SaekitError) as err:
-        write_cache(ListStream(rows, batch_size=24), replace(cfg, dtype="float16"), PROVENANCE)
+        write_cache(in_order(rows, batch_size=24), replace(cfg, dtype="float16"), PROVENANCE)
     message = str(err.value)
     assert "cache.dtype=float16 turns 1 activation" in message and "65504" in message
     assert "--cache.dtype bfloat16" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing left behind
     # Following the advice: bfloat16 holds it.
-    out = write_cache(ListStream(rows, batch_size=24), replace(cfg, dtype="bfloat16"), PROVENANCE)
+    out = write_cache(in_order(rows, batch_size=24), replace(cfg, dtype="bfloat16"), PROVENANCE)
     got = ActivationCache(out).read(HOOKS[1], 0, 100)
     assert torch.isfinite(got).all() and float(got[70, 3]) == pytest.approx(1e5, rel=1e-2)
 

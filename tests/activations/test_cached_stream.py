@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cache_rows import HOOKS, PROVENANCE, ListStream, build, source_rows
+from cache_rows import HOOKS, PROVENANCE, build, in_order, source_rows
 from torch import Tensor
 
 from saekit.activations import open_stream
@@ -32,7 +32,7 @@ def cached_cfg(out: Path, **overrides: Any) -> StreamConfig:
 def test_cached_stream_serves_each_row_once_per_epoch(tmp_path, sort_rows):
     rows = source_rows(400, torch.float32, specials=False)
     out = write_cache(
-        ListStream(rows, batch_size=100),
+        in_order(rows, batch_size=100),
         CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=400, shard_tokens=150),
         PROVENANCE,
     )
@@ -57,7 +57,7 @@ def test_cached_stream_serves_each_row_once_per_epoch(tmp_path, sort_rows):
 def test_cached_stream_restore_continues_exactly(tmp_path, n_before, normalize):
     rows = source_rows(400, torch.float32, specials=False)  # finite norm factors
     out = write_cache(
-        ListStream(rows, batch_size=100),
+        in_order(rows, batch_size=100),
         CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=400, shard_tokens=150),
         PROVENANCE,
     )
@@ -81,7 +81,7 @@ def test_cached_stream_restore_continues_exactly(tmp_path, n_before, normalize):
 def test_cached_stream_normalizes_on_the_first_chunk(tmp_path):
     rows = source_rows(400, torch.float32, specials=False)
     out = write_cache(
-        ListStream(rows, batch_size=100),
+        in_order(rows, batch_size=100),
         CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=400, shard_tokens=400),
         PROVENANCE,
     )
@@ -143,7 +143,7 @@ def poison(
 def finite_cache(tmp_path: Path, n: int = 400) -> tuple[Path, dict[str, Tensor]]:
     rows = source_rows(n, torch.float32, specials=False)
     out = write_cache(
-        ListStream(rows, batch_size=100),
+        in_order(rows, batch_size=100),
         CacheConfig(output_dir=str(tmp_path / "c"), n_tokens=n, shard_tokens=150),
         PROVENANCE,
     )

@@ -7,10 +7,9 @@ import pytest
 import torch
 from test_bench_protocols import check_protocol
 
+from saekit.bench import BENCHES, sitting
 from saekit.bench import mp as bench_mp
-from saekit.bench import sitting
 from saekit.bench.train_anchors import Shape
-from saekit.cli import BENCHES
 
 TOY = Shape(d_in=32, d_sae=256, k=4, batch=64)
 

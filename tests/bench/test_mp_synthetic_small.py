@@ -6,10 +6,10 @@ import json
 
 import torch
 
+from saekit.activations.synthetic import HierarchicalTree
 from saekit.bench import mp_synthetic
 from saekit.dictionaries import SAEConfig
 from saekit.dictionaries.mp import MatchingPursuitSAE
-from saekit.eval.synthetic import HierarchicalTree
 
 
 def test_study_runs_and_reports(tmp_path):

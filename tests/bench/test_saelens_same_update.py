@@ -12,11 +12,9 @@ update — forward, top-k, loss, backward, grad clipping, Adam — is SAELens' c
 
 from __future__ import annotations
 
-import tempfile
-
 import torch
 
-from saekit.bench.train_anchors import FixedStream
+from saekit.activations.tensors import TensorStream
 from saekit.dictionaries import SAEConfig
 from saekit.train.config import TrainConfig
 from saekit.train.trainer import Trainer
@@ -39,15 +37,10 @@ def batch() -> torch.Tensor:
 
 
 def saekit_trainer(x_BD: torch.Tensor) -> Trainer:
-    cfg = TrainConfig(
-        total_tokens=BATCH * 100,
-        lr=LR,
-        lr_warmup_steps=0,
-        output_dir=tempfile.mkdtemp(),
-        wandb_mode="disabled",
-    )
+    cfg = TrainConfig(total_tokens=BATCH * 100, lr=LR, lr_warmup_steps=0, wandb_mode="disabled")
     sae_cfg = SAEConfig(method="topk", d_sae=D_SAE, k=K, aux_k_coefficient=0.0)
-    return Trainer((sae_cfg,), cfg, FixedStream(x_BD), {})
+    stream = TensorStream(x_BD, batch_size=x_BD.shape[0], shuffle=False)
+    return Trainer((sae_cfg,), cfg, stream)
 
 
 def saelens_trainer(weights: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]

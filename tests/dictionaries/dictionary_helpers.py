@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from saekit.dictionaries.base import SAEConfig
+from saekit.config import from_dict
+from saekit.dictionaries import SAEConfig
 
 D_IN = 16
 D_SAE = 64
@@ -16,7 +17,8 @@ METHODS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 
 
 def small_cfg(method: str, **overrides) -> SAEConfig:
-    return SAEConfig(method=method, d_sae=D_SAE, k=K, **overrides)  # type: ignore[arg-type]
+    """A small config; method options as a section mapping, e.g. relu={"l1_coefficient": 2}."""
+    return from_dict(SAEConfig, {"method": method, "d_sae": D_SAE, "k": K, **overrides})
 
 
 def sparse_data(

@@ -8,9 +8,9 @@ import pytest
 import torch
 from dictionary_helpers import D_IN, D_SAE, METHODS, K, randomize, small_cfg
 
-from saekit.dictionaries import DICTIONARIES, build_dictionary
-from saekit.dictionaries.base import SAEConfig, TrainContext, aux_k_loss
+from saekit.dictionaries import DICTIONARIES, SAEConfig, TrainContext, build_dictionary
 from saekit.errors import SaekitError
+from saekit.kernels.aux_k import aux_k_loss
 
 LOSS_NAMES = {
     "relu": {"mse", "l1"},
@@ -131,7 +131,7 @@ def test_l0_term_trains_only_the_threshold():
 
 
 def test_relu_l1_is_decoder_norm_weighted_and_mutable():
-    d = build_dictionary(small_cfg("relu", l1_coefficient=2.0), D_IN)
+    d = build_dictionary(small_cfg("relu", relu={"l1_coefficient": 2.0}), D_IN)
     randomize(d)
     with torch.no_grad():
         d.W_dec.mul_(3.0)
@@ -198,17 +198,16 @@ def test_thresholds_keep_their_dtype_under_bf16(method):
         ("topk", {"k": D_SAE}, "smaller than d_sae"),
         ("batchtopk", {"k": 0}, "k must be >= 1"),
         ("topk", {"d_sae": 0}, "d_sae must be >= 1"),
-        ("matryoshka", {"matryoshka_widths": (16, 8, 64)}, "strictly increasing"),
-        ("matryoshka", {"matryoshka_widths": (8, 32)}, "must end at d_sae"),
-        ("jumprelu", {"jumprelu_bandwidth": 0.0}, "bandwidth"),
-        ("relu", {"l1_coefficient": -1.0}, "l1_coefficient"),
+        ("matryoshka", {"matryoshka": {"widths": (16, 8, 64)}}, "strictly increasing"),
+        ("matryoshka", {"matryoshka": {"widths": (8, 32)}}, "must end at d_sae"),
+        ("jumprelu", {"jumprelu": {"bandwidth": 0.0}}, "bandwidth"),
+        ("relu", {"relu": {"l1_coefficient": -1.0}}, "l1_coefficient"),
         ("topk", {"aux_k": 0}, "aux_k"),
     ],
 )
 def test_bad_configs_raise_saekit_error(method, overrides, match):
-    cfg = SAEConfig(**{"method": method, "d_sae": D_SAE, "k": K, **overrides})
     with pytest.raises(SaekitError, match=match):
-        build_dictionary(cfg, D_IN)
+        build_dictionary(small_cfg(method, **overrides), D_IN)
 
 
 def test_unknown_method_and_bad_d_in_and_bad_factor_raise():

@@ -4,17 +4,20 @@ inference, SAELens interop and a tiny run of the real Trainer (CPU, seeded, ~10 
 from __future__ import annotations
 
 import copy
-import tempfile
 
 import pytest
 import torch
 
-from saekit.activations.stream import StreamConfig
-from saekit.activations.synthetic import SyntheticStream
-from saekit.dictionaries import SAEConfig, TrainContext, build_dictionary, load_dictionary
+from saekit.activations.synthetic import FlatSuperposition
+from saekit.dictionaries import (
+    MPConfig,
+    SAEConfig,
+    TrainContext,
+    build_dictionary,
+    load_dictionary,
+)
 from saekit.dictionaries.mp import MatchingPursuitSAE, PursuitCodes
 from saekit.errors import SaekitError
-from saekit.eval.synthetic import FlatSuperposition
 from saekit.kernels import pursuit
 from saekit.kernels.pursuit import MatchingPursuit, block_argmax, choose_path, pursue
 from saekit.train.trainer import TrainConfig, Trainer
@@ -23,8 +26,10 @@ D_IN, D_SAE, K = 16, 300, 6  # d_sae > 128 exercises the padded block argmax
 
 
 def mp(seed: int = 0, **kw) -> MatchingPursuitSAE:
+    """An MP dictionary; d_in, d_sae, k as keywords, the rest are `mp:` options (tied, ...)."""
     d_in = kw.pop("d_in", D_IN)
-    cfg = SAEConfig(method="mp", d_sae=kw.pop("d_sae", D_SAE), k=kw.pop("k", K), seed=seed, **kw)
+    d_sae, k = kw.pop("d_sae", D_SAE), kw.pop("k", K)
+    cfg = SAEConfig(method="mp", d_sae=d_sae, k=k, seed=seed, mp=MPConfig(**kw))
     d = build_dictionary(cfg, d_in)
     assert isinstance(d, MatchingPursuitSAE)
     with torch.no_grad():
@@ -57,9 +62,9 @@ def test_registered_and_validated():
     assert isinstance(
         build_dictionary(SAEConfig(method="mp", d_sae=64, k=4), 8), MatchingPursuitSAE
     )
-    for bad in ({"mp_dropout": 1.0}, {"mp_revival_coefficient": -1.0}, {"k": 64}):
+    for bad in ({"dropout": 1.0}, {"revival_coefficient": -1.0}, {"k": 64}):
         with pytest.raises(SaekitError):
-            build_dictionary(SAEConfig(method="mp", d_sae=64, **{"k": 4, **bad}), 8)
+            mp(d_in=8, d_sae=64, **{"k": 4, **bad})
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -209,7 +214,7 @@ def test_training_forward_codes_and_duplicates():
 
 
 def test_revival_moves_only_dead_atoms():
-    d, x = mp(mp_revival_coefficient=0.01), rows(128)
+    d, x = mp(revival_coefficient=0.01), rows(128)
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[:10] = True
     out = d.training_forward(x, TrainContext(dead_mask_S=dead))
@@ -248,7 +253,7 @@ def test_adaptive_support_stop_equals_saelens():
 def test_save_load_and_saelens_fixed_k(tied, tmp_path):
     from sae_lens import SAE
 
-    d, x = mp(mp_tied=tied), rows(200)
+    d, x = mp(tied=tied), rows(200)
     d.save(tmp_path / "mp")
     back = load_dictionary(tmp_path / "mp")
     assert torch.equal(back.encode(x), d.encode(x))
@@ -286,28 +291,22 @@ def test_inference_gram_cache_follows_the_weights():
 def test_trainer_end_to_end_learns():
     # Data seed ≠ init seed: both draw randn(S, D) first, so equal seeds start at the truth.
     data = FlatSuperposition(n_features=96, d_in=48, expected_l0=4.0, seed=1)
-    stream = SyntheticStream(data, StreamConfig(hooks=("x",), batch_size=256))
+    stream = data.stream(256 * 250, batch_size=256, seed=0, hook="x")
     x = data.sample(2048, generator=torch.Generator().manual_seed(5)).x_BD
     sae_cfg = SAEConfig(method="mp", d_sae=96, k=4)
-    with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(
-            total_tokens=256 * 250,
-            lr=3e-3,
-            lr_warmup_steps=10,
-            log_every=250,
-            output_dir=out,
-            wandb_mode="disabled",
-        )
-        trainer = Trainer((sae_cfg,), cfg, stream, run_config={})
-        sae = trainer.slots[0].sae
+    cfg = TrainConfig(
+        total_tokens=256 * 250, lr=3e-3, lr_warmup_steps=10, log_every=250, wandb_mode="disabled"
+    )
+    trainer = Trainer((sae_cfg,), cfg, stream)
+    sae = trainer.slots[0].sae
 
-        def fvu() -> float:
-            with torch.no_grad():
-                return float((x - sae(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    def fvu() -> float:
+        with torch.no_grad():
+            return float((x - sae(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
-        before = fvu()
-        trainer.train()
-        after = fvu()
+    before = fvu()
+    trainer.train()
+    after = fvu()
     assert after < 0.2 and after < 0.3 * before, (before, after)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(96))
     steps = [sae.encode_adaptive(x, s).relative_residual_B.pow(2).mean() for s in (4, 8, 16)]

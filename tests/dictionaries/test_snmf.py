@@ -13,11 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-from saekit.dictionaries import SAEConfig, SNMFDictionary, build_dictionary, load_dictionary
+from saekit.activations import TensorStream
+from saekit.dictionaries import (
+    FittedDictionary,
+    SAEConfig,
+    SNMFConfig,
+    SNMFDictionary,
+    TrainableDictionary,
+    build_dictionary,
+    load_dictionary,
+)
 from saekit.dictionaries.snmf import fit_hierarchy, snmf_from_fit
 from saekit.dictionaries.snmf_fit import fit_snmf, init_codes, snmf_step, sq_norm
 from saekit.errors import SaekitError
 from saekit.eval.synthetic_metrics import mmcs
+from saekit.train.config import TrainConfig
+from saekit.train.trainer import Trainer
 
 
 def planted(d: int, k: int, n: int, m: int, density: float, noise: float, seed: int):
@@ -154,8 +165,10 @@ def test_inits_are_positive_and_seeded(problem, init):
 
 
 # ---- the Dictionary -------------------------------------------------------------------------
-def snmf_cfg(**kw) -> SAEConfig:
-    return SAEConfig(**{"method": "snmf", "d_sae": 8, "snmf_sparsity": 0.1, **kw})
+def snmf_cfg(hook: str = "", d_sae: int = 8, **options) -> SAEConfig:
+    """snmf.sparsity 0.1 unless given; other snmf options as keywords."""
+    snmf = SNMFConfig(**{"sparsity": 0.1, **options})
+    return SAEConfig(method="snmf", hook=hook, d_sae=d_sae, snmf=snmf)
 
 
 def test_encode_is_nnls_optimal(problem, fitted):
@@ -182,7 +195,7 @@ def test_encode_reaches_the_optimum_on_an_ill_conditioned_dictionary():
     U_DS, _ = torch.linalg.qr(torch.randn(D, S, generator=gen))
     V_SS, _ = torch.linalg.qr(torch.randn(S, S, generator=gen))
     sigma_S = torch.logspace(0, 1.24, S)  # σ_max²/σ_min² = 10^2.48 ≈ 300 before unit rows
-    sae = snmf_from_fit(snmf_cfg(d_sae=S, snmf_sparsity=1.0), U_DS @ torch.diag(sigma_S) @ V_SS.T)
+    sae = snmf_from_fit(snmf_cfg(d_sae=S, sparsity=1.0), U_DS @ torch.diag(sigma_S) @ V_SS.T)
     eig_S = torch.linalg.eigvalsh((sae.W_dec @ sae.W_dec.T).double())
     assert 250 < float(eig_S[-1] / eig_S[0]) < 350  # 302 with unit rows
     z_BS = torch.rand(B, S, generator=gen) * (torch.rand(B, S, generator=gen) < 0.1)
@@ -199,7 +212,7 @@ def test_encode_reaches_the_optimum_on_an_ill_conditioned_dictionary():
 
 def test_save_load_roundtrip(tmp_path, problem, fitted):
     A, _ = problem
-    sae = snmf_from_fit(snmf_cfg(hook="blocks.1.mlp.hook_post", snmf_hierarchy=(3,)), fitted.F_DK)
+    sae = snmf_from_fit(snmf_cfg(hook="blocks.1.mlp.hook_post", hierarchy=(3,)), fitted.F_DK)
     sae.save(tmp_path / "snmf")
     cfg_json = json.loads((tmp_path / "snmf" / "cfg.json").read_text())
     assert cfg_json["architecture"] == "saekit-snmf"
@@ -239,7 +252,7 @@ def test_hierarchy_recovers_two_levels():
 
 def test_level_codes_and_fold_are_consistent(problem, fitted):
     A, _ = problem
-    sae = snmf_from_fit(snmf_cfg(snmf_hierarchy=(3, 2)), fitted.F_DK)
+    sae = snmf_from_fit(snmf_cfg(hierarchy=(3, 2)), fitted.F_DK)
     z_BS = sae.encode(A.T[:32])
     (_, G2), (_, G3) = sae.levels()
     assert torch.allclose(sae.level_codes(z_BS, 3), z_BS @ G2 @ G3)
@@ -250,11 +263,16 @@ def test_level_codes_and_fold_are_consistent(problem, fitted):
 
 
 def test_bad_settings_and_gradient_training_are_refused():
-    with pytest.raises(SaekitError, match="snmf_sparsity"):
-        build_dictionary(snmf_cfg(snmf_sparsity=0.0), 16)
-    with pytest.raises(SaekitError, match="snmf_hierarchy"):
-        build_dictionary(snmf_cfg(snmf_hierarchy=(0,)), 16)
+    with pytest.raises(SaekitError, match="snmf.sparsity"):
+        snmf_cfg(sparsity=0.0)
+    with pytest.raises(SaekitError, match="snmf.hierarchy"):
+        snmf_cfg(hierarchy=(0,))
     with pytest.raises(SaekitError, match="NaN"):
         fit_snmf(torch.full((4, 5), math.nan), 2)
-    with pytest.raises(SaekitError, match="closed form"):
-        build_dictionary(snmf_cfg(), 16).training_forward(torch.zeros(2, 16), None)  # type: ignore[arg-type]
+    # A fitted dictionary has no training forward; the trainer refuses it by its interface.
+    sae = build_dictionary(snmf_cfg(), 16)
+    assert isinstance(sae, FittedDictionary) and not isinstance(sae, TrainableDictionary)
+    assert not hasattr(sae, "training_forward")
+    stream = TensorStream(torch.randn(64, 16), batch_size=16)
+    with pytest.raises(SaekitError, match="fitted in closed form"):
+        Trainer((snmf_cfg(),), TrainConfig(total_tokens=64), stream)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from dictionary_helpers import D_IN, D_SAE, K, randomize, small_cfg
 
-from saekit.dictionaries import build_dictionary
-from saekit.dictionaries.base import TrainContext, TrainOutput
+from saekit.dictionaries import TrainContext, TrainOutput, build_dictionary
 
 
 def x_BD(batch: int = 64, seed: int = 1) -> torch.Tensor:

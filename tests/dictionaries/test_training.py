@@ -11,14 +11,13 @@ import pytest
 import torch
 from dictionary_helpers import D_IN, K, small_cfg, sparse_data
 
-from saekit.dictionaries import build_dictionary
-from saekit.dictionaries.base import Dictionary, TrainContext
+from saekit.dictionaries import Dictionary, TrainContext, build_dictionary
 
 TRAIN_OVERRIDES = {
-    "relu": {"l1_coefficient": 0.3},
+    "relu": {"relu": {"l1_coefficient": 0.3}},
     "topk": {},
     "batchtopk": {},
-    "jumprelu": {"l0_coefficient": 0.05},
+    "jumprelu": {"jumprelu": {"l0_coefficient": 0.05}},
     "matryoshka": {},
 }
 
@@ -75,7 +74,7 @@ def test_batchtopk_inference_threshold_gives_about_k_latents(data):
 
 
 def test_jumprelu_threshold_moves_under_adam(data):
-    d = build_dictionary(small_cfg("jumprelu", l0_coefficient=0.05), D_IN)
+    d = build_dictionary(small_cfg("jumprelu", jumprelu={"l0_coefficient": 0.05}), D_IN)
     theta_before = d.threshold.detach().clone()
     l0_before = float((d.encode(data) != 0).sum(dim=-1).float().mean())
     train(d, data, steps=150)

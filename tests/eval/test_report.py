@@ -14,9 +14,9 @@ from saekit.config import save_yaml
 from saekit.data.text import DataConfig
 from saekit.dictionaries import SAEConfig
 from saekit.errors import SaekitError
-from saekit.eval.report import evaluate_run, summary_table
 from saekit.models.hooks import HookedModel
 from saekit.recipe import Recipe
+from saekit.report import evaluate_run, summary_table
 
 HOOK = "blocks.0.hook_resid_post"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

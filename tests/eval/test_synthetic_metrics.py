@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from saekit.eval import metrics
-from saekit.eval.synthetic import (
+from saekit.activations.synthetic import (
     AbsorptionToy,
     FlatSuperposition,
     HierarchicalTree,
     gaussian_directions,
 )
+from saekit.eval import metrics
 from saekit.eval.synthetic_metrics import (
     _hungarian,
     absorption,
@@ -153,7 +153,9 @@ def train_topk(data: FlatSuperposition, steps: int = 400) -> tuple[torch.Tensor,
         z_BS = torch.zeros_like(pre_BS).scatter(-1, top.indices, top.values.relu())
         return z_BS, z_BS @ W_dec + b_dec
 
-    for _, x_BD in zip(range(steps), data.batches(batch_size=512, seed=1)):
+    stream = data.stream(n_tokens=steps * 512, batch_size=512, seed=1)
+    for _ in range(steps):
+        x_BD = stream.next_batch()["synthetic"]
         loss = metrics.mse(x_BD, forward(x_BD)[1])
         opt.zero_grad()
         loss.backward()

@@ -1,6 +1,6 @@
-"""Validation (§5.4): on a generated corpus with planted token-triggered features, the LLM-free
-scores separate the true features from random ones and from the same codes shuffled across
-positions. No model: the codes are generated directly from the tokens."""
+"""Validation (docs/interpretability.md): on a generated corpus with planted token-triggered
+features, the LLM-free scores separate the true features from random ones and from the same
+codes shuffled across positions. No model: the codes are generated directly from the tokens."""
 
 from __future__ import annotations
 

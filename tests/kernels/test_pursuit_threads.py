@@ -3,15 +3,11 @@ reproducible however the worker threads are scheduled (CPU, ~5 s)."""
 
 from __future__ import annotations
 
-import tempfile
-
 import pytest
 import torch
 
-from saekit.activations.stream import StreamConfig
-from saekit.activations.synthetic import SyntheticStream
+from saekit.activations.synthetic import FlatSuperposition
 from saekit.dictionaries import SAEConfig
-from saekit.eval.synthetic import FlatSuperposition
 from saekit.kernels import gram, pursuit
 from saekit.kernels.gram import GramCache, gram_matrix
 from saekit.kernels.pursuit import MatchingPursuit, padded_width
@@ -89,13 +85,11 @@ def test_backward_sum_does_not_depend_on_which_worker_finishes_first(tied):
         torch.set_num_threads(threads)
 
 
-def _train_mp(out_dir: str) -> torch.Tensor:
+def _train_mp() -> torch.Tensor:
     data = FlatSuperposition(n_features=256, d_in=32, expected_l0=4.0, seed=1)
-    stream = SyntheticStream(data, StreamConfig(hooks=("x",), batch_size=512))
-    cfg = TrainConfig(
-        total_tokens=512 * 6, lr=3e-3, log_every=100, output_dir=out_dir, wandb_mode="disabled"
-    )
-    trainer = Trainer((SAEConfig(method="mp", d_sae=256, k=6),), cfg, stream, run_config={})
+    stream = data.stream(512 * 6, batch_size=512, seed=1, hook="x")
+    cfg = TrainConfig(total_tokens=512 * 6, lr=3e-3, log_every=100, wandb_mode="disabled")
+    trainer = Trainer((SAEConfig(method="mp", d_sae=256, k=6),), cfg, stream)
     trainer.train()
     return trainer.slots[0].sae.W_dec.detach().clone()
 
@@ -104,8 +98,7 @@ def test_mp_training_is_bit_identical_at_4_threads():
     threads = torch.get_num_threads()
     torch.set_num_threads(4)  # 4 workers in the pursuit and 4 gradient buffers to sum
     try:
-        with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
-            first, second = _train_mp(one), _train_mp(two)
+        first, second = _train_mp(), _train_mp()
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(first, second)

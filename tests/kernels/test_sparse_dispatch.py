@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saekit.dictionaries import build_dictionary
-from saekit.dictionaries.base import SAEConfig, TrainContext, TrainOutput
+from saekit.dictionaries import (
+    JumpReLUConfig,
+    SAEConfig,
+    TrainContext,
+    TrainOutput,
+    build_dictionary,
+)
 from saekit.kernels.csr import TorchCsrOps
 from saekit.kernels.sparse_ops import CsrCodes
 
@@ -15,7 +20,8 @@ DEAD = {"no_aux": None, "many_dead": torch.arange(D_SAE) % 3 != 0}
 
 
 def build(method: str, kernels: str, dtype: torch.dtype):
-    cfg = SAEConfig(method=method, d_sae=D_SAE, k=K, kernels=kernels, jumprelu_bandwidth=0.2)
+    jumprelu = JumpReLUConfig(bandwidth=0.2) if method == "jumprelu" else None
+    cfg = SAEConfig(method=method, d_sae=D_SAE, k=K, kernels=kernels, jumprelu=jumprelu)
     d = build_dictionary(cfg, D_IN)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

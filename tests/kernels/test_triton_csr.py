@@ -15,8 +15,12 @@ pytest.importorskip("triton", reason="triton is not installed (pip install 'saek
 
 from csr_cases import check_autograd, check_products  # noqa: E402
 
-from saekit.dictionaries import build_dictionary  # noqa: E402
-from saekit.dictionaries.base import SAEConfig, TrainContext  # noqa: E402
+from saekit.dictionaries import (  # noqa: E402
+    JumpReLUConfig,
+    SAEConfig,
+    TrainContext,
+    build_dictionary,
+)
 from saekit.kernels.csr import select_ops  # noqa: E402
 from saekit.kernels.triton_csr import TritonCsrOps  # noqa: E402
 
@@ -46,7 +50,8 @@ def test_dictionary_trains_through_triton_like_dense(method):
     x_BD = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
     results = []
     for kernels in ("triton", "dense"):
-        cfg = SAEConfig(method=method, d_sae=24, k=3, kernels=kernels, jumprelu_bandwidth=0.5)
+        jumprelu = JumpReLUConfig(bandwidth=0.5) if method == "jumprelu" else None
+        cfg = SAEConfig(method=method, d_sae=24, k=3, kernels=kernels, jumprelu=jumprelu)
         d = build_dictionary(cfg, 8)
         with torch.no_grad():
             d.b_enc.fill_(0.1)

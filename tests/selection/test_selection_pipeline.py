@@ -12,7 +12,7 @@ import torch
 
 from saekit.cli import main
 from saekit.dictionaries import SAEConfig, build_dictionary
-from saekit.dictionaries.saelens_format import save_dictionary
+from saekit.dictionaries.save import save_dictionary
 from saekit.errors import SaekitError
 from saekit.selection.config import DataFields, SelectConfig
 from saekit.selection.data import Sample, load_samples, offline_mix

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from saekit.dictionaries import SAEConfig, build_dictionary
-from saekit.dictionaries.saelens_format import save_dictionary
+from saekit.dictionaries.save import save_dictionary
 from saekit.errors import SaekitError
 from saekit.selection import run_selection_eval
 from saekit.selection.config import DataFields, SelectConfig

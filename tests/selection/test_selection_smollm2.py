@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from saekit.dictionaries import SAEConfig, build_dictionary
-from saekit.dictionaries.saelens_format import save_dictionary
+from saekit.dictionaries.save import save_dictionary
 from saekit.selection.config import SelectConfig
 from saekit.selection.data import Sample
 from saekit.selection.select import load_selector, select_data

@@ -96,10 +96,10 @@ def test_run_steering_eval_writes_report_and_plot(steer_run, tmp_path, steer_fak
     }
     assert Path(site["plot"]).is_file()
     methods = {(r["method"], r["kappa"]) for r in saved["table"]}
-    assert ("sae", "selected") in methods and ("diffmean", 0.002) in methods
+    assert ("topk", "selected") in methods and ("diffmean", 0.002) in methods
     for d in site["directions"].values():
         assert len(d["curve"]) == 2 and all("reached" in p for p in d["curve"])
-    assert "sae" in steering_table(report)
+    assert "topk" in steering_table(report)
     judged = [
         d["selected"]
         for d in site["directions"].values()

@@ -1,6 +1,6 @@
 """Runs of the real `saekit train` CLI in other processes, on a synthetic activation cache.
 
-A cache (`saekit cache`'s format) of `SyntheticStream` rows lets a recipe train without a
+A cache (`saekit cache`'s format) of synthetic rows lets a recipe train without a
 language model, so subprocesses and torchrun ranks need no monkeypatching. Imported by name
 (unique across tests/), like synthetic_stream.py.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 from safetensors.torch import load_file
-from synthetic_stream import SyntheticStream
+from synthetic_stream import synthetic_stream
 
 from saekit.activations.cache import CacheConfig, write_cache
 
@@ -29,9 +29,8 @@ RUNNER = HERE / "fault_runner.py"
 
 def make_cache(path: Path, hooks: dict[str, int], n_tokens: int = 256 * 40) -> Path:
     """`n_tokens` rows per hook of the synthetic stream, in shards of 2,048 rows."""
-    stream = SyntheticStream(
-        hooks, batch_size=256, scales={h: 1.0 + i for i, h in enumerate(hooks)}
-    )
+    scales = {h: 1.0 + i for i, h in enumerate(hooks)}
+    stream = synthetic_stream(hooks, batch_size=256, scales=scales, n_tokens=n_tokens)
     cfg = CacheConfig(output_dir=str(path), n_tokens=n_tokens, shard_tokens=2048)
     return write_cache(stream, cfg, {"synthetic": sorted(hooks)})
 
@@ -152,9 +151,8 @@ def dump_rank_state(rank: int, world: int, port: int, recipe: str, dump: str) ->
         OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
-    from saekit.config import load_recipe
+    from saekit.fitting import train_recipe
     from saekit.recipe import Recipe
-    from saekit.train.run import train_recipe
     from saekit.train.trainer import Trainer
 
     export = Trainer.export
@@ -173,4 +171,4 @@ def dump_rank_state(rank: int, world: int, port: int, recipe: str, dump: str) ->
         return export(self)
 
     Trainer.export = export_and_dump  # type: ignore[method-assign]
-    train_recipe(load_recipe(Recipe, recipe))
+    train_recipe(Recipe.load(recipe))

@@ -1,6 +1,6 @@
-"""Fixtures for tests/train: small trainers on the in-memory synthetic stream (CPU, seconds).
+"""Fixtures for tests/train: small trainers on in-memory synthetic activations (CPU, seconds).
 
-`synthetic_stream.py` holds the stream class (imported by name: unique across tests/).
+`synthetic_stream.py` draws them (imported by name: unique across tests/).
 `synthetic_run` replaces the model and the live stream inside `train_recipe` so recipes and the
 CLI run end to end on synthetic activations without loading a language model.
 """
@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synthetic_stream import SyntheticStream
+from synthetic_stream import synthetic_stream
 
-from saekit.activations.stream import StreamConfig
+from saekit.activations import BaseStream, StreamConfig, TensorStream
 from saekit.dictionaries import SAEConfig
 from saekit.recipe import Recipe
+from saekit.rundir import RunDir
 from saekit.train.trainer import TrainConfig, Trainer
 
 D_IN = 16
@@ -44,27 +45,29 @@ def train_cfg(tmp_path: Path) -> Callable[..., TrainConfig]:
 
 @pytest.fixture
 def make_trainer() -> Callable[..., Trainer]:
-    """Trainer(saes, cfg, stream or a fresh one-hook SyntheticStream of width D_IN)."""
+    """Trainer(saes, cfg, stream or a fresh one-hook synthetic stream of width D_IN), writing
+    its run directory into cfg.output_dir."""
 
     def make(
-        saes: tuple[SAEConfig, ...], cfg: TrainConfig, stream: SyntheticStream | None = None
+        saes: tuple[SAEConfig, ...], cfg: TrainConfig, stream: BaseStream | None = None
     ) -> Trainer:
-        return Trainer(saes, cfg, stream or SyntheticStream({"h0": D_IN}), run_config={})
+        stream = stream or synthetic_stream({"h0": D_IN})
+        return Trainer(saes, cfg, stream, run_dir=RunDir(cfg.output_dir))
 
     return make
 
 
 @pytest.fixture
-def synthetic_run(monkeypatch: pytest.MonkeyPatch) -> list[SyntheticStream]:
-    """Make `train_recipe` serve SyntheticStreams (width D_IN per hook); returns those opened."""
-    import saekit.train.run as run
+def synthetic_run(monkeypatch: pytest.MonkeyPatch) -> list[TensorStream]:
+    """Make `train_recipe` serve synthetic streams (width D_IN per hook); returns those opened."""
+    import saekit.fitting as run
 
-    opened: list[SyntheticStream] = []
+    opened: list[TensorStream] = []
 
     def open_stream(
         model: Any, data: Any, cfg: StreamConfig, split: str, verify: bool = True
-    ) -> SyntheticStream:
-        stream = SyntheticStream(
+    ) -> TensorStream:
+        stream = synthetic_stream(
             dict.fromkeys(cfg.hooks, D_IN), batch_size=cfg.batch_size, normalize=cfg.normalize
         )
         opened.append(stream)

@@ -1,75 +1,57 @@
-"""An in-memory activation stream over `FlatSuperposition` data, for trainer tests.
+"""Synthetic activations for trainer tests, served by the library's `TensorStream`.
 
-Batch i of hook h is drawn with a generator seeded by (seed, h's index, i), so the stream's
-whole position is one integer and `load_state_dict` continues on exactly the next batch.
-Each hook has its own generator (its own features, width and scale), so a dictionary reading
-the wrong hook sees different data, and with `scales` far apart a mix-up is obvious.
+Each hook has its own `FlatSuperposition` (its own features, width and scale), so a dictionary
+reading the wrong hook sees different data, and with `scales` far apart a mix-up is obvious.
+Rows are drawn with a generator seeded by `draw_seed`: the training pool and held-out rows
+come from the same distribution with different seeds. Imported by name (unique across tests/).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from saekit.activations.stream import BaseStream, StreamConfig
-from saekit.eval.synthetic import FlatSuperposition
+from saekit.activations import TensorStream
+from saekit.activations.synthetic import FlatSuperposition
+
+POOL_TOKENS = 2**15
+"""Training rows per hook; longer runs read them again, reshuffled each epoch."""
 
 
-class SyntheticStream(BaseStream):
-    """Seeded batches {hook: [batch_size, d_in]} from one FlatSuperposition per hook."""
+def synthetic_rows(
+    hooks: dict[str, int],
+    n: int,
+    draw_seed: int,
+    scales: dict[str, float] | None = None,
+    n_features: int = 64,
+    expected_l0: float = 4.0,
+) -> dict[str, Tensor]:
+    """n raw rows per hook (before any normalization)."""
+    out = {}
+    for j, (hook, d) in enumerate(hooks.items()):
+        data = FlatSuperposition(
+            n_features=n_features, d_in=d, expected_l0=expected_l0, noise_std=0.01, seed=j
+        )
+        gen = torch.Generator().manual_seed(draw_seed * 1_000_003 + j)
+        # An offset keeps the mean away from 0, so b_dec's init has something to find.
+        out[hook] = (data.sample(n, generator=gen).x_BD + 0.5) * (scales or {}).get(hook, 1.0)
+    return out
 
-    def __init__(
-        self,
-        hooks: dict[str, int] | None = None,
-        batch_size: int = 256,
-        seed: int = 0,
-        normalize: bool = False,
-        scales: dict[str, float] | None = None,
-        n_features: int = 64,
-        expected_l0: float = 4.0,
-    ) -> None:
-        hooks = hooks or {"h0": 16}
-        self.cfg = StreamConfig(hooks=tuple(hooks), batch_size=batch_size, normalize=normalize)
-        self.d_in = dict(hooks)
-        self.norm_factors = {}
-        self.seed = seed
-        self.scales = {h: (scales or {}).get(h, 1.0) for h in hooks}
-        self.data = {
-            h: FlatSuperposition(
-                n_features=n_features, d_in=d, expected_l0=expected_l0, noise_std=0.01, seed=i
-            )
-            for i, (h, d) in enumerate(hooks.items())
-        }
-        self.batch_index = 0
-        self.n_tokens_served = 0
 
-    def raw_batch(self, index: int) -> dict[str, Tensor]:
-        """Batch `index` before normalization (a pure function of the seeds)."""
-        out = {}
-        for j, (hook, data) in enumerate(self.data.items()):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + j * 100_003 + index)
-            # An offset keeps the mean away from 0, so b_dec's init has something to find.
-            x_BD = data.sample(self.cfg.batch_size, generator=gen).x_BD + 0.5
-            out[hook] = x_BD * self.scales[hook]
-        return out
+def synthetic_stream(
+    hooks: dict[str, int] | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    normalize: bool = False,
+    scales: dict[str, float] | None = None,
+    n_tokens: int = POOL_TOKENS,
+) -> TensorStream:
+    """A TensorStream over `n_tokens` synthetic rows per hook (default one hook h0 of width 16)."""
+    rows = synthetic_rows(hooks or {"h0": 16}, n_tokens, seed, scales)
+    return TensorStream(rows, batch_size, seed=seed, normalize=normalize)
 
-    def next_batch(self) -> dict[str, Tensor]:
-        batch = self.raw_batch(self.batch_index)
-        self._estimate_norm_factors(batch)
-        self.batch_index += 1
-        self.n_tokens_served += self.cfg.batch_size
-        return self._scaled(batch)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "batch_index": self.batch_index,
-            "norm_factors": dict(self.norm_factors),
-            "n_tokens_served": self.n_tokens_served,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.batch_index = int(state["batch_index"])
-        self.norm_factors = {k: float(v) for k, v in state["norm_factors"].items()}
-        self.n_tokens_served = int(state["n_tokens_served"])
+def held_out(stream: TensorStream, hooks: dict[str, int], scales=None, n: int = 4096) -> dict:
+    """Rows no training step read, scaled as `stream` serves them."""
+    rows = synthetic_rows(hooks, n, draw_seed=10_000, scales=scales)
+    return {h: x * stream.norm_factors.get(h, 1.0) for h, x in rows.items()}

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from cached_runs import child_env
-from synthetic_stream import SyntheticStream
+from synthetic_stream import synthetic_stream
 
 import saekit.train.checkpoint as checkpoint
 from saekit.dictionaries import SAEConfig
 from saekit.errors import SaekitError
+from saekit.fitting import train_recipe
+from saekit.rundir import RunDir
 from saekit.train.checkpoint import RunLock, load_checkpoint
-from saekit.train.run import train_recipe
 
 TOPK = (SAEConfig(d_sae=64, k=4),)
 
@@ -153,7 +154,10 @@ def test_resume_with_another_stream_names_the_mismatch(trained, train_cfg) -> No
     from saekit.train.trainer import Trainer
 
     before = snapshot(trained)
-    trainer = Trainer(TOPK, train_cfg(), SyntheticStream({"h0": 16}), {"stream": {"batch": 512}})
+    cfg = train_cfg()
+    run_config = {"stream": {"batch": 512}}
+    stream = synthetic_stream({"h0": 16})
+    trainer = Trainer(TOPK, cfg, stream, run_config, run_dir=RunDir(cfg.output_dir))
     with pytest.raises(SaekitError, match="run_config.stream: not in the saved run"):
         trainer.train(resume=True)
     assert snapshot(trained) == before

@@ -31,7 +31,7 @@ from saekit.train.distributed import Distributed, RankWindows, check_world, shar
 
 SAES = [
     {"method": "topk", "d_sae": 64, "k": 4},
-    {"method": "relu", "d_sae": 64, "target_l0": 6.0, "hook": "h1"},
+    {"method": "relu", "d_sae": 64, "relu": {"target_l0": 6.0}, "hook": "h1"},
     {"method": "jumprelu", "d_sae": 64},
 ]
 """One dictionary per loss family whose terms are means over rows; relu's L0 controller reads
@@ -161,7 +161,7 @@ def test_data_parallel_ranks_hold_identical_state(cache, tmp_path) -> None:
     saes = [
         *SAES,
         {"method": "batchtopk", "d_sae": 64, "k": 4},
-        {"method": "matryoshka", "d_sae": 64, "k": 4, "matryoshka_widths": [16, 64]},
+        {"method": "matryoshka", "d_sae": 64, "k": 4, "matryoshka": {"widths": [16, 64]}},
     ]
     recipe = write_recipe(
         tmp_path / "r.yaml", cache, tmp_path / "run", saes, total_tokens=256 * 20,

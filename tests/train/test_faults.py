@@ -17,10 +17,11 @@ import pytest
 import torch
 from cached_runs import exported, make_cache, max_abs_diff, start_stalled, write_recipe
 from safetensors.torch import load_file
-from synthetic_stream import SyntheticStream
+from synthetic_stream import synthetic_rows, synthetic_stream
 
 from saekit.activations.cache import ActivationCache, CacheConfig, write_cache
 from saekit.activations.cached_stream import CachedActivationStream
+from saekit.activations.tensors import TensorStream
 from saekit.cli import main
 from saekit.errors import SaekitError
 from saekit.train.checkpoint import load_checkpoint
@@ -28,10 +29,10 @@ from saekit.train.checkpoint import load_checkpoint
 SAES = [
     {"method": "topk", "d_sae": 64, "k": 4},
     {"method": "batchtopk", "d_sae": 64, "k": 4},
-    {"method": "relu", "d_sae": 64, "target_l0": 6.0, "hook": "h1"},
-    {"method": "jumprelu", "d_sae": 64, "target_l0": 3.0, "hook": "h1"},
+    {"method": "relu", "d_sae": 64, "relu": {"target_l0": 6.0}, "hook": "h1"},
+    {"method": "jumprelu", "d_sae": 64, "jumprelu": {"target_l0": 3.0}, "hook": "h1"},
     {"method": "matryoshka", "d_sae": 64, "k": 4},
-    {"method": "mp", "d_sae": 64, "k": 4, "mp_dropout": 0.25, "mp_revival_coefficient": 0.01},
+    {"method": "mp", "d_sae": 64, "k": 4, "mp": {"dropout": 0.25, "revival_coefficient": 0.01}},
 ]
 """Every gradient-trained method. MP's dropout draws from the torch RNG each step, so a resume
 that restored the RNG state wrongly would bar other atoms."""
@@ -39,8 +40,8 @@ SETTINGS = {"total_tokens": 256 * 20, "checkpoint_every": 5, "dead_window_tokens
 """20 steps, checkpoints at 5, 10, 15, 20; latents dead after 5 steps so AuxK, MP's revival
 term and the clocks matter, and the relu/jumprelu controllers start at step 5."""
 SNMF = [
-    {"method": "snmf", "d_sae": 4, "snmf_sparsity": 0.25, "snmf_max_iter": 30},
-    {"method": "snmf", "d_sae": 4, "snmf_sparsity": 0.25, "snmf_stream_passes": 4},
+    {"method": "snmf", "d_sae": 4, "snmf": {"sparsity": 0.25, "max_iter": 30}},
+    {"method": "snmf", "d_sae": 4, "snmf": {"sparsity": 0.25, "stream_passes": 4}},
 ]
 """Full-batch and streaming SNMF on the first 20 batches (a streaming pass reads 20 batches)."""
 Weights = dict[str, dict[str, torch.Tensor]]
@@ -220,7 +221,7 @@ class FullDisk:
 
 
 def build_cache(out: Path) -> Path:
-    stream = SyntheticStream({"h0": 16}, batch_size=256)
+    stream = synthetic_stream({"h0": 16}, batch_size=256)
     cfg = CacheConfig(output_dir=str(out), n_tokens=2048, shard_tokens=512)
     return write_cache(stream, cfg, {"synthetic": ["h0"]})
 
@@ -268,23 +269,16 @@ def test_a_full_tmpfs_while_caching_is_a_clear_error(tmp_path) -> None:
         subprocess.run(["umount", str(mount)], check=True)
 
 
-class NaNSource(SyntheticStream):
-    """The synthetic stream with NaN in rows `bad` of batch 3 (a source gone wrong)."""
-
-    def __init__(self, bad: list[int]) -> None:
-        super().__init__({"h0": 16}, batch_size=256)
-        self.bad = bad
-
-    def raw_batch(self, index: int) -> dict[str, torch.Tensor]:
-        batch = super().raw_batch(index)
-        if index == 3:
-            batch["h0"][self.bad, 2] = float("nan")
-        return batch
+def nan_source(bad: list[int]) -> TensorStream:
+    """Synthetic rows with NaN in rows `bad` of batch 3 (a source gone wrong), served in order."""
+    rows = synthetic_rows({"h0": 16}, 256 * 40, draw_seed=0)
+    rows["h0"][[3 * 256 + i for i in bad], 2] = float("nan")
+    return TensorStream(rows, batch_size=256, shuffle=False, check_finite=False)
 
 
 def nan_cache(out: Path, bad: list[int]) -> CacheConfig:
     cfg = CacheConfig(output_dir=str(out), n_tokens=256 * 40, shard_tokens=2048)
-    write_cache(NaNSource(bad), cfg, {"synthetic": ["h0"]})
+    write_cache(nan_source(bad), cfg, {"synthetic": ["h0"]})
     return cfg
 
 
@@ -325,7 +319,8 @@ def test_a_failed_run_records_why_and_resumes_once_fixed(tmp_path, capsys) -> No
     assert status["status"] == "failed" and line == f"saekit: error: {status['error']}"
     # The advice: rebuild the cache (what `saekit cache RECIPE --cache.overwrite true` does, here
     # from the repaired synthetic source), then resume.
-    write_cache(SyntheticStream({"h0": 16}), replace(cfg, overwrite=True), {"synthetic": ["h0"]})
+    repaired = synthetic_stream({"h0": 16}, n_tokens=256 * 40)
+    write_cache(repaired, replace(cfg, overwrite=True), {"synthetic": ["h0"]})
     assert main(["train", str(recipe), "--resume"]) == 0
     assert run_status(tmp_path / "run")["status"] == "done"
 

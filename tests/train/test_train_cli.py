@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from saekit.cli import main
 
@@ -30,6 +31,26 @@ train:
     return path
 
 
+def test_an_old_recipe_trains_with_one_deprecation_line(synthetic_run, tmp_path, capsys):
+    """A saekit 0.1 recipe (flat `target_l0`) still trains; stderr says how to rewrite it."""
+    path = tmp_path / "old.yaml"
+    path.write_text(f"""
+stream: {{hooks: [h0], batch_size: 256}}
+saes:
+  - {{method: relu, d_sae: 64, target_l0: 6, l1_coefficient: 2.0}}
+train: {{total_tokens: 2560, log_every: 5, output_dir: {tmp_path / "run"}, wandb_mode: disabled}}
+""")
+    assert main(["train", str(path)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert err == [
+        "saekit: deprecated: saes[0]: flat keys target_l0, l1_coefficient are deprecated and "
+        "will stop loading in saekit 0.3; they were read as relu.target_l0, "
+        "relu.l1_coefficient. Write them under `relu:`."
+    ]
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert saved["saes"][0]["relu"] == {"l1_coefficient": 2.0, "target_l0": 6.0}
+
+
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -46,7 +67,18 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["--train.lr", "-0.001"], ["train.lr must be > 0"]),
         (["--saes.method", "topkk"], ["saes[0].method", "'topkk' is not one of"]),
         (["--saes.hook", "h1"], ["saes[0].hook 'h1' is not streamed", "stream.hooks"]),
-        (["--saes.method", "topk", "--saes.target_l0", "8"], ["00-topk-h0: target_l0 needs"]),
+        (["--saes.method", "topk", "--saes.relu.target_l0", "8"], ["options of method relu"]),
+        (
+            [
+                "--saes.method",
+                "relu",
+                "--saes.relu.l1_coefficient",
+                "0",
+                "--saes.relu.target_l0",
+                "8",
+            ],
+            ["00-relu-h0: target_l0 needs"],
+        ),
         (["--train.checkpoint_every", "-3"], ["train.checkpoint_every must be ≥ 0", "got -3"]),
         (["--train.log_every", "0"], ["train.log_every must be ≥ 1, got 0"]),
         (["--train.lr_warmup_steps", "-1"], ["train.lr_warmup_steps must be ≥ 0, got -1"]),
@@ -104,10 +136,9 @@ def test_train_refuse_then_resume(recipe_yaml, synthetic_run, tmp_path, capsys) 
 def test_smollm2_quickstart_trains_saelens_loadable_dictionaries(tmp_path, smollm2_tl) -> None:
     from sae_lens import SAE
 
-    from saekit.config import load_recipe
     from saekit.dictionaries import load_dictionary
+    from saekit.fitting import train_recipe
     from saekit.recipe import Recipe
-    from saekit.train.run import train_recipe
 
     overrides = {
         "train.total_tokens": 8192,
@@ -117,7 +148,7 @@ def test_smollm2_quickstart_trains_saelens_loadable_dictionaries(tmp_path, smoll
         "train.output_dir": str(tmp_path / "run"),
         "train.wandb_mode": "disabled",  # offline wandb is tested on synthetic data; ~3 s here
     }
-    recipe = load_recipe(Recipe, REPO / "recipes/smollm2-quickstart.yaml", overrides)
+    recipe = Recipe.load(REPO / "recipes/smollm2-quickstart.yaml", overrides)
     summary = train_recipe(recipe, model=smollm2_tl)
     assert summary["steps"] == 8 and len(summary["saes"]) == 1
     (info,) = summary["saes"].values()

@@ -4,13 +4,15 @@ dictionaries per stream, bit-exact resume, export with normalization folded, log
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from synthetic_stream import SyntheticStream
+from synthetic_stream import held_out, synthetic_rows, synthetic_stream
 
-from saekit.dictionaries import SAEConfig, load_dictionary
+from saekit.activations import TensorStream
+from saekit.dictionaries import JumpReLUConfig, MPConfig, ReLUConfig, SAEConfig, load_dictionary
 from saekit.errors import SaekitError
 from saekit.eval.metrics import fvu
 from saekit.train.geometric_median import geometric_median
@@ -20,10 +22,13 @@ def history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
 
 
-def fresh_rows(stream: SyntheticStream, hook: str = "h0", n_batches: int = 16) -> torch.Tensor:
-    """Batches far past any training step, scaled as the stream serves them."""
-    rows = torch.cat([stream.raw_batch(10_000 + i)[hook] for i in range(n_batches)])
-    return rows * stream.norm_factors.get(hook, 1.0)
+def relu(target_l0: float, hook: str = "") -> SAEConfig:
+    return SAEConfig(method="relu", hook=hook, d_sae=64, relu=ReLUConfig(target_l0=target_l0))
+
+
+def jumprelu(target_l0: float, hook: str = "") -> SAEConfig:
+    options = JumpReLUConfig(target_l0=target_l0)
+    return SAEConfig(method="jumprelu", hook=hook, d_sae=64, jumprelu=options)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -33,33 +38,37 @@ def test_l0_controller_lands_on_target(method, target, seed, train_cfg, make_tra
     (1,000 steps of 256 tokens; G1 data, 64 features, L0 4) the error was −1.67..+0.05% for
     relu (rms 0.93%) and −1.07..+1.21% for jumprelu (rms 0.82%): batch noise keeps L0 moving
     while the LR decays. Unsteered, the default coefficients (relu l1 = 5, jumprelu l0 = 1)
-    end near L0 0.5 and 1.3 on this data."""
-    stream = SyntheticStream({"h0": 32}, seed=seed)
+    end near L0 0.5 and 1.3 on this data. Every training row is fresh (a pool of 256k)."""
+    stream = synthetic_stream({"h0": 32}, seed=seed, n_tokens=256 * 1000)
     cfg = train_cfg(
         total_tokens=256 * 1000, lr_warmup_steps=20, sparsity_warmup_steps=50, seed=seed
     )
-    sae_cfg = SAEConfig(method=method, d_sae=128, target_l0=target, seed=seed)
+    sae_cfg = replace((relu if method == "relu" else jumprelu)(target), d_sae=128, seed=seed)
     trainer = make_trainer((sae_cfg,), cfg, stream)
     trainer.train()
     with torch.no_grad():  # 65k rows: the L0 estimate's standard error is 0.25%
-        l0 = (trainer.slots[0].sae.encode(fresh_rows(stream, n_batches=256)) != 0).sum(1)
+        x = held_out(stream, {"h0": 32}, n=256 * 256)["h0"]
+        l0 = (trainer.slots[0].sae.encode(x) != 0).sum(1)
     error = float(l0.float().mean()) / target - 1
     assert abs(error) < 0.02, f"{method} seed {seed}: L0 off target by {100 * error:+.2f}%"
 
 
-def test_target_l0_on_a_method_without_penalty_is_refused(train_cfg, make_trainer) -> None:
+def test_target_l0_without_a_penalty_is_refused(train_cfg, make_trainer) -> None:
     with pytest.raises(SaekitError, match="target_l0 needs a method with a sparsity penalty"):
-        make_trainer((SAEConfig(method="topk", d_sae=64, target_l0=8.0),), train_cfg())
+        sae = SAEConfig(method="relu", d_sae=64, relu=ReLUConfig(0.0, target_l0=8.0))
+        make_trainer((sae,), train_cfg())
+    with pytest.raises(SaekitError, match="options of method relu"):
+        SAEConfig(method="topk", d_sae=64, relu=ReLUConfig(target_l0=8.0))
 
 
 def test_topk_learns_and_keeps_unit_decoder_rows(train_cfg, make_trainer, tmp_path) -> None:
-    stream = SyntheticStream({"h0": 16})
+    stream = synthetic_stream({"h0": 16})
     saes = (SAEConfig(d_sae=64, k=4), SAEConfig(method="jumprelu", d_sae=64))
     trainer = make_trainer(saes, train_cfg(total_tokens=256 * 150), stream)
-    x = fresh_rows(stream)
+    x = held_out(stream, {"h0": 16})["h0"]
     topk = trainer.slots[0].sae
     with torch.no_grad():
-        trainer.init_b_dec(stream.raw_batch(0))
+        trainer.init_b_dec(synthetic_stream({"h0": 16}).next_batch())
         start = float(fvu(x, topk(x)))
     trainer.train()
     with torch.no_grad():
@@ -75,7 +84,7 @@ def test_topk_learns_and_keeps_unit_decoder_rows(train_cfg, make_trainer, tmp_pa
 @pytest.mark.parametrize("batch_size", [256, 512])
 def test_dead_latents_are_counted_in_tokens(batch_size, train_cfg, make_trainer, tmp_path):
     window = 2560  # 10 batches of 256, 5 of 512
-    stream = SyntheticStream({"h0": 16}, batch_size=batch_size)
+    stream = synthetic_stream({"h0": 16}, batch_size=batch_size)
     cfg = train_cfg(total_tokens=batch_size * 16, dead_window_tokens=window, log_every=1)
     trainer = make_trainer((SAEConfig(d_sae=64, k=4),), cfg, stream)
     slot = trainer.slots[0]
@@ -96,7 +105,8 @@ def test_dead_latents_are_counted_in_tokens(batch_size, train_cfg, make_trainer,
 
 def test_several_dictionaries_train_from_one_stream(train_cfg, make_trainer) -> None:
     # Hooks a and b have the same width but different data and scale; c is wider.
-    stream = SyntheticStream({"a": 16, "b": 16, "c": 24}, scales={"b": 10.0})
+    hooks, scales = {"a": 16, "b": 16, "c": 24}, {"b": 10.0}
+    stream = synthetic_stream(hooks, scales=scales)
     saes = (
         SAEConfig(hook="a", d_sae=64, k=2),
         SAEConfig(hook="a", d_sae=64, k=6),
@@ -108,12 +118,13 @@ def test_several_dictionaries_train_from_one_stream(train_cfg, make_trainer) -> 
     trainer = make_trainer(saes, train_cfg(total_tokens=256 * steps), stream)
     assert len({s.name for s in trainer.slots}) == 5
     assert [s.hook for s in trainer.slots] == ["a", "a", "b", "c", "a"]
-    first = stream.raw_batch(0)
+    first = synthetic_stream(hooks, scales=scales).next_batch()
     trainer.train()
-    assert stream.batch_index == steps  # one batch per step for all five dictionaries
+    assert stream.n_tokens_served == steps * 256  # one batch per step for all five
+    fresh = held_out(stream, hooks, scales)
     for slot, k in zip(trainer.slots, (2, 6, 4, 4, 4)):
         assert slot.sae.d_in == stream.d_in[slot.hook]
-        x = fresh_rows(stream, slot.hook)
+        x = fresh[slot.hook]
         with torch.no_grad():
             z = slot.sae.encode(x)
             assert float(fvu(x, slot.sae.decode(z))) < 0.5, slot.name
@@ -128,26 +139,26 @@ def test_several_dictionaries_train_from_one_stream(train_cfg, make_trainer) -> 
             assert drift < gap, slot.name
 
 
-class CrashingStream(SyntheticStream):
-    """Raises when asked for batch `crash_at`, as a killed process would stop there."""
+def crashing(stream: TensorStream, crash_at: int) -> TensorStream:
+    """`stream`, raising when asked for batch `crash_at`, as a killed process would stop there."""
+    serve = stream.next_batch
 
-    def __init__(self, crash_at: int, **kw) -> None:
-        super().__init__(**kw)
-        self.crash_at = crash_at
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        if self.batch_index == self.crash_at:
+    def next_batch() -> dict[str, torch.Tensor]:
+        if stream.n_tokens_served == crash_at * stream.cfg.batch_size:
             raise RuntimeError("simulated crash")
-        return super().next_batch()
+        return serve()
+
+    stream.next_batch = next_batch  # type: ignore[method-assign]
+    return stream
 
 
 RESUME_SAES = (
     SAEConfig(d_sae=64, k=4),
     SAEConfig(method="batchtopk", d_sae=64, k=4),
-    SAEConfig(method="relu", d_sae=64, target_l0=6.0),
-    SAEConfig(method="jumprelu", hook="h1", d_sae=64, target_l0=3.0),
+    relu(6.0),
+    jumprelu(3.0, hook="h1"),
     SAEConfig(method="matryoshka", hook="h1", d_sae=64, k=4),
-    SAEConfig(method="mp", d_sae=64, k=4, mp_dropout=0.25, mp_revival_coefficient=0.01),
+    SAEConfig(method="mp", d_sae=64, k=4, mp=MPConfig(dropout=0.25, revival_coefficient=0.01)),
 )
 
 
@@ -165,20 +176,20 @@ def test_resume_reproduces_an_uninterrupted_run(train_cfg, make_trainer, tmp_pat
     straight = make_trainer(
         RESUME_SAES,
         train_cfg(**common, output_dir=str(tmp_path / "a")),
-        SyntheticStream(**kw),
+        synthetic_stream(**kw),
     )
     cfg_b = train_cfg(**common, output_dir=str(tmp_path / "b"), checkpoint_every=20)
-    crashing = make_trainer(RESUME_SAES, cfg_b, CrashingStream(crash_at=27, **kw))
-    for trainer in (straight, crashing):
+    crash = make_trainer(RESUME_SAES, cfg_b, crashing(synthetic_stream(**kw), crash_at=27))
+    for trainer in (straight, crash):
         with torch.no_grad():  # dead from the start: their clocks decide AuxK's scale
             trainer.slots[0].sae.b_enc[:4] = -1e4
     straight.train()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        crashing.train()
+        crash.train()
     assert (tmp_path / "b/checkpoints/latest").read_text().strip() == "step-00000020"
-    resumed = make_trainer(RESUME_SAES, cfg_b, SyntheticStream(**kw))
+    resumed = make_trainer(RESUME_SAES, cfg_b, synthetic_stream(**kw))
     resumed.resume()
-    assert resumed.step == 20 and resumed.stream.batch_index == 20
+    assert resumed.step == 20 and resumed.stream.n_tokens_served == 20 * 256
     resumed.train(resume=True)
 
     for a, b in zip(straight.slots, resumed.slots):
@@ -197,7 +208,7 @@ def test_resume_reproduces_an_uninterrupted_run(train_cfg, make_trainer, tmp_pat
 
 @pytest.mark.parametrize("method", ["topk", "relu", "jumprelu", "batchtopk"])
 def test_export_folds_normalization(method, train_cfg, make_trainer, tmp_path) -> None:
-    stream = SyntheticStream({"h0": 16}, normalize=True, scales={"h0": 7.0})
+    stream = synthetic_stream({"h0": 16}, normalize=True, scales={"h0": 7.0})
     trainer = make_trainer((SAEConfig(method=method, d_sae=64, k=4),), train_cfg(), stream)
     summary = trainer.train()
     slot = trainer.slots[0]
@@ -206,7 +217,7 @@ def test_export_folds_normalization(method, train_cfg, make_trainer, tmp_path) -
     path = tmp_path / "run/saes" / slot.name
     assert summary["saes"][slot.name]["path"] == str(path)
     saved = load_dictionary(path)
-    raw = torch.cat([stream.raw_batch(500 + i)["h0"] for i in range(4)])
+    raw = synthetic_rows({"h0": 16}, 1024, draw_seed=500, scales={"h0": 7.0})["h0"]
     with torch.no_grad():
         z_train = slot.sae.encode(raw * factor)
         z_saved = saved.encode(raw)
@@ -222,20 +233,20 @@ def test_export_folds_normalization(method, train_cfg, make_trainer, tmp_path) -
 
 
 def test_history_has_the_logged_keys(train_cfg, make_trainer, tmp_path) -> None:
-    saes = (SAEConfig(d_sae=64, k=4), SAEConfig(method="relu", d_sae=64, target_l0=6.0))
+    saes = (SAEConfig(d_sae=64, k=4), relu(6.0))
     trainer = make_trainer(saes, train_cfg(total_tokens=256 * 25, log_every=10))
     trainer.train()
     rows = history(tmp_path / "run")
     assert [r["step"] for r in rows] == [10, 20, 25]
-    topk, relu = (s.name for s in trainer.slots)
+    topk, l1 = (s.name for s in trainer.slots)
     common = {"loss/mse", "loss/total", "fvu", "l0", "dead_fraction", "lr"}
     for r in rows:
         assert {f"{topk}/{k}" for k in common | {"loss/aux_k"}} <= r.keys()
-        assert {f"{relu}/{k}" for k in common | {"loss/l1", "sparsity_coefficient"}} <= r.keys()
+        assert {f"{l1}/{k}" for k in common | {"loss/l1", "sparsity_coefficient"}} <= r.keys()
         assert r["tokens_per_s"] > 0
         assert r[f"{topk}/l0"] == pytest.approx(4.0, abs=0.01)
-        loss = r[f"{relu}/loss/mse"] + r[f"{relu}/loss/l1"]
-        assert r[f"{relu}/loss/total"] == pytest.approx(loss, rel=1e-5)
+        loss = r[f"{l1}/loss/mse"] + r[f"{l1}/loss/l1"]
+        assert r[f"{l1}/loss/total"] == pytest.approx(loss, rel=1e-5)
 
 
 def test_wandb_logs_offline_into_the_run_dir(train_cfg, make_trainer, tmp_path, monkeypatch):

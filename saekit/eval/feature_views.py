@@ -1,18 +1,20 @@
-"""What an SNMF feature means: where it writes (output view) and what turns it on (input view).
+"""What a feature means: where it writes (output view) and what turns it on (input view).
 
-A feature is a sparse direction F[:, i] over the d_mlp neurons of one MLP (`blocks.L.mlp.
-hook_post`, the input of W_out). Its views, as in the SNMF paper (arXiv 2506.10920, §2(c)):
+A feature is a decoder row W_dec[i] (an SNMF atom: a sparse direction over the d_mlp neurons).
+Its views, as in the SNMF paper (arXiv 2506.10920), for a dictionary read at an MLP's
+hidden activation (`blocks.L.mlp.hook_post`, the input of W_out):
 
-    residual direction   f_i = W_out F[:, i]                (d_model); models with a post-MLP
-                         norm (Gemma-2's ln2_post) use f_i = ln2_post(W_out F[:, i] + b_out)
+    residual direction   f_i = W_out W_dec[i]               (d_model); models with a post-MLP
+                         norm (Gemma-2's ln2_post) use f_i = ln2_post(W_out W_dec[i] + b_out)
     vocabulary view      logits_i = ln_final(f_i) W_U: the top tokens are what the feature
-                         promotes, the bottom tokens what it suppresses (codes are ≥ 0, so
+                         promotes, the bottom tokens what it suppresses (for nonnegative codes
                          the sign of f_i is meaningful)
-    input view           the held-out tokens with the largest codes z_i (NNLS encode), each
-                         with the `context` tokens before it
+    input view           the held-out tokens with the largest codes z_i, each with the
+                         `context` tokens before it
 
 The output views read TransformerLens weights (blocks[L].mlp.W_out, ln_final, W_U) through
-`HookedModel.model`; on other backends or hooks only the input view is produced.
+`HookedModel.model`; on other backends or hooks only the input view is produced. Hierarchical
+dictionaries (`Dictionary.feature_parents`) also list each feature's parent.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.dictionaries.snmf import SNMFDictionary
+from saekit.dictionaries import Dictionary
 from saekit.models.hooks import HookedModel
 
 _MLP_POST = re.compile(r"blocks\.(\d+)\.mlp\.hook_post")
@@ -68,7 +70,7 @@ def _named(model: HookedModel, vals_SK: Tensor, ids_SK: Tensor) -> list[list[tup
 @torch.no_grad()
 def input_view(
     model: HookedModel,
-    sae: SNMFDictionary,
+    sae: Dictionary,
     hook: str,
     windows: Any,
     n_windows: int = 64,
@@ -110,31 +112,30 @@ def input_view(
     return out
 
 
-def snmf_report(
+def feature_views(
     model: HookedModel,
-    sae: SNMFDictionary,
+    sae: Dictionary,
     hook: str,
     windows: Any,
     n_windows: int = 64,
     top: int = 10,
 ) -> dict[str, Any]:
-    """The `snmf` section of report.json: both views of every feature (+ level-2 parents)."""
+    """The `feature_views` section of report.json: both views of every feature (+ parents)."""
     inputs = input_view(model, sae, hook, windows, n_windows, top)
     layer = mlp_layer(model, hook)
     tops: list[Any] = [None] * sae.d_sae
     bottoms: list[Any] = [None] * sae.d_sae
     if layer is not None:
         tops, bottoms = vocab_projection(model, residual_directions(model, layer, sae.W_dec), top)
-    levels = sae.levels()
-    parents = levels[0][1].argmax(dim=1).tolist() if levels else [None] * sae.d_sae
+    parents = sae.feature_parents()
     features = [
         {
             "index": i,
             "input_top_tokens": inputs[i],
             "output_top_tokens": tops[i],
             "output_bottom_tokens": bottoms[i],
-            "level2_parent": parents[i],
+            **({"parent": parents[i]} if parents is not None else {}),
         }
         for i in range(sae.d_sae)
     ]
-    return {"layer": layer, "levels": sae.n_levels, "features": features}
+    return {"layer": layer, "features": features}

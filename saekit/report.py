@@ -1,24 +1,33 @@
-"""`saekit eval RUN_DIR`: evaluate every dictionary of a run (or one SAE directory) and write
-`report.json`, PNG plots and a printed summary table."""
+"""`saekit eval RUN_DIR`: every number measured on a run, in one `report.json`.
+
+Each dictionary of the run (or one SAE directory) gets its core metrics (eval/core.py:
+reconstruction, sparsity, CE/KL spliced) and a density plot; dictionaries with at most
+`FEATURE_VIEWS_MAX` features (SNMF's usual size) also list every feature's input and output
+views (eval/feature_views.py; larger ones are browsed in the dashboard). The interpretability
+scores (interp/), the steering scores (steering/) and the data-selection results (selection/)
+are computed on request or read from the run directory, so the report and the printed
+summary table hold everything that was measured. This aggregation sits above the evaluators:
+they never import it.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from saekit.config import from_dict
 from saekit.data.text import build_windows
-from saekit.dictionaries import SNMFDictionary, load_dictionary
-from saekit.errors import SaekitError
+from saekit.dictionaries import load_dictionary
 from saekit.eval.core import evaluate_core
+from saekit.eval.feature_views import feature_views
 from saekit.eval.plots import plot_density, plot_history
-from saekit.eval.snmf_views import snmf_report
 from saekit.models.hooks import HookedModel, build_hooked_model
-from saekit.recipe import Recipe
+from saekit.recipe import load_run
+from saekit.rundir import RunDir, write_json
+
+FEATURE_VIEWS_MAX = 512
+"""Dictionaries up to this many features get per-feature views in report.json (an SNMF of
+100 features: ~0.3 MB of JSON); wider ones would make the report tens of MB."""
 
 SUMMARY_COLUMNS = (
     "fvu",
@@ -34,32 +43,6 @@ SUMMARY_COLUMNS = (
 )
 INTERP_COLUMNS = ("detection", "fuzzing", "simulation")
 """Mean LLM-free interpretability scores (saekit.interp), shown when they were computed."""
-
-
-def resolve_targets(path: Path, hook: str | None) -> tuple[Recipe, list[tuple[str, Path, str]]]:
-    """The recipe and the (name, sae_dir, hook) list to evaluate at `path`."""
-    if (path / "recipe.yaml").is_file():
-        recipe = from_dict(Recipe, yaml.safe_load((path / "recipe.yaml").read_text()))
-        sae_dirs = sorted(p for p in (path / "saes").glob("*") if (p / "cfg.json").is_file())
-        if not sae_dirs:
-            raise SaekitError(
-                f"{path} has no trained dictionaries under saes/; run "
-                "`saekit train` first (or resume it)."
-            )
-        targets = []
-        for d in sae_dirs:
-            meta = json.loads((d / "cfg.json").read_text()).get("metadata", {})
-            targets.append((d.name, d, hook or meta.get("hook_name") or recipe.stream.hooks[0]))
-        return recipe, targets
-    if (path / "cfg.json").is_file():
-        meta = json.loads((path / "cfg.json").read_text()).get("metadata", {})
-        name = hook or meta.get("hook_name")
-        if not name:
-            raise SaekitError(f"{path}/cfg.json names no hook; pass --hook HOOK_NAME.")
-        return Recipe(), [(path.name, path, name)]
-    raise SaekitError(
-        f"{path} is neither a run directory (recipe.yaml) nor an SAE directory (cfg.json)."
-    )
 
 
 def evaluate_run(
@@ -79,19 +62,19 @@ def evaluate_run(
     scores that many features per dictionary for steering (saekit.steering: steering.json).
     Steering and selection results already in the output dir are aggregated either way.
     """
-    run = Path(path)
-    recipe, targets = resolve_targets(run, hook)
+    run = RunDir(path)
+    recipe, targets = load_run(run.path, hook)
     if model_name is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=model_name))
-    out = Path(out_dir) if out_dir is not None else run
-    out.mkdir(parents=True, exist_ok=True)
+    out = RunDir(out_dir) if out_dir is not None else run
+    out.path.mkdir(parents=True, exist_ok=True)
     if model is None:
         model = build_hooked_model(recipe.model)
     windows = build_windows(
         recipe.data, model.tokenizer, "eval", max_tokens=n_windows * recipe.data.context_size
     )
     report: dict[str, Any] = {
-        "run": str(run),
+        "run": str(run.path),
         "model": recipe.model.name,
         "eval_windows": min(n_windows, len(windows)),
         "saes": {},
@@ -99,24 +82,22 @@ def evaluate_run(
     for name, sae_dir, sae_hook in targets:
         sae = load_dictionary(sae_dir).to(model.device)  # loads on CPU; the model may not be
         metrics = evaluate_core(model, sae, sae_hook, windows, n_windows=n_windows)
-        metrics["plots"] = {"density": str(plot_density(metrics, out / f"{name}-density.png"))}
-        if isinstance(sae, SNMFDictionary):  # per-feature input and output views
-            metrics["snmf"] = snmf_report(model, sae, sae_hook, windows, n_windows)
+        metrics["plots"] = {"density": str(plot_density(metrics, out.plot(f"{name}-density")))}
+        if sae.d_sae <= FEATURE_VIEWS_MAX:
+            metrics["feature_views"] = feature_views(model, sae, sae_hook, windows, n_windows)
         report["saes"][name] = metrics
     aggregate(report, run, out, hook, model, interp_windows, steering_features)
-    history = run / "history.jsonl"
-    if history.is_file():
-        report["plots"] = {"history": str(plot_history(history, out / "training-curves.png"))}
-    partial = out / "report.json.partial"
-    partial.write_text(json.dumps(report, indent=1))
-    partial.replace(out / "report.json")
+    if run.history.is_file():
+        curves = plot_history(run.history, out.plot("training-curves"))
+        report["plots"] = {"history": str(curves)}
+    write_json(out.report, report)
     return report
 
 
 def aggregate(
     report: dict[str, Any],
-    run: Path,
-    out: Path,
+    run: RunDir,
+    out: RunDir,
     hook: str | None,
     model: HookedModel,
     interp_windows: int,
@@ -127,7 +108,11 @@ def aggregate(
         from saekit.interp import InterpConfig, run_interp_eval
 
         interp = run_interp_eval(
-            run, hook=hook, cfg=InterpConfig(n_windows=interp_windows), model=model, out_dir=out
+            run.path,
+            hook=hook,
+            cfg=InterpConfig(n_windows=interp_windows),
+            model=model,
+            out_dir=out.path,
         )
         for name, summary in interp["saes"].items():
             metrics = report["saes"].setdefault(name, {})
@@ -138,21 +123,21 @@ def aggregate(
         from saekit.steering import run_steering_eval
         from saekit.steering.protocol import DEFAULT_PROMPTS, SteeringConfig
 
-        # 8 prompts, 2 KL budgets, 12-token continuations, 3 random directions: ~2.5 min per
-        # direction on 2 CPU cores; `saekit steer compare` runs the full protocol.
+        # 8 prompts, 2 KL budgets, 12-token continuations, 3 random directions (its cost per
+        # direction: docs/benchmarks.md); `saekit steer compare` runs the full protocol.
         light = SteeringConfig(
             prompts=DEFAULT_PROMPTS[:8], kl_targets=(0.1, 0.5), gen_tokens=12, n_random=3
         )
-        run_steering_eval(run, model=model, config=light, n_features=steering_features, out_dir=out)
-    steering = out / "steering.json"
-    if steering.is_file():
-        table = json.loads(steering.read_text()).get("table", [])
-        report["steering"] = {"file": str(steering), "table": table}
-    selection = out / "selection" / "selection.json"
-    if selection.is_file():
-        data = json.loads(selection.read_text())
+        run_steering_eval(
+            run.path, model=model, config=light, n_features=steering_features, out_dir=out.path
+        )
+    steering = out.read_json(out.steering)
+    if steering is not None:
+        report["steering"] = {"file": str(out.steering), "table": steering.get("table", [])}
+    data = out.read_json(out.selection_json)
+    if data is not None:
         report["selection"] = {
-            "file": str(selection),
+            "file": str(out.selection_json),
             "retrieval": data.get("retrieval", {}).get("summary"),
             "downstream": data.get("downstream", {}).get("mean"),
         }

@@ -7,14 +7,14 @@ import itertools
 import pytest
 import torch
 
-from saekit.errors import SaekitError
-from saekit.eval.synthetic import (
+from saekit.activations.synthetic import (
     AbsorptionToy,
     FlatSuperposition,
     HierarchicalTree,
     group_cosine,
     mixing_eps,
 )
+from saekit.errors import SaekitError
 
 
 def gen(seed: int) -> torch.Generator:
@@ -147,9 +147,12 @@ def test_absorption_toy_child_only_with_parent(q: float) -> None:
     assert toy.parent_F.tolist() == [-1, 0, -1, -1, -1, -1, -1, -1]
 
 
-def test_batches_stream_for_a_trainer() -> None:
+def test_stream_for_a_trainer() -> None:
     data = FlatSuperposition(n_features=16, d_in=8, seed=0)
-    first, second = itertools.islice(data.batches(batch_size=32, seed=3), 2)
+    stream = data.stream(n_tokens=64, batch_size=32, seed=3)
+    first, second = stream.next_batch()["synthetic"], stream.next_batch()["synthetic"]
     assert first.shape == (32, 8) and not torch.equal(first, second)
-    again = next(data.batches(batch_size=32, seed=3))
-    assert torch.equal(first, again)
+    pool = data.sample(64, gen(3)).x_BD
+    assert torch.equal(torch.cat([first, second]).sort(dim=0).values, pool.sort(dim=0).values)
+    again = data.stream(n_tokens=64, batch_size=32, seed=3).next_batch()["synthetic"]
+    assert torch.equal(again, first)
