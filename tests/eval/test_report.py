@@ -74,7 +74,18 @@ def test_run_dir_writes_report_and_plots(
     assert report["plots"]["history"] == str(run / "training-curves.png")
     assert is_png(run / "training-curves.png")
     table = summary_table(report).splitlines()
-    assert len(table) == 3 and "ce_loss_score"[:12] in table[0]
+    assert "ce_loss_score"[:12] in table[0] and table[3].startswith("scorecard of 00-topk")
+    # the scorecard: the point metrics with window intervals and both controls' values
+    for name, metrics in report["saes"].items():
+        core = report["scorecard"][name]["core"]
+        for key in ("explained_variance", "fvu", "ce_loss_score", "kl_sae", "l0_mean"):
+            assert core[key]["value"] == pytest.approx(metrics[key], rel=1e-6), (name, key)
+            assert core[key]["resampled"] == "6 held-out windows"
+        assert set(core["fvu"]["controls"]) == {"random", "init"}
+        assert metrics["controls"]["init"]["fvu"] == pytest.approx(core["fvu"]["controls"]["init"])
+    topk = report["scorecard"]["00-topk-blocks.0.hook_resid_post"]["core"]["explained_variance"]
+    assert topk["margin_ci"][0] > 0  # the identity-like topk beats random and untrained
+    assert sum(line.startswith("scorecard of") for line in table) == 2
 
 
 def test_out_dir_and_hook_override(tmp_path, saekit_home, corpus_jsonl, tokenizer, eval_tl,

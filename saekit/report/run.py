@@ -1,13 +1,16 @@
 """`saekit eval RUN_DIR`: every number measured on a run, in one `report.json`.
 
 Each dictionary of the run (or one SAE directory) gets its core metrics (eval/core.py:
-reconstruction, sparsity, CE/KL spliced) and a density plot; dictionaries with at most
+reconstruction, sparsity, CE/KL spliced), next to the same metrics for its null controls
+(eval/controls.py: random directions, the untrained dictionary), and a density plot;
+dictionaries with at most
 `FEATURE_VIEWS_MAX` features (SNMF's usual size) also list every feature's input and output
 views (eval/feature_views.py; larger ones are browsed in the dashboard). The interpretability
 scores (interp/), the steering scores (steering/) and the data-selection results (selection/)
 are computed on request or read from the run directory, so the report and the printed
-summary table hold everything that was measured. This aggregation sits above the evaluators:
-they never import it.
+summary table hold everything that was measured. Every aggregate score with an interval and
+control margins goes into `report["scorecard"]` (report/scorecard.py), which `saekit eval`
+prints. This aggregation sits above the evaluators: they never import it.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from typing import Any
 
 from saekit.data.text import build_windows
 from saekit.dictionaries import load_dictionary
+from saekit.eval.controls import CONTROLS, control_dictionaries
 from saekit.eval.core import evaluate_core
 from saekit.eval.feature_views import feature_views
 from saekit.eval.plots import plot_density, plot_history
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import load_run
+from saekit.report.scorecard import build_scorecard, scorecard_table
 from saekit.rundir import RunDir, write_json
 
 FEATURE_VIEWS_MAX = 512
@@ -54,6 +59,8 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     interp_windows: int = 0,
     steering_features: int = 0,
+    controls: tuple[str, ...] = CONTROLS,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate, write report.json + plots into `out_dir` (default: the run dir), return it.
 
@@ -61,6 +68,8 @@ def evaluate_run(
     windows (saekit.interp: interp.json, the dashboard's data); steering_features > 0 also
     scores that many features per dictionary for steering (saekit.steering: steering.json).
     Steering and selection results already in the output dir are aggregated either way.
+    `controls` (a subset of eval/controls.py's CONTROLS; () skips them) are evaluated next
+    to every dictionary; `seed` seeds the random control and the bootstraps.
     """
     run = RunDir(path)
     recipe, targets = load_run(run.path, hook)
@@ -81,12 +90,23 @@ def evaluate_run(
     }
     for name, sae_dir, sae_hook in targets:
         sae = load_dictionary(sae_dir).to(model.device)  # loads on CPU; the model may not be
-        metrics = evaluate_core(model, sae, sae_hook, windows, n_windows=n_windows)
+        ctrl = control_dictionaries(sae, seed, controls)
+        metrics = evaluate_core(
+            model, sae, sae_hook, windows, n_windows=n_windows, controls=ctrl, seed=seed
+        )
         metrics["plots"] = {"density": str(plot_density(metrics, out.plot(f"{name}-density")))}
         if sae.d_sae <= FEATURE_VIEWS_MAX:
             metrics["feature_views"] = feature_views(model, sae, sae_hook, windows, n_windows)
         report["saes"][name] = metrics
     aggregate(report, run, out, hook, model, interp_windows, steering_features)
+    report["scorecard"] = build_scorecard(
+        report, out.read_json(out.steering), out.read_json(out.selection_json)
+    )
+    for metrics in report["saes"].values():  # the scorecard holds them, with their units
+        metrics.pop("scores", None)
+        for section in ("interp", "sparse_probing", "absorption"):
+            if isinstance(metrics.get(section), dict):
+                metrics[section].pop("scores", None)
     if run.history.is_file():
         curves = plot_history(run.history, out.plot("training-curves"))
         report["plots"] = {"history": str(curves)}
@@ -165,6 +185,8 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"  {row['hook'][:34]:34s} {row['method']:10s} KL {kappa:>8s}  "
                 f"S {s}  concept {c}  fluency {f}"
             )
+    if report.get("scorecard"):
+        lines.append(scorecard_table(report["scorecard"]))
     return "\n".join(lines)
 
 

@@ -1,0 +1,12 @@
+"""`saekit eval`: every result of a run aggregated into report.json and one scorecard.
+
+    run.py        evaluate_run: core metrics, interpretability, steering and selection
+    scorecard.py  the scorecard: each section's scores with 95% intervals and control margins
+    compare.py    `saekit eval compare`: several dictionaries, paired differences
+
+This layer sits above the evaluators and the uses of a dictionary: they never import it.
+"""
+
+from saekit.report.run import aggregate, evaluate_run, summary_table
+
+__all__ = ["aggregate", "evaluate_run", "summary_table"]
