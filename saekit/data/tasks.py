@@ -54,7 +54,7 @@ DEFAULT_TASKS: dict[str, str] = {
     "146_disease_class_cardiovascular diseases": "medical",
     "152_it_tick_Hardware": "support",
 }
-"""The offline default: 24 of the wheel's 113 binary datasets, 1-3 from each of its 14 kinds
+"""The offline default: 24 of the wheel's 113 binary datasets, 1-3 from each of 13 kinds
 of task, so no single kind (the wheel has 21 bigram and 9 wikidata tasks) dominates the mean."""
 
 
