@@ -108,9 +108,13 @@ def _offline(spec: str) -> list[ProbingTask]:
     with zipfile.ZipFile(sae_probes_wheel()) as zf:
         available = wheel_task_names(zf)
         chosen = spec.partition(":")[2]
-        names = list(DEFAULT_TASKS) if not chosen else available if chosen == "all" else [
-            n.strip() for n in chosen.split(",")
-        ]
+        names = (
+            list(DEFAULT_TASKS)
+            if not chosen
+            else available
+            if chosen == "all"
+            else [n.strip() for n in chosen.split(",")]
+        )
         unknown = [n for n in names if n not in available]
         if unknown:
             raise SaekitError(

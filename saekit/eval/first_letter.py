@@ -67,8 +67,10 @@ def stratified_sample(words: list[str], per_letter: int, seed: int) -> list[str]
     out: list[str] = []
     for i in range(len(LETTERS)):
         group = by_letter[i]
-        out += group if per_letter <= 0 or len(group) <= per_letter else sorted(
-            rng.sample(group, per_letter)
+        out += (
+            group
+            if per_letter <= 0 or len(group) <= per_letter
+            else sorted(rng.sample(group, per_letter))
         )
     return out
 
@@ -180,7 +182,9 @@ def train_probe(
                 with torch.no_grad():
                     x_BD = encode(x_ND[idx]) if encode is not None else x_ND[idx]
                 logits = x_BD @ W_CD.T + b_C
-                loss = F.binary_cross_entropy_with_logits(logits, y_NC[idx], pos_weight=pos_weight_C)
+                loss = F.binary_cross_entropy_with_logits(
+                    logits, y_NC[idx], pos_weight=pos_weight_C
+                )
                 if cfg.l1:
                     loss = loss + cfg.l1 * W_CD.abs().sum(dim=-1).mean()
                 opt.zero_grad()

@@ -197,8 +197,10 @@ def evaluate_probing(
             feats = pooled_features(model, hook, inputs, ids, special, cfg.batch_size, bar)
             idx_tr, idx_te = np.arange(len(train)), np.arange(len(train), len(order))
             scores = task_scores(feats, task.labels[order], idx_tr, idx_te, cfg.ks)
-            per_task.append({"task": task.name, "category": task.category,
-                             "n_train": len(train), "n_test": len(test), "scores": scores})  # fmt: skip
+            per_task.append(
+                {"task": task.name, "category": task.category, "n_train": len(train),
+                 "n_test": len(test), "scores": scores}
+            )  # fmt: skip
     return summarize_probing(per_task, list(saes), cfg)
 
 
@@ -208,9 +210,9 @@ def summarize_probing(
     """Per-input arrays over tasks (`per_task`) and their means (`mean`)."""
     names = list(per_task[0]["scores"]) if per_task else []
     arrays = {
-        name: {key: [t["scores"][name][key] for t in per_task] for key in per_task[0]["scores"][name]}
-        for name in names
-    }  # fmt: skip
+        name: {key: [t["scores"][name][key] for t in per_task] for key in keys}
+        for name, keys in ((n, list(per_task[0]["scores"][n])) for n in names)
+    }
     means = {name: {key: float(np.mean(v)) for key, v in a.items()} for name, a in arrays.items()}
     return {
         "definition": "SAEBench sparse probing: mean-pooled codes, top-k by class mean "

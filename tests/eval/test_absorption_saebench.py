@@ -26,7 +26,6 @@ import random
 import string
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -62,7 +61,9 @@ def letter_world(tmp_path_factory):
     from transformers import PreTrainedTokenizerFast
 
     rng = random.Random(0)
-    words = sorted({c + "".join(rng.choices(string.ascii_lowercase, k=3)) for c in LETTERS for _ in range(24)})
+    words = sorted(
+        {c + "".join(rng.choices(string.ascii_lowercase, k=3)) for c in LETTERS for _ in range(24)}
+    )
     specials = ["<unk>", "<bos>", "<pad>"]
     vocab = specials + [":", "has", "the", "first", "letter"] + list(string.ascii_uppercase) + words
     core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
@@ -102,7 +103,9 @@ def _sae(model, letter_dirs, absorbed, tmp_path):
         sae.W_dec[:26] = letter_dirs
         for j, idx in enumerate(absorbed):
             sae.W_dec[26 + j] = emb[idx] / emb[idx].norm()
-        sae.W_dec[26 + len(absorbed) :] = torch.eye(D).repeat(2, 1)[: 64 - 26 - len(absorbed)] * 1e-3
+        sae.W_dec[26 + len(absorbed) :] = (
+            torch.eye(D).repeat(2, 1)[: 64 - 26 - len(absorbed)] * 1e-3
+        )
         sae.W_enc.copy_(sae.W_dec.T)
         sae.b_enc.zero_()
         sae.b_dec.zero_()
@@ -138,18 +141,21 @@ def test_absorption_equals_saebench(letter_world, tmp_path, monkeypatch):
     full = ProbeTraining(epochs=20, weight_decay=1e-4, batch_size=4096)
     W, b = train_probe(x_tr, onehot, full, SEED)
     torch.manual_seed(SEED)
-    sb_probe = sb_probing.train_multi_probe(x_tr, onehot, num_probes=26, batch_size=4096,
-                                            num_epochs=20, lr=1e-2, weight_decay=1e-4,
-                                            show_progress=False, device=torch.device("cpu"))  # fmt: skip
+    sb_probe = sb_probing.train_multi_probe(
+        x_tr, onehot, num_probes=26, batch_size=4096, num_epochs=20, lr=1e-2,
+        weight_decay=1e-4, show_progress=False, device=torch.device("cpu"),
+    )  # fmt: skip
     torch.testing.assert_close(W, sb_probe.weights.detach(), rtol=1e-3, atol=1e-4)
 
     # 3. after the probes: absorbing latents for three test words, then both evaluations
-    sae, sb_sae = _sae(tl, letter_dirs, [tok.convert_tokens_to_ids(w) for w in absorbed_words], tmp_path)
-    cfg = AbsorptionConfig(seed=SEED, batch_size=32, sparse_probe=ProbeTraining(
-        weight_decay=1e-6, l1=0.01, batch_size=64))  # ~9 steps per epoch, as SAEBench's full run
+    sae, sb_sae = _sae(
+        tl, letter_dirs, [tok.convert_tokens_to_ids(w) for w in absorbed_words], tmp_path
+    )
+    # ~9 steps per epoch for the L1 probe, as in SAEBench's full run
+    cfg = AbsorptionConfig(seed=SEED, batch_size=32, sparse_probe_batch_size=64)
     ours = evaluate_absorption(model, sae, HOOK, cfg, vocab=vocab, progress=False)
 
-    W_probe, b_probe = train_probe(x_tr, onehot, cfg.probe, SEED)
+    W_probe, b_probe = train_probe(x_tr, onehot, cfg.letter_training(), SEED)
     probe = sb_probing.LinearProbe(D, 26)
     probe.fc.weight.data, probe.fc.bias.data = W_probe.clone(), b_probe.clone()
     data = {"X_train": x_tr, "X_test": x_te, "y_train": y_tr,
@@ -159,8 +165,8 @@ def test_absorption_equals_saebench(letter_world, tmp_path, monkeypatch):
     def encode(x):
         return sae.encode(x).float()
 
-    W_sparse, _ = train_probe(x_tr, torch.nn.functional.one_hot(y_tr).float(), cfg.sparse_probe,
-                              SEED, encode, 64)  # fmt: skip
+    sparse_y = torch.nn.functional.one_hot(y_tr).float()
+    W_sparse, _ = train_probe(x_tr, sparse_y, cfg.sparse_training(), SEED, encode, 64)
     sparse = sb_probing.LinearProbe(64, W_sparse.shape[0])
     sparse.fc.weight.data = W_sparse.clone()
     monkeypatch.setattr(k_sparse_probing, "train_sparse_multi_probe", lambda *a, **k: sparse)
@@ -185,6 +191,9 @@ def test_absorption_equals_saebench(letter_world, tmp_path, monkeypatch):
         for key in ("mean_absorption_fraction", "full_absorption_rate"):
             assert row[key] == pytest.approx(agg.loc[letter, key], abs=1e-9), (letter, key)
     # The planted absorbers are found: each absorbed word is a full absorption of its letter.
-    full = {r["letter"]: r["full_absorption_rate"] * r["num_probe_true_positives"] for r in rows.values()}
+    full = {
+        r["letter"]: r["full_absorption_rate"] * r["num_probe_true_positives"]
+        for r in rows.values()
+    }
     assert sum(full.values()) == pytest.approx(ABSORBED)
     assert ours["letters_evaluated"] >= 20 and ours["mean_full_absorption"] > 0

@@ -61,8 +61,12 @@ def test_untrained_control_is_the_initialization():
 def test_results_hold_every_input_per_task(tl_model, tokenizer):
     rng = np.random.default_rng(1)
     tasks = [
-        ProbingTask(f"t{i}", "test", tuple("".join(rng.choice(list("abcdef"), 6)) for _ in range(40)),
-                    np.array([0, 1] * 20))  # fmt: skip
+        ProbingTask(
+            f"t{i}",
+            "test",
+            tuple("".join(rng.choice(list("abcdef"), 6)) for _ in range(40)),
+            np.array([0, 1] * 20),
+        )  # fmt: skip
         for i in range(2)
     ]
     sae = build_dictionary(SAEConfig(method="topk", d_sae=32, k=4, seed=0), 16)
