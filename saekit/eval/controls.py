@@ -1,11 +1,13 @@
 """Null controls of a dictionary: what a score reads when the features carry no learning.
 
-random_directions  the same dictionary with every feature's encoder column and decoder row
-                   turned to one random direction, keeping both norms, biases and thresholds
-untrained          a dictionary of the same method, config and width at its initialization
+random  the same dictionary with every feature's encoder column and decoder row turned to one
+        random direction, keeping both norms, biases and thresholds (so it fires about as often)
+init    a dictionary of the same method, config, seed and width at its initialization, with
+        the trained one's input scale folded in and its b_dec (training starts b_dec from the
+        data's geometric median), so both centre the activations alike
 
 A score is worth reading when the dictionary beats both: random directions keep the code's
-norm statistics and sparsity mechanism (top-k, thresholds), the untrained dictionary keeps its
+norm statistics and sparsity mechanism (top-k, thresholds), the initialization keeps its
 architecture's inductive bias.
 """
 
@@ -17,7 +19,8 @@ import torch
 
 from saekit.dictionaries import Dictionary, build_dictionary
 
-CONTROLS = ("random_directions", "untrained")
+CONTROLS = ("random", "init")
+"""The null controls, in the order they are reported."""
 
 
 @torch.no_grad()
@@ -35,13 +38,18 @@ def random_directions(sae: Dictionary, seed: int = 0) -> Dictionary:
     return control.to(sae.W_dec.device)
 
 
-def untrained(sae: Dictionary) -> Dictionary:
-    """A fresh dictionary of `sae`'s method, config (and seed) and width."""
+@torch.no_grad()
+def initialization(sae: Dictionary) -> Dictionary:
+    """The untrained dictionary `sae` was trained from (its method, config, seed and width)."""
     control = build_dictionary(sae.cfg, sae.d_in)
     control.fold_normalization(sae.folded_norm_factor)  # take the same raw activations
+    control.b_dec.data.copy_(sae.b_dec.detach().to(control.b_dec))
     return control.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype).eval()
 
 
-def controls(sae: Dictionary, seed: int = 0) -> dict[str, Dictionary]:
-    """Both controls of `sae`, by name."""
-    return {"random_directions": random_directions(sae, seed), "untrained": untrained(sae)}
+def control_dictionaries(
+    sae: Dictionary, seed: int = 0, names: tuple[str, ...] = CONTROLS
+) -> dict[str, Dictionary]:
+    """{name: control dictionary} for `names` (a subset of CONTROLS)."""
+    builders = {"random": lambda: random_directions(sae, seed), "init": lambda: initialization(sae)}
+    return {name: builders[name]().eval() for name in names}

@@ -39,7 +39,7 @@ from saekit.data.tasks import (
 )
 from saekit.dictionaries import Dictionary
 from saekit.errors import SaekitError
-from saekit.eval.controls import controls as null_controls
+from saekit.eval.controls import control_dictionaries
 from saekit.models.hooks import HookedModel
 
 RESIDUAL = "residual"
@@ -72,7 +72,7 @@ class ProbingConfig:
     seed: int = 42
     """Seed of the splits (and of the random-direction control)."""
     controls: bool = True
-    """Also probe the null controls (random directions, untrained dictionary) as floors."""
+    """Also probe the null controls (random directions, the initialization) as floors."""
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -183,7 +183,7 @@ def evaluate_probing(
     inputs = {name: sae.eval() for name, sae in saes.items()}
     if cfg.controls:
         for name, sae in saes.items():
-            for ctrl, d in null_controls(sae, cfg.seed).items():
+            for ctrl, d in control_dictionaries(sae, cfg.seed).items():
                 inputs[f"{name}/{ctrl}"] = d
     special = special_token_ids(model.tokenizer)
     splits = [balanced_split(t.labels, cfg.n_train, cfg.n_test, cfg.seed) for t in tasks]

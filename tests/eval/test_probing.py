@@ -13,7 +13,7 @@ import torch
 from saekit.data.tasks import ProbingTask
 from saekit.dictionaries import SAEConfig, build_dictionary
 from saekit.errors import SaekitError
-from saekit.eval.controls import random_directions, untrained
+from saekit.eval.controls import initialization, random_directions
 from saekit.eval.probing import RESIDUAL, ProbingConfig, evaluate_probing, task_scores
 from saekit.models.hooks import HookedModel
 
@@ -54,8 +54,10 @@ def test_untrained_control_is_the_initialization():
     fresh = build_dictionary(cfg, 16)
     with torch.no_grad():
         sae.W_enc.add_(1.0)
-    control = untrained(sae)
+        sae.b_dec.normal_()  # training starts b_dec at the data's median: the control keeps it
+    control = initialization(sae)
     assert torch.equal(control.W_enc, fresh.W_enc) and torch.equal(control.W_dec, fresh.W_dec)
+    assert torch.equal(control.b_dec, sae.b_dec) and not torch.equal(control.b_dec, fresh.b_dec)
 
 
 def test_results_hold_every_input_per_task(tl_model, tokenizer):
@@ -72,7 +74,7 @@ def test_results_hold_every_input_per_task(tl_model, tokenizer):
     sae = build_dictionary(SAEConfig(method="topk", d_sae=32, k=4, seed=0), 16)
     cfg = ProbingConfig(n_train=24, n_test=12, ks=(1, 2), context_size=10, batch_size=8)
     out = evaluate_probing(HookedModel(tl_model, tokenizer), {"s": sae}, HOOK, cfg, tasks, False)
-    assert set(out["per_task"]) == {RESIDUAL, "s", "s/random_directions", "s/untrained"}
+    assert set(out["per_task"]) == {RESIDUAL, "s", "s/random", "s/init"}
     assert out["per_task"][RESIDUAL].keys() == {"k=1", "k=2", "all"}
     assert all(len(v) == 2 for v in out["per_task"]["s"].values())
     assert out["mean"]["s"]["k=2"] == pytest.approx(np.mean(out["per_task"]["s"]["k=2"]))

@@ -202,7 +202,7 @@ def test_eval_runs_sparse_probing_and_absorption_on_request(
                           probing=probing, absorption=absorption)  # fmt: skip
     for name in names:
         entry = report["saes"][name]["sparse_probing"]
-        assert set(entry["controls"]) == {"random_directions", "untrained"}
+        assert set(entry["controls"]) == {"random", "init"}
         assert entry["top_k"]["k=1"] == report["saes"][name]["probing_k1"]
         best_floor = max(c["k=2"] for c in entry["controls"].values())
         assert entry["margin_over_strongest_control"]["k=2"] == entry["top_k"]["k=2"] - best_floor
