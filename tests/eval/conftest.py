@@ -109,3 +109,28 @@ def pm_identity() -> Callable[..., Dictionary]:
         return d
 
     return build
+
+
+class _TokenStore:
+    """What SAELens' and SAEBench's `run_evals` ask of an ActivationsStore: token batches in
+    order, and a rewind. Holding saekit's own windows, both evaluators see the same tokens."""
+
+    def __init__(self, windows_NT: torch.Tensor) -> None:
+        self.windows_NT = windows_NT
+        self.store_batch_size_prompts = len(windows_NT)
+        self.context_size = windows_NT.shape[1]
+        self.next = 0
+
+    def get_batch_tokens(self, n: int) -> torch.Tensor:
+        batch = self.windows_NT[self.next : self.next + n]
+        self.next += n
+        return batch
+
+    def reset_input_dataset(self) -> None:
+        self.next = 0
+
+
+@pytest.fixture
+def token_store() -> Callable[[torch.Tensor], _TokenStore]:
+    """Builds a store that serves the given windows [N, T]."""
+    return _TokenStore

@@ -194,3 +194,54 @@ def test_eval_aggregates_interp_steering_and_selection(
     assert ("detection" in table) == scored and "S 0.250" in table
     saved = json.loads((run / "report.json").read_text())
     assert saved["steering"]["table"] == [steering_row]
+
+
+def test_eval_runs_sparse_probing_and_absorption_on_request(
+    tmp_path, saekit_home, corpus_jsonl, tokenizer, eval_tl, pm_identity
+):
+    from saekit.eval.absorption import AbsorptionConfig
+    from saekit.eval.probing import ProbingConfig
+
+    run = tmp_path / "run"
+    names = make_run(run, corpus_jsonl, pm_identity)
+    task = tmp_path / "task.csv"
+    rows = [f"{w},{i % 2}\n" for i, w in enumerate(["ab", "cd", "ef", "gh"] * 10)]
+    task.write_text("text,label\n" + "".join(rows))
+    probing = ProbingConfig(tasks=str(task), n_train=16, n_test=8, ks=(1, 2), context_size=8)
+    absorption = AbsorptionConfig(prompt_template="{word}:", token_pos=-2, n_examples=3)
+    report = evaluate_run(run, n_windows=4, model=HookedModel(eval_tl, tokenizer),
+                          probing=probing, absorption=absorption)  # fmt: skip
+    for name in names:
+        entry = report["saes"][name]["sparse_probing"]
+        assert set(entry["controls"]) == {"random", "init"}
+        assert entry["top_k"]["k=1"] == report["saes"][name]["probing_k1"]
+        best_floor = max(c["k=2"] for c in entry["controls"].values())
+        assert entry["margin_over_strongest_control"]["k=2"] == entry["top_k"]["k=2"] - best_floor
+        assert report["saes"][name]["absorption"]["n_tokens"] == 26  # the char vocabulary
+        card = report["scorecard"][name]["sparse_probing"]["accuracy_k2"]
+        assert card["value"] == pytest.approx(entry["top_k"]["k=2"])
+        assert card["controls"] == pytest.approx(
+            {c: entry["controls"][c]["k=2"] for c in ("random", "init")}
+        )
+        assert card["margin"] == pytest.approx(entry["margin_over_strongest_control"]["k=2"])
+        assert card["resampled"] == "1 probing tasks"
+    probing_file = json.loads((run / "probing.json").read_text())
+    assert set(probing_file) == {HOOK} and len(probing_file[HOOK]["tasks"]) == 1
+    assert set(json.loads((run / "absorption.json").read_text())) == set(names)
+    assert "probing_k1" in summary_table(report)
+
+
+def test_eval_flags_reach_the_saebench_configs():
+    from saekit.cli import build_parser
+    from saekit.config import flag_overrides, load_recipe
+    from saekit.report import SAEBenchEvals
+
+    args = build_parser().parse_args(
+        ["eval", "RUN", "--probing", "--probing.ks", "[1, 3]", "--absorption.per_letter", "8"]
+    )
+    extra = load_recipe(SAEBenchEvals, None, flag_overrides(args))
+    assert args.probing and not args.absorption
+    assert extra.probing.ks == (1, 3) and extra.absorption.per_letter == 8
+    bad = build_parser().parse_args(["eval", "RUN", "--probing.ks", "[0]"])
+    with pytest.raises(SaekitError, match="probing.ks must be positive"):
+        load_recipe(SAEBenchEvals, None, flag_overrides(bad))

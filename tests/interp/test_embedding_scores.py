@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from planted_corpus import PLANTED, S, VOCAB, batches, planted_codes
+from planted_corpus import PLANTED, VOCAB, S, batches, planted_codes
 
 from saekit.interp import InterpConfig, score_features, summarize
 from saekit.interp.embed import _align
