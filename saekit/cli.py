@@ -112,9 +112,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from saekit.config import load_recipe
     from saekit.report import SAEBenchEvals, evaluate_run, summary_table
 
+    if args.run_dir[0] == "compare":
+        _eval_compare(args, args.run_dir[1:])
+        return
+    if len(args.run_dir) != 1:
+        raise SaekitError(
+            "Give one RUN_DIR to evaluate (or `saekit eval compare RUN_OR_SAE [...]`)."
+        )
+    run_dir = args.run_dir[0]
     extra = load_recipe(SAEBenchEvals, None, flag_overrides(args))
     report = evaluate_run(
-        args.run_dir,
+        run_dir,
         model_name=args.model,
         hook=args.hook,
         n_windows=args.windows,
@@ -124,9 +132,34 @@ def cmd_eval(args: argparse.Namespace) -> None:
         absorption=extra.absorption if args.absorption else None,
     )
     print(summary_table(report))
-    print(f"report: {args.run_dir}/report.json")
+    print(f"report: {run_dir}/report.json")
     if args.interp_windows > 0:
-        print(f"next: saekit dashboard {args.run_dir}")
+        print(f"next: saekit dashboard {run_dir}")
+
+
+def _eval_compare(args: argparse.Namespace, paths: list[str]) -> None:
+    """`saekit eval compare`: runs without a scorecard are evaluated with the same flags."""
+    from saekit.report import evaluate_run
+    from saekit.report.compare import compare, compare_json, compare_table, load_cards
+
+    if len(paths) < 1:
+        raise SaekitError("`saekit eval compare` needs run or SAE directories to compare.")
+
+    def evaluate(path: Path) -> dict[str, Any]:
+        return evaluate_run(
+            path,
+            model_name=args.model,
+            hook=args.hook,
+            n_windows=args.windows,
+            interp_windows=args.interp_windows,
+        )
+
+    cards = load_cards(paths, evaluate)
+    rows = compare(cards)
+    if args.json:
+        print(json.dumps(compare_json(rows)))
+    else:
+        print(compare_table(rows, next(iter(cards))))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -200,8 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate a run's dictionaries (or one SAE dir) on held-out text"
     )
     p.add_argument(
-        "run_dir", help="run directory of `saekit train`, or an SAE directory (cfg.json)"
+        "run_dir",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directory of `saekit train`, or an SAE directory (cfg.json); "
+        "`compare RUN_OR_SAE [...]` compares the scorecards of several",
     )
+    p.add_argument("--json", action="store_true", help="compare: print JSON rows, not a table")
     p.add_argument("--model", default=None, help="override the model spec of the run")
     p.add_argument("--hook", default=None, help="hook to evaluate at (default: the SAE's own)")
     p.add_argument("--windows", type=int, default=64, help="held-out context windows to use")

@@ -134,8 +134,8 @@ class Score:
     """95% percentile-bootstrap interval of `value`."""
     units: Units
     """What was resampled, with the per-unit columns (so comparisons need no re-run)."""
-    higher_is_better: bool = True
-    """Direction of the score (FVU, KL and CE loss: lower is better)."""
+    higher_is_better: bool | None = True
+    """Direction of the score (FVU, KL and CE loss: lower is better; None: neither, as L0)."""
     controls: dict[str, float] = field(default_factory=dict)
     """The same score for each null control: 'random' (random directions with the
     dictionary's norms), 'init' (the untrained dictionary), or others an evaluator defines."""
@@ -171,7 +171,7 @@ class Score:
             value=float(data["value"]),
             ci=(float(data["ci"][0]), float(data["ci"][1])),
             units=Units.from_json(data["units"]),
-            higher_is_better=bool(data.get("higher_is_better", True)),
+            higher_is_better=data.get("higher_is_better", True),
             controls={k: float(v) for k, v in data.get("controls", {}).items()},
             margin=data.get("margin"),
             margin_ci=(float(margin_ci[0]), float(margin_ci[1])) if margin_ci else None,
@@ -182,20 +182,21 @@ class Score:
 def score(
     units: Units,
     controls: Mapping[str, Units] | None = None,
-    higher_is_better: bool = True,
+    higher_is_better: bool | None = True,
     seed: int = 0,
 ) -> Score:
     """The score of `units` with its interval, and its margin over the strongest control.
 
     The strongest control is the one with the best value in the score's direction; the
-    margin is sign-adjusted so that > 0 always means "better than that control".
+    margin is sign-adjusted so that > 0 always means "better than that control". A score
+    with no direction (higher_is_better=None) gets no margin.
     """
     sign = 1.0 if higher_is_better else -1.0
     samples = units.resampled(bootstrap_weights(len(units), seed)) if len(units) else np.array([])
     ctrl = {name: u.value for name, u in (controls or {}).items() if len(u)}
     out = Score(units.value, interval(samples), units, higher_is_better, ctrl)
     finite = {n: v for n, v in ctrl.items() if np.isfinite(v)}
-    if not finite or not len(units):
+    if not finite or not len(units) or higher_is_better is None:
         return out
     best = max(finite, key=lambda n: sign * finite[n])
     assert controls is not None

@@ -157,5 +157,5 @@ class WindowSums:
         for name, (num, den) in SPARSITY_SCORES.items():
             units = self.units(main, num, den)
             if units is not None:
-                out[name] = score(units, seed=seed)
+                out[name] = score(units, higher_is_better=None, seed=seed)
         return out
