@@ -34,6 +34,20 @@ each; their Monte-Carlo error is ~5% of the interval's width."""
 LEVEL = 0.95
 """Coverage of every interval."""
 
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "core": ("explained_variance", "ce_loss_score", "kl_sae", "l0_mean"),
+    "sparse_probing": ("accuracy_k1", "accuracy_k5"),
+    "interpretability": (
+        "embedding_detection",
+        "embedding_fuzzing",
+        "simulation",
+        "detection",
+        "fuzzing",
+    ),
+}
+"""Scores printed (and shown in the README table) per section; other sections print all of
+theirs. report.json keeps every score."""
+
 
 @dataclass(frozen=True)
 class Units:
@@ -242,3 +256,10 @@ def holm(p_values: list[float], alpha: float = 1 - LEVEL) -> list[bool]:
             break
         reject[i] = True
     return reject
+
+
+def beats_controls(margin_ci: tuple[float, float] | None) -> str:
+    """'yes' when the margin's interval lies above 0, 'no' below, '~' when it straddles 0."""
+    if margin_ci is None or not np.isfinite(margin_ci[0]):
+        return ""
+    return "yes" if margin_ci[0] > 0 else "no" if margin_ci[1] < 0 else "~"

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from saekit.eval.controls import CONTROLS
-from saekit.eval.scorecard import Score, Units, score
+from saekit.eval.scorecard import HEADLINE, Score, Units, beats_controls, score
 
 SECTIONS = (
     "core",
@@ -39,20 +39,6 @@ SECTIONS = (
     "steering",
     "selection",
 )
-HEADLINE: dict[str, tuple[str, ...]] = {
-    "core": ("explained_variance", "ce_loss_score", "kl_sae", "l0_mean"),
-    "sparse_probing": ("accuracy_k1", "accuracy_k5"),
-    "interpretability": (
-        "embedding_detection",
-        "embedding_fuzzing",
-        "simulation",
-        "detection",
-        "fuzzing",
-    ),
-}
-"""Scores printed (and shown in the README table) per section; other sections print all of
-theirs. report.json keeps every score."""
-
 Card = dict[str, dict[str, Score]]
 """{section: {metric: Score}} of one dictionary."""
 
@@ -187,13 +173,6 @@ def fmt_ci(ci: tuple[float, float] | None, digits: int = 3) -> str:
     return f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]" if ci is not None else ""
 
 
-def beats_controls(s: Score) -> str:
-    """'yes' when the margin's interval lies above 0, 'no' below, '~' when it straddles 0."""
-    if s.margin_ci is None or not np.isfinite(s.margin_ci[0]):
-        return ""
-    return "yes" if s.margin_ci[0] > 0 else "no" if s.margin_ci[1] < 0 else "~"
-
-
 def scorecard_table(cards: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """The printed scorecard: one block per dictionary."""
     lines = []
@@ -212,6 +191,6 @@ def scorecard_table(cards: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str
             ctrl = [fmt(s.controls.get(c)) for c in ("random", "init")]
             lines.append(
                 f"  {section:16s} {metric[:20]:20s} {value:>26s} {ctrl[0]:>8s} {ctrl[1]:>8s} "
-                f"{margin:>26s} {beats_controls(s):>5s}  {s.resampled}"
+                f"{margin:>26s} {beats_controls(s.margin_ci):>5s}  {s.resampled}"
             )
     return "\n".join(lines)
