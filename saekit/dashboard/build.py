@@ -218,6 +218,14 @@ def _feature_page(name: str, f: dict[str, Any], curve: dict[str, list[float]] | 
     return page(f"{name} feature {i}", "\n".join(parts), depth=1)
 
 
+def write_assets(site: Path) -> None:
+    """The stylesheet and table script under site/assets/ (pages link them relatively)."""
+    assets = resources.files("saekit.dashboard") / "assets"
+    (site / "assets").mkdir(parents=True, exist_ok=True)
+    for fname in ("style.css", "table.js"):
+        (site / "assets" / fname).write_text((assets / fname).read_text())
+
+
 def build_dashboard(
     run_dir: str | Path, out_dir: str | Path | None = None, **interp_kwargs: Any
 ) -> Path:
@@ -229,10 +237,7 @@ def build_dashboard(
         raise SaekitError(f"{run.path} is not a directory; pass a run directory of `saekit train`.")
     interp = load_interp(run.path) or run_interp_eval(run.path, **interp_kwargs)
     site = Path(out_dir) if out_dir is not None else run.dashboard
-    assets = resources.files("saekit.dashboard") / "assets"
-    (site / "assets").mkdir(parents=True, exist_ok=True)
-    for fname in ("style.css", "table.js"):
-        (site / "assets" / fname).write_text((assets / fname).read_text())
+    write_assets(site)
     for name, summary in interp["saes"].items():
         src = run.path / summary["features_dir"]
         if not (src / "table.json").is_file():
@@ -257,4 +262,4 @@ def build_dashboard(
     return site / "index.html"
 
 
-__all__ = ["build_dashboard", "context", "steering_curves"]
+__all__ = ["build_dashboard", "context", "steering_curves", "write_assets"]
