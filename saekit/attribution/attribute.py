@@ -18,7 +18,7 @@ residual is reported as `linear_residual`, to show how far the first-order estim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,9 @@ from saekit.attribution.splice import (
     describe,
     frozen_weights,
     run_spliced,
+    write_hook,
 )
+from saekit.dictionaries import Dictionary
 from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel
 
@@ -217,9 +219,35 @@ def splice_json(s: Splice, a: SpliceAttribution, tolerance: float) -> dict[str, 
     }
 
 
+def attribute(
+    model: HookedModel,
+    dictionaries: Dictionary | dict[str, Dictionary],
+    prompt: str,
+    target: str = "",
+    contrast: str = "",
+    config: AttributeConfig | None = None,
+) -> dict[str, Any]:
+    """`saekit.attribute`: attributions of the next-token logit of `target` (default: the
+    model's top prediction; minus `contrast`'s when given) after `prompt` to every active
+    feature of each dictionary, spliced in alone at the hook it was trained on (a transcoder:
+    read at its input hook, written at its output hook). Returns the report `saekit
+    attribute` writes to attribution.json."""
+    named = dictionaries if isinstance(dictionaries, dict) else {"dictionary": dictionaries}
+    splices = []
+    for name, sae in named.items():
+        if not sae.cfg.hook:
+            raise SaekitError(f"{name} records no hook; set its cfg.hook to the hook it reads.")
+        sae = sae.to(model.device).eval()
+        splices.append(Splice(name, sae, sae.cfg.hook, write_hook(sae, sae.cfg.hook)))
+    cfg = replace(config or AttributeConfig(), prompt=prompt, target=target, contrast=contrast)
+    return attribute_splices(model, splices, cfg)
+
+
 @torch.no_grad()
-def attribute(model: HookedModel, splices: list[Splice], cfg: AttributeConfig) -> dict[str, Any]:
-    """`saekit attribute`: the JSON report of cfg.prompt through every splice."""
+def attribute_splices(
+    model: HookedModel, splices: list[Splice], cfg: AttributeConfig
+) -> dict[str, Any]:
+    """The JSON report of cfg.prompt through every splice (`saekit attribute RUN`)."""
     if not splices:
         raise SaekitError("No dictionaries to attribute through; check --layer-set.")
     for s in splices:

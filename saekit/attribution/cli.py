@@ -81,7 +81,7 @@ def _run(
 ) -> None:
     from dataclasses import replace
 
-    from saekit.attribution.attribute import attribute
+    from saekit.attribution.attribute import attribute_splices
     from saekit.attribution.html import write_view
     from saekit.attribution.splice import load_splices
     from saekit.attribution.validate import validate_attribution, validation_table
@@ -101,7 +101,7 @@ def _run(
         print(validation_table(report))
         print(f"report: {path}")
         return
-    report = attribute(model, splices, attribute_cfg)
+    report = attribute_splices(model, splices, attribute_cfg)
     path = write_json(out / "attribution.json", report)
     index = write_view(report, attribute_cfg.top, run.dashboard, out)
     print(summary(report, attribute_cfg.top))

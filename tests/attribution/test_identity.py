@@ -14,9 +14,10 @@ import copy
 import pytest
 import torch
 
-from saekit.attribution import AttributeConfig, Splice, attribute
+from saekit.attribution import AttributeConfig, Splice, attribute_splices
 from saekit.attribution.attribute import Metric, attribute_splice
 from saekit.attribution.splice import decompose
+from saekit.dictionaries import SAEConfig, build_dictionary
 
 PROMPT = "the cat sat on a mat"
 
@@ -53,7 +54,7 @@ def test_attributions_and_error_sum_to_the_measured_change(tiny, attr_sae, where
     sae = attr_sae(hooked, read)
     target = int(hooked.tokenizer("a", add_special_tokens=False)["input_ids"][0])
     cfg = AttributeConfig(prompt=PROMPT, target="a", steps=16, tolerance=1e-4)
-    d = attribute(hooked, [Splice("s", sae, read, write)], cfg)["dictionaries"]["s"]
+    d = attribute_splices(hooked, [Splice("s", sae, read, write)], cfg)["dictionaries"]["s"]
 
     clean, delta = independent_delta(hooked, write, sae.b_dec.detach(), prompt_ids(hooked), target)
     assert d["metric_spliced"] == pytest.approx(clean, abs=1e-5)
@@ -139,3 +140,17 @@ def test_each_node_matches_finite_differences_in_float64(tl_model, tokenizer, at
         reference = float((simpson * deriv).sum())
         got = float(a.attributions[(a.positions == t) & (a.features == i)][0])
         assert got == pytest.approx(reference, rel=1e-6)
+
+
+def test_public_api_attributes_at_the_hook_the_dictionary_was_trained_on(tiny, attr_sae):
+    import saekit
+
+    hooked, hook = tiny.hooked, tiny.resid[0]
+    sae = attr_sae(hooked, hook)
+    cfg = AttributeConfig(prompt=PROMPT, target="a", contrast="b")
+    through_run = attribute_splices(hooked, [Splice("dictionary", sae, hook, hook)], cfg)
+    public = saekit.attribute(hooked, sae, PROMPT, target="a", contrast="b")
+    assert public == through_run
+    no_hook = build_dictionary(SAEConfig(method="topk", d_sae=32, k=4), tiny.d_model)
+    with pytest.raises(saekit.SaekitError, match="records no hook"):
+        saekit.attribute(hooked, no_hook, PROMPT)
