@@ -6,7 +6,8 @@ contrast). For one dictionary, h(α) = y − (1 − α)(y − b) at every ordina
 write hook: α = 1 is the clean forward, α = 0 the baseline where the dictionary writes
 decode(0) = b (every code and the error at zero). The change is Δ = m(h(1)) − m(h(0)).
 
-The attribution. Node v_t (z_t,i W_dec[i], or the error e_t) gets activation × gradient with
+The attribution. Node v_t (z_t,i W_dec[i], a skip transcoder's skip path s_t, or the error
+e_t) gets activation × gradient with
 the gradient averaged over the path: A(v_t) = v_t · ∫₀¹ ∇_{h_t} m(h(α)) dα (integrated
 gradients, Sundararajan et al. 2017). The nodes add up to y − b, so their attributions add up
 to ∫₀¹ dm(h(α))/dα dα = Δ: the identity is exact but for the quadrature of the integral. It
@@ -134,7 +135,7 @@ class SpliceAttribution:
     steps: int
     """Gauss-Legendre points used."""
     residual: float
-    """Δ − (Σ feature attributions + Σ error attributions)."""
+    """Δ − (Σ feature attributions + Σ skip attributions + Σ error attributions)."""
     linear_residual: float
     """The same for plain activation × gradient at the clean point."""
     positions: Tensor
@@ -144,6 +145,8 @@ class SpliceAttribution:
     """One entry per active (position, feature), largest |attribution| first."""
     error_T: Tensor
     """Error node attribution per position (0 at special positions)."""
+    skip_T: Tensor | None = None
+    """Skip-path node attribution per position (a skip transcoder's; None otherwise)."""
 
     @property
     def relative_residual(self) -> float:
@@ -193,6 +196,7 @@ def attribute_splice(
         activations=act_E[order].cpu(),
         attributions=attr_E[order].cpu(),
         error_T=(gbar_TD * nodes.err_TD.double()).sum(-1).cpu(),
+        skip_T=None if nodes.skip_TD is None else (gbar_TD * nodes.skip_TD.double()).sum(-1).cpu(),
     )
 
 
@@ -200,12 +204,14 @@ def splice_json(s: Splice, a: SpliceAttribution, tolerance: float) -> dict[str, 
     """The JSON record of one dictionary's attributions."""
     sum_features = float(a.attributions.sum())
     sum_error = float(a.error_T.sum())
+    skip = None if a.skip_T is None else [float(v) for v in a.skip_T]
     return describe(s) | {
         "delta": a.delta,
         "metric_spliced": a.metric_clean,
         "metric_baseline": a.metric_baseline,
         "sum_features": sum_features,
         "sum_error": sum_error,
+        "sum_skip": None if skip is None else sum(skip),
         "residual": a.residual,
         "relative_residual": a.relative_residual,
         "identity_met": a.relative_residual <= tolerance,
@@ -216,6 +222,7 @@ def splice_json(s: Splice, a: SpliceAttribution, tolerance: float) -> dict[str, 
             for t, i, v, r in zip(a.positions, a.features, a.activations, a.attributions)
         ],
         "error": [float(e) for e in a.error_T],
+        "skip": skip,
     }
 
 

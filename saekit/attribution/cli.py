@@ -114,8 +114,9 @@ def summary(report: dict[str, Any], top: int) -> str:
     lines = [f"prompt {report['prompt']!r}: {report['metric']} = {report['metric_clean']:.4g}"]
     for name, d in report["dictionaries"].items():
         met = "" if d["identity_met"] else f"  (tolerance NOT met after {d['steps']} points)"
+        skip = "" if d["sum_skip"] is None else f" + skip {d['sum_skip']:.4g}"
         lines.append(
-            f"{name}: Δ {d['delta']:.4g} = features {d['sum_features']:.4g} + error "
+            f"{name}: Δ {d['delta']:.4g} = features {d['sum_features']:.4g}{skip} + error "
             f"{d['sum_error']:.4g} + residual {d['residual']:.2g} ({d['steps']} points; "
             f"activation × gradient alone: residual {d['linear_residual']:.2g}){met}"
         )

@@ -51,7 +51,14 @@ def _grid(
     name: str, d: dict[str, Any], tokens: list[str], top: int, dashboard: Path, out: Path
 ) -> str:
     rows_in = _top_features(d, top)
-    values = [abs(v) for _, per in rows_in for v in per.values()] + [abs(e) for e in d["error"]]
+    nodes: list[tuple[str, list[float]]] = [("all features", [0.0] * len(tokens))]
+    for e in d["features"]:
+        nodes[0][1][e["position"]] += e["attribution"]
+    if d["skip"] is not None:
+        nodes.append(("skip path", d["skip"]))
+    nodes.append(("error", d["error"]))
+    values = [abs(v) for _, per in rows_in for v in per.values()]
+    values += [abs(v) for _, row in nodes[1:] for v in row]
     scale = max(values, default=0.0)
     T = len(tokens)
     head = "".join(f"<th class=tok>{escape(t.replace(chr(10), '↵'))}</th>" for t in tokens)
@@ -60,10 +67,7 @@ def _grid(
         link = _link(feature, dashboard / name / f"{feature}.html", out)
         cells = "".join(_cell(per.get(t, 0.0), scale) for t in range(T))
         body.append(f"<tr><th>{link}</th><td class=v>{sum(per.values()):.3g}</td>{cells}</tr>")
-    per_pos = [0.0] * T
-    for e in d["features"]:
-        per_pos[e["position"]] += e["attribution"]
-    for label, row in (("all features", per_pos), ("error", d["error"])):
+    for label, row in nodes:
         cells = "".join(_cell(v, scale) for v in row)
         body.append(f'<tr class="node"><th>{label}</th><td class=v>{sum(row):.3g}</td>{cells}</tr>')
     return (
@@ -77,7 +81,12 @@ def _summary(d: dict[str, Any]) -> str:
         ["hooks (read → write)", f"{escape(d['read_hook'])} → {escape(d['write_hook'])}"],
         ["method, features", f"{escape(d['method'])}, {d['d_sae']}"],
         ["Δ = m(clean) − m(baseline)", fmt(d["delta"])],
-        ["Σ features + Σ error", f"{fmt(d['sum_features'])} + {fmt(d['sum_error'])}"],
+        [
+            "Σ features" + ("" if d["sum_skip"] is None else " + Σ skip path") + " + Σ error",
+            " + ".join(
+                fmt(d[k]) for k in ("sum_features", "sum_skip", "sum_error") if d[k] is not None
+            ),
+        ],
         [
             "residual (quadrature points)",
             f"{fmt(d['residual'])} ({100 * d['relative_residual']:.2g}% of Δ, "

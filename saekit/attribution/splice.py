@@ -5,14 +5,15 @@ reads an MLP's input and writes its output. From one clean forward, at every ord
 position t (BOS and other special tokens are never spliced, as in evaluation):
 
     z_t      = encode(x_t)                        codes, from the activation at the read hook
-    y_t      = b + Σ_i z_t,i W_dec[i] + e_t        the activation at the write hook, exactly
-    b        = decode(0)                           the baseline: no code, no error
-    e_t      = y_t − decode(z_t)                   the error node (what the dictionary misses)
+    y_t      = b + Σ_i z_t,i W_dec[i] + s_t + e_t  the activation at the write hook, exactly
+    b        = decode(0)                           the baseline: no code, no skip, no error
+    s_t      = x_t W_skipᵀ                         a skip transcoder's linear path (else none)
+    e_t      = y_t − decode(z_t) − s_t             the error node (what the dictionary misses)
 
-so y_t − b is the sum of one vector per active feature and one error vector, the nodes that
-attribution scores. Codes come from the clean read-hook activation and stay fixed: the splice
-only ever replaces the write hook's activation, so a read hook upstream of the write hook (a
-transcoder's) sees the clean forward in every spliced run as well.
+so y_t − b is the sum of one vector per active feature, the skip vector and one error vector,
+the nodes that attribution scores. Codes come from the clean read-hook activation and stay
+fixed: the splice only ever replaces the write hook's activation, so a read hook upstream of
+the write hook (a transcoder's) sees the clean forward in every spliced run as well.
 """
 
 from __future__ import annotations
@@ -56,12 +57,15 @@ class Nodes:
     z_TS: Tensor
     """Codes (zero at special positions)."""
     err_TD: Tensor
-    """Error node y − decode(z) (zero at special positions)."""
+    """Error node y − decode(z) − skip (zero at special positions)."""
+    skip_TD: Tensor | None = None
+    """Skip-path node x W_skipᵀ of a skip transcoder (zero at special positions); None when the
+    dictionary has no skip path."""
 
 
 def write_hook(dictionary: Dictionary, read_hook: str) -> str:
-    """Where `dictionary` writes: its output hook when it records one, else where it reads."""
-    return str(getattr(dictionary.cfg, "output_hook", "") or read_hook)
+    """Where `dictionary` writes: its output hook when it is a transcoder, else where it reads."""
+    return dictionary.cfg.output_hook or read_hook
 
 
 def load_splices(
@@ -117,8 +121,13 @@ def decompose(model: HookedModel, s: Splice, tokens_1T: Tensor) -> Nodes:
     mask_T = ordinary_mask(model, tokens_1T)[0].to(y_TD.device)
     z_TS = sae.encode(x_TD) * mask_T[:, None]
     base_D = sae.decode(torch.zeros_like(z_TS[:1]))[0]
-    err_TD = (y_TD - sae.decode(z_TS)) * mask_T[:, None]
-    return Nodes(mask_T, y_TD, base_D, z_TS, err_TD)
+    decoded_TD = sae.decode(z_TS)
+    skip_TD = None
+    if sae.W_skip is not None:
+        skip_TD = (sae.reconstruct(x_TD, z_TS) - decoded_TD) * mask_T[:, None]
+        decoded_TD = decoded_TD + skip_TD
+    err_TD = (y_TD - decoded_TD) * mask_T[:, None]
+    return Nodes(mask_T, y_TD, base_D, z_TS, err_TD, skip_TD)
 
 
 def replace_at(mask_T: Tensor, h_NTD: Tensor) -> Intervention:
