@@ -107,8 +107,9 @@ def attribution_page(report: dict[str, Any], top: int, dashboard: Path, out_dir:
         f"(value {fmt(report['metric_clean'])}).</p>",
         '<p class="muted">Each cell: a feature\'s activation × the gradient of the target, '
         "averaged along the path from the baseline (the dictionary writing decode(0) at every "
-        "ordinary position) to the clean run; features and the error node add up to Δ but for "
-        "the stated residual. Blue supports the target, red opposes it.</p>",
+        "ordinary position) to the clean run; features, the skip path (skip transcoders) and the "
+        "error node add up to Δ but for the stated residual. Blue supports the target, red "
+        "opposes it.</p>",
     ]
     for name, d in report["dictionaries"].items():
         parts += [

@@ -1,16 +1,18 @@
 """Attribution through transcoders (codes read at an MLP's input, written at its output), on both
 backends: the sum identity against the change measured with a plain intervention at the MLP
 output, the skip path of a skip transcoder as its own node, and a saved transcoder found at
-its output hook when loaded back."""
+its output hook when loaded back, with the skip path as a row of the view."""
 
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 
 import saekit
+from saekit.attribution.html import attribution_page
 from saekit.attribution.splice import write_hook
 from saekit.dictionaries import SAEConfig, build_dictionary, load_dictionary
 
@@ -116,4 +118,10 @@ def test_a_saved_transcoder_is_spliced_at_its_output_hook(hf_model, tokenizer, t
     loaded = load_dictionary(tmp_path / "tc")
     assert write_hook(loaded, read) == write
     report = saekit.attribute(hooked, loaded, PROMPT, target="a")
-    assert report["dictionaries"]["dictionary"]["write_hook"] == write
+    d = report["dictionaries"]["dictionary"]
+    assert d["write_hook"] == write
+    # The view shows the skip path as a node row between all features and the error.
+    html = attribution_page(report, 5, tmp_path / "no-dashboard", tmp_path)
+    rows = re.findall(r'<tr class="node"><th>([^<]+)</th><td class=v>([^<]+)</td>', html)
+    assert [label for label, _ in rows] == ["all features", "skip path", "error"]
+    assert float(rows[1][1]) == pytest.approx(d["sum_skip"], rel=1e-2)
