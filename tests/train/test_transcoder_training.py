@@ -109,3 +109,21 @@ def test_output_hook_must_be_streamed():
     stream = TensorStream({"in": torch.randn(64, 32)}, batch_size=32)
     with pytest.raises(SaekitError, match=r"output_hook 'out' is not streamed; add it"):
         saekit.fit(cfg(), stream, train_cfg(1))
+
+
+def test_hook_parallel_ranks_stream_both_hooks_of_their_own_transcoders():
+    from pathlib import Path
+
+    from saekit.fitting import rank_split
+    from saekit.recipe import Recipe
+    from saekit.train.distributed import Distributed
+
+    path = Path(__file__).parents[2] / "recipes" / "smollm2-transcoders-all-layers.yaml"
+    recipe = Recipe.load(path)
+    assert len(recipe.saes) == 30 and all(s.skip_connection for s in recipe.saes)
+    saes, stream = rank_split(recipe, Distributed(rank=1, world=8, mode="hooks"))
+    layers = (1, 9, 17, 25)  # dictionary i goes to rank i mod 8
+    expected = [h for n in layers for h in (f"blocks.{n}.ln2.hook_normalized",
+                                            f"blocks.{n}.hook_mlp_out")]  # fmt: skip
+    assert list(stream.hooks) == expected
+    assert [s.output_hook for s in saes[1::8]] == [f"blocks.{n}.hook_mlp_out" for n in layers]
