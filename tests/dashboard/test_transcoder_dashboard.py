@@ -5,6 +5,7 @@ the output side."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 from saekit.config import save_yaml
@@ -22,10 +23,7 @@ def test_transcoder_latents_are_scored_and_shown(dash_run, dash_cfg):
     cfg = SAEConfig(method="topk", d_sae=32, k=4, hook=IN, output_hook=OUT)
     recipe = replace(recipe, stream=replace(recipe.stream, hooks=(IN, OUT)), saes=(cfg,))
     save_yaml(recipe, dash_run / "recipe.yaml")
-    for old in (dash_run / "saes").iterdir():
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+    shutil.rmtree(dash_run / "saes")  # the fixture's SAE: this run holds one transcoder
     (dash_run / "steering.json").unlink()
     d = build_dictionary(cfg, 16, 16)
     d.save(dash_run / "saes" / NAME)

@@ -1,9 +1,10 @@
 """Transcoders through the whole trainer, on a planted sparse map (activations/synthetic_map.py).
 
-Golden figures (seeded, CPU, 2**15 rows × 12 epochs, batch 256, lr 3e-3, d_sae 64, k 4): a TopK
-transcoder reaches input MMCS 0.97-0.98, output MMCS 0.99, 0.9 of the features recovered on both
-sides by one latent, output FVU 0.015; its random initialisation scores input MMCS ~0.35. The
-asserts sit between the two, far from both.
+Golden figures (seeded, CPU, 2**15 rows × 12 epochs, batch 256, lr 3e-3, d_sae 64, k 4; the
+docs/transcoders.md example prints them): a TopK transcoder reaches input MMCS 0.974, output
+MMCS 0.995, 0.94 of the features recovered on both sides by one latent, output FVU 0.017 (the
+skip transcoder 0.008); the random initialisation scores input MMCS 0.38. The asserts sit
+between the two, far from both.
 """
 
 from __future__ import annotations
