@@ -56,6 +56,12 @@ def steering_curves(run_dir: str | Path, name: str) -> dict[str, dict[str, list[
     return out
 
 
+def shown_hook(summary: dict[str, Any]) -> str:
+    """The hook a dictionary reads, and for a transcoder the one it writes (`in → out`)."""
+    out = summary.get("output_hook")
+    return f"{summary['hook']} → {out}" if out else str(summary["hook"])
+
+
 def _index_page(interp: dict[str, Any]) -> str:
     rows: list[list[str]] = []
     notes: list[str] = []
@@ -63,7 +69,7 @@ def _index_page(interp: dict[str, Any]) -> str:
         ctrl = s.get("controls", {})
         cells = [
             f'<a href="{escape(name)}/index.html">{escape(name)}</a>',
-            escape(s["hook"]),
+            escape(shown_hook(s)),
             fmt(s["d_sae"]),
             fmt(s["alive"]),
             fmt(s["scored"]),
@@ -142,7 +148,7 @@ def _table_page(name: str, summary: dict[str, Any], rows: list[dict[str, Any]]) 
     )
     body = (
         f'<p><a href="../index.html">all dictionaries</a></p><h1>{escape(name)}</h1>'
-        f'<p class="muted">hook {escape(summary["hook"])} · {summary["d_sae"]} features · '
+        f'<p class="muted">hook {escape(shown_hook(summary))} · {summary["d_sae"]} features · '
         f"{summary['alive']} fired on {summary['n_tokens']:,} held-out tokens · "
         f"{summary['scored']} scored. Click a header to sort.</p>{controls}"
         f'<table id="features" class="features"><thead><tr>{head}</tr></thead>'
