@@ -6,6 +6,7 @@ its output hook when loaded back, with the skip path as a row of the view."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import pytest
@@ -125,3 +126,58 @@ def test_a_saved_transcoder_is_spliced_at_its_output_hook(hf_model, tokenizer, t
     rows = re.findall(r'<tr class="node"><th>([^<]+)</th><td class=v>([^<]+)</td>', html)
     assert [label for label, _ in rows] == ["all features", "skip path", "error"]
     assert float(rows[1][1]) == pytest.approx(d["sum_skip"], rel=1e-2)
+
+
+def test_saekit_attribute_on_a_run_with_a_skip_transcoder_and_an_sae(
+    tmp_path, saekit_home, corpus_jsonl, hf_model, tokenizer, capsys
+):
+    """`saekit attribute RUN` splices each of the run's dictionaries at its own hooks: the skip
+    transcoder reads the MLP input and writes its output, the SAE reads and writes the output."""
+    from saekit.activations.stream import StreamConfig
+    from saekit.cli import main
+    from saekit.config import save_yaml
+    from saekit.data.text import DataConfig
+    from saekit.models.loading import ModelConfig
+    from saekit.recipe import Recipe
+
+    read, write = MLP_HOOKS["hf"]
+    model = copy.deepcopy(hf_model)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(30)  # as loud_mlp
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    hooked = saekit.HookedModel(model, tokenizer)
+    tc = transcoder(hooked, read, write, skip=True)
+    sae = build_dictionary(SAEConfig(method="topk", d_sae=32, k=4, hook=write), hooked.width(write))
+    with torch.no_grad():
+        sae.b_dec.copy_(tc.b_dec)
+    run = tmp_path / "run"
+    (run / "saes").mkdir(parents=True)
+    recipe = Recipe(
+        model=ModelConfig(name=str(tmp_path / "model"), backend="hf"),
+        data=DataConfig(source=str(corpus_jsonl), context_size=16),
+        stream=StreamConfig(hooks=(read, write)),
+        saes=(tc.cfg, sae.cfg),
+    )
+    save_yaml(recipe, run / "recipe.yaml")
+    tc.save(run / "saes" / "00-skip-transcoder")
+    sae.eval().save(run / "saes" / "01-sae")
+
+    assert main(["attribute", str(run), "--prompt", PROMPT, "--target", "a"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((run / "attribution" / "attribution.json").read_text())
+    t, s = report["dictionaries"]["00-skip-transcoder"], report["dictionaries"]["01-sae"]
+    assert (t["read_hook"], t["write_hook"]) == (read, write)
+    assert (s["read_hook"], s["write_hook"]) == (write, write)
+    assert t["sum_skip"] is not None and s["sum_skip"] is None
+    for d in (t, s):
+        assert d["identity_met"]
+        parts = d["sum_features"] + d["sum_error"] + (d["sum_skip"] or 0.0)
+        assert abs(parts - d["delta"]) <= 0.01 * abs(d["delta"])
+    assert f"+ skip {t['sum_skip']:.4g} + error" in out
+    html = (run / "attribution" / "index.html").read_text()
+    assert html.count("<th>skip path</th>") == 1
+
+    assert main(["attribute", str(run), "--prompt", PROMPT, "--layer-set", read]) == 0
+    report = json.loads((run / "attribution" / "attribution.json").read_text())
+    assert list(report["dictionaries"]) == ["00-skip-transcoder"]
