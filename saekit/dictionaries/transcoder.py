@@ -17,9 +17,9 @@ with the output activation y as the target: mse = Σ_o (ŷ − y)², AuxK fits d
 y − ŷ. At step 0 the trainer sets b_dec to the geometric median of y and b_enc to −median(x)
 W_enc, which centres the pre-activations as an SAE's pre-bias does.
 
-Splicing into a model (eval/splice.py, used by evaluation, steering and attribution): the
-activation at `output_hook` is replaced by the prediction from the activation at `hook`,
-captured earlier in the same forward. MLP input → output of block L is, in TransformerLens
+Splicing into a model (eval/splice.py: evaluation uses it, attribution can): the activation
+at `output_hook` is replaced by the prediction from the activation at `hook`, captured earlier
+in the same forward; steering adds a feature's W_dec row at `output_hook`. MLP input → output of block L is, in TransformerLens
 names, `blocks.L.ln2.hook_normalized` → `blocks.L.hook_mlp_out`; in HF module paths,
 `model.layers.L.mlp:in` → `model.layers.L.mlp`.
 

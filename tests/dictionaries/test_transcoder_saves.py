@@ -211,3 +211,15 @@ def test_an_sae_cannot_write_another_width():
 def test_k_is_the_topk_transcoders_l0():
     d = transcoder("topk", skip=False)
     assert torch.equal((d.encode(x_BD()) != 0).sum(dim=1), torch.full((256,), K))
+
+
+def test_saelens_topk_naming_an_output_hook_imports_as_a_topk_transcoder(tmp_path):
+    cfg = sae_lens.TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, apply_b_dec_to_input=False)
+    sae = sae_lens.TopKSAE(cfg)
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.hook_name_out = HOOK, HOOK_OUT
+    randomize_saelens(sae)
+    sae.save_model(tmp_path / "tc")
+    d = load_dictionary(tmp_path / "tc")
+    assert d.method == "topk" and d.is_transcoder and d.W_skip is None
+    assert (d.cfg.hook, d.write_hook, d.cfg.k) == (HOOK, HOOK_OUT, K)
+    assert_same_transcoder(sae_lens.SAE.load_from_disk(tmp_path / "tc"), d, x_BD())
