@@ -19,9 +19,9 @@ W_enc, which centres the pre-activations as an SAE's pre-bias does.
 
 Splicing into a model (eval/splice.py: evaluation uses it, attribution can): the activation
 at `output_hook` is replaced by the prediction from the activation at `hook`, captured earlier
-in the same forward; steering adds a feature's W_dec row at `output_hook`. MLP input → output of block L is, in TransformerLens
-names, `blocks.L.ln2.hook_normalized` → `blocks.L.hook_mlp_out`; in HF module paths,
-`model.layers.L.mlp:in` → `model.layers.L.mlp`.
+in the same forward; steering adds a feature's W_dec row at `output_hook`. MLP input → output
+of block L is, in TransformerLens names, `blocks.L.ln2.hook_normalized` →
+`blocks.L.hook_mlp_out`; in HF module paths, `model.layers.L.mlp:in` → `model.layers.L.mlp`.
 
 SAELens (>= 6) has inference classes for ReLU and JumpReLU transcoders, with or without skip;
 saves use them (`SAELENS_TRANSCODERS`). BatchTopK and Matryoshka save as JumpReLU transcoders
