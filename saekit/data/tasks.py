@@ -206,9 +206,9 @@ def balanced_split(
 
 def special_token_ids(tokenizer: Any) -> list[int]:
     """Ids pooling leaves out: the tokenizer's special tokens (BOS, EOS, padding, ...)."""
-    from saekit.data.text import _special_ids
+    from saekit.data.text import special_ids
 
-    return _special_ids(tokenizer)
+    return special_ids(tokenizer)
 
 
 def tokenize_texts(tokenizer: Any, texts: list[str], context_size: int) -> list[list[int]]:

@@ -38,8 +38,11 @@ def random_directions(sae: Dictionary, seed: int = 0) -> Dictionary:
 @torch.no_grad()
 def initialization(sae: Dictionary) -> Dictionary:
     """The untrained dictionary `sae` was trained from (its method, width and seed)."""
-    control = build_dictionary(sae.cfg, sae.d_in)
-    control.fold_normalization(sae.folded_norm_factor)
+    transcoder = sae.is_transcoder
+    control = build_dictionary(sae.cfg, sae.d_in, sae.d_out if transcoder else None)
+    control.fold_normalization(
+        sae.folded_norm_factor, sae.folded_out_norm_factor if transcoder else None
+    )
     control.b_dec.data.copy_(sae.b_dec.detach().to(control.b_dec))
     return control.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype).eval()
 

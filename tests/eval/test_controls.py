@@ -107,3 +107,22 @@ def test_core_scores_are_the_point_metrics_with_window_intervals(
     assert fvu_s.margin == pytest.approx(best - out["fvu"], rel=1e-9)
     assert fvu_s.margin_ci is not None and fvu_s.margin_ci[0] > 0  # topk beats both nulls
     assert "controls" not in scores["l0_mean"].to_json() or not scores["l0_mean"].controls
+
+
+def test_transcoder_controls_keep_both_widths():
+    cfg = SAEConfig(method="topk", d_sae=48, k=4, seed=2, hook="blocks.0.ln2.hook_normalized",
+                    output_hook="blocks.0.hook_mlp_out", skip_connection=True)  # fmt: skip
+    d = build_dictionary(cfg, 16, 24)
+    with torch.no_grad():
+        d.W_dec.mul_(1 + torch.rand(48, 1))
+    d.fold_normalization(2.0, 3.0)
+    r = random_directions(d, seed=0)
+    assert r.W_enc.shape == (16, 48) and r.W_dec.shape == (48, 24)
+    assert torch.allclose(r.W_dec.norm(dim=1), d.W_dec.norm(dim=1), rtol=1e-5)
+    assert torch.allclose(r.W_enc.norm(dim=0), d.W_enc.norm(dim=0), rtol=1e-5)
+    assert r.W_skip is not None and torch.equal(r.W_skip, d.W_skip)  # the linear path stays
+    init = initialization(d)
+    fresh = build_dictionary(cfg, 16, 24)
+    fresh.fold_normalization(2.0, 3.0)
+    assert init.d_out == 24 and torch.allclose(init.W_enc, fresh.W_enc)
+    assert torch.allclose(init.W_dec, fresh.W_dec) and torch.equal(init.b_dec, d.b_dec)
