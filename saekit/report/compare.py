@@ -8,7 +8,8 @@ the per-unit columns the scorecard stores (eval/scorecard.py): paired when both 
 measured on the same units (the same held-out windows, tasks or categories, as two dictionaries
 evaluated with the same recipe data and --windows are), independent otherwise (features of
 two dictionaries). A difference is marked significant when Holm's procedure over every
-difference in the table rejects "no difference" at family-wise level 5%.
+difference in the table rejects "no difference" at family-wise level 5%; differences over
+fewer than MIN_UNITS units are shown but not tested.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from saekit.errors import SaekitError
 from saekit.eval.scorecard import Difference, Score, difference, holm
 from saekit.report.scorecard import Card, fmt, fmt_ci, headline, load_card
 from saekit.rundir import RunDir
+
+MIN_UNITS = 8
+"""Fewer resampled units than this (2 probing tasks, a light steering run's 2 features) make
+a bootstrap interval degenerate: such differences are shown but never called significant."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,11 @@ def compare(cards: dict[str, Card], seed: int = 0) -> list[Row]:
             if base is not None and name != names[0]:
                 diff = difference(s.units, base.units, seed)
             rows.append(Row(section, metric, name, s, diff))
-    tested = [i for i, r in enumerate(rows) if r.diff is not None and r.diff.p == r.diff.p]
+    tested = [
+        i
+        for i, r in enumerate(rows)
+        if r.diff is not None and r.diff.p == r.diff.p and len(r.score.units) >= MIN_UNITS
+    ]
     rejected = holm([rows[i].diff.p for i in tested])  # type: ignore[union-attr]
     for i, rej in zip(tested, rejected):
         rows[i] = Row(**{**rows[i].__dict__, "significant": rej})

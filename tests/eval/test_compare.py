@@ -42,7 +42,7 @@ def test_compare_two_runs(
 
     def evaluate(path):
         evaluated.append(path.name)
-        return evaluate_run(path, n_windows=6, model=model)
+        return evaluate_run(path, n_windows=10, model=model)
 
     cards = load_cards([tmp_path / "topk", tmp_path / "identity"], evaluate)
     assert evaluated == ["topk", "identity"] and list(cards) == ["topk/topk", "identity/identity"]
@@ -97,3 +97,15 @@ def test_compare_errors_are_clear(tmp_path, capsys):
         load_cards([tmp_path], lambda p: {"scorecard": {"only": {}}})
     assert main(["eval", str(tmp_path), str(tmp_path)]) == 2
     assert "Give one RUN_DIR" in capsys.readouterr().err
+
+
+def test_too_few_units_are_never_significant():
+    from saekit.eval.scorecard import Units, score
+
+    def card(values):
+        units = Units("probing tasks", "tasks:a,b", np.array(values), np.ones(len(values)))
+        return {"sparse_probing": {"accuracy_k5": score(units)}}
+
+    rows = compare({"a": card([0.5, 0.5]), "b": card([0.625, 0.625])})
+    assert rows[1].diff is not None and rows[1].diff.p == 0.0  # a degenerate bootstrap
+    assert not rows[1].significant
