@@ -62,13 +62,15 @@ def _splice(mask_BT: Tensor, replace_fn: Rows) -> Intervention:
 
 
 def _batches(
-    windows: Any, n_windows: int, batch_size: int, device: torch.device, desc: str, show: bool
+    windows: Any, n_windows: int, batch_size: int, device: torch.device, bar: tqdm, forwards: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(tokens, ordinary-token mask) per batch of windows [0, n_windows)."""
-    starts = range(0, n_windows, batch_size)
-    for start in tqdm(starts, desc=desc, disable=not show):
-        tokens_BT = windows.get(start, min(batch_size, n_windows - start)).to(device)
+    """(tokens, ordinary-token mask) per batch of windows [0, n_windows); `bar` advances by
+    the `forwards` the caller runs on each batch once it is done."""
+    for start in range(0, n_windows, batch_size):
+        n = min(batch_size, n_windows - start)
+        tokens_BT = windows.get(start, n).to(device)
         yield tokens_BT, windows.token_mask(tokens_BT).to(device)
+        bar.update(n * forwards)
 
 
 def _lm_metrics(
@@ -132,9 +134,11 @@ def evaluate_core(
     recon = ReconstructionStats(sae.d_in)
     sparsity = SparsityStats(sae.d_sae)
     device = model.device
-    for tokens_BT, mask_BT in _batches(
-        windows, n_windows, model_batch_size, device, f"eval {hook}", progress
-    ):
+    # One bar over both passes, in window forwards (1 capture + 4 LM forwards per window), so
+    # its ETA is the whole evaluation's.
+    forwards = 1 + 4 * with_lm
+    bar = tqdm(total=n_windows * forwards, desc=f"eval {hook}", unit="fwd", disable=not progress)
+    for tokens_BT, mask_BT in _batches(windows, n_windows, model_batch_size, device, bar, 1):
         x_ND = model.capture(tokens_BT, [hook])[hook][mask_BT].float()
         z_NS = sae.encode(x_ND.to(sae.W_enc.dtype))
         recon.update(x_ND, sae.decode(z_NS).float())
@@ -142,10 +146,10 @@ def evaluate_core(
     out = {"hook": hook, **summarize(sae, recon, sparsity)}
     n_tok = out["n_tokens"]
     if with_lm and n_tok:
-        batches = _batches(
-            windows, n_windows, model_batch_size, device, f"eval {hook} (LM loss)", progress
-        )
+        bar.set_postfix_str("LM loss with the SAE spliced in")
+        batches = _batches(windows, n_windows, model_batch_size, device, bar, 4)
         out.update(_lm_metrics(model, sae, hook, batches, recon.mean_D))
+    bar.close()
     return out
 
 
