@@ -100,7 +100,14 @@ def test_training_and_caching_count_tokens_while_the_first_buffer_fills(
     starts_with_the_model_load(capsys.readouterr().err, "training")
 
     seen.clear()
-    cache = ["--cache.output_dir", str(tmp_path / "cache"), "--cache.n_tokens", "200"]
+    cache = ["--cache.output_dir", str(tmp_path / "cache"), "--cache.n_tokens", "240"]
     assert main(["cache", str(recipe), *stream, *cache]) == 0
     assert len([s for s in seen if s[1] == 0]) == 8 and seen[0][0] > 0
     starts_with_the_model_load(capsys.readouterr().err, "caching activations")
+
+    # A cache smaller than a buffer fills the 8 windows it needs and 2 to spare (5 forwards),
+    # not the recipe's 16.
+    seen.clear()
+    cache = ["--cache.output_dir", str(tmp_path / "small"), "--cache.n_tokens", "120"]
+    assert main(["cache", str(recipe), *stream, *cache]) == 0
+    assert len(seen) == 5

@@ -34,6 +34,8 @@ class TokenProgress:
         self.total = total
         self.consumed = self.captured = done
         self.capture_scale = capture_scale
+        self.filling = False
+        """The postfix says a buffer is being filled (cleared once its rows are used)."""
         self.bar = tqdm(
             total=total,
             initial=done,
@@ -48,14 +50,16 @@ class TokenProgress:
         """The stream captured `rows` rows into the buffer it is filling."""
         if self.captured <= self.consumed:
             self.bar.set_postfix_str("filling the shuffle buffer", refresh=False)
+            self.filling = True
         self.captured += rows * self.capture_scale
         self._advance()
 
     def consume(self, tokens: int, status: str | None = None) -> None:
         """`tokens` were used (trained on, written); `status` replaces the bar's postfix."""
         self.consumed += tokens
-        if status is not None:
-            self.bar.set_postfix_str(status, refresh=False)
+        if status is not None or self.filling:
+            self.bar.set_postfix_str(status or "", refresh=False)
+            self.filling = False
         self._advance()
 
     def _advance(self) -> None:

@@ -14,8 +14,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-METRICS = ("fvu", "ce_loss_score", "kl_sae", "l0_mean", "dead_fraction", "dense_fraction")
-LOWER_IS_BETTER = {"fvu": True, "ce_loss_score": False, "kl_sae": True, "dead_fraction": True}
+METRICS = (
+    "fvu",
+    "fvu_inliers",
+    "ce_loss_score",
+    "kl_sae",
+    "l0_mean",
+    "dead_fraction",
+    "dense_fraction",
+)
+LOWER_IS_BETTER = {
+    "fvu": True,
+    "fvu_inliers": True,
+    "ce_loss_score": False,
+    "kl_sae": True,
+    "dead_fraction": True,
+}
 TARGETS = {
     "fvu_at_every_budget_point": "saekit ≤ best peer (mean over seeds)",
     "dead_fraction": "saekit ≤ best peer",
@@ -85,12 +99,14 @@ def table(result: dict[str, Any]) -> str:
         f"{result['protocol']['load_average_before'][0]:.1f} before, "
         f"{result['protocol']['load_average_after'][0]:.1f} after",
         "",
-        "| side | lr | held-out FVU | CE-loss score | KL | L0 | dead | dense | training time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| side | lr | held-out FVU | FVU w/o outliers | CE-loss score | KL | L0 | dead | dense "
+        "| training time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, s in result["summary"].items():
         lines.append(
             f"| {key} | {s['lr']:.2e} | {_cell(s['fvu'], '.4f')} | "
+            f"{_cell(s['fvu_inliers'], '.4f')} | "
             f"{_cell(s['ce_loss_score'], '.4f')} | {_cell(s['kl_sae'], '.4f')} | "
             f"{s['l0_mean']['mean']:.1f} | {_cell(s['dead_fraction'], '.3f')} | "
             f"{_cell(s['dense_fraction'], '.3f')} | {s['wall_s']:.0f} s |"
@@ -101,8 +117,9 @@ def table(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"saekit/tuned vs the best peer ({result['best_peer']}): FVU {r['fvu']:.3f}x "
-            f"(per budget point: {points}), CE-loss score {r['ce_loss_score']:.3f}x, KL "
-            f"{r['kl_sae']:.3f}x, dead {r['dead_fraction']:.3f}x, wall-clock {r['wall_s']:.3f}x",
+            f"(per budget point: {points}; without outliers {r['fvu_inliers']:.3f}x), "
+            f"CE-loss score {r['ce_loss_score']:.3f}x, KL {r['kl_sae']:.3f}x, dead "
+            f"{r['dead_fraction']:.3f}x, wall-clock {r['wall_s']:.3f}x",
             "targets: "
             + "; ".join(
                 f"{k}: {TARGETS[k]} ({'met' if met[k] else '**missed**'})" for k in TARGETS

@@ -37,7 +37,7 @@ def toy(tmp_path, saekit_home, corpus_jsonl, tiny_model_dir) -> quality.QualityC
         k=4,
         seeds=(0, 1),
         lr_multipliers=(1.0, 2.0),
-        tune_tokens=512,
+        tune_tokens=1024,  # as many as the final runs: tuning runs must be kept apart
         curve_points=4,
         curve_rows=64,
         ce_windows=4,
@@ -58,6 +58,8 @@ def served_digest(cfg: quality.QualityConfig, tokens: int) -> str:
 
 def test_bench_quality_toy(toy, capsys):
     result = quality.run(toy)
+    # One bar over every run's training tokens ends at its (adjusted) total.
+    assert "bench quality, all runs: 100%" in capsys.readouterr().err
     runs = result["runs"]
     assert set(runs) == {
         f"{side}/{config}/seed{s}"
@@ -70,15 +72,20 @@ def test_bench_quality_toy(toy, capsys):
     assert {r["rows_digest"] for r in runs.values()} == {expected} and result["same_rows"]
     heldout = ActivationCache(f"{toy.out_dir}/cache-heldout", verify=False)
     held_ND = heldout.read(toy.hook, 0, heldout.rows)
+    norm_N = held_ND.norm(dim=1)
+    inliers_ND = held_ND[norm_N <= 10 * norm_N.median()]
     assert heldout.rows == toy.heldout_tokens
     for run in runs.values():
         sae = saekit.load_dictionary(run["dictionary"])
         assert run["fvu"] == pytest.approx(saekit.evaluate(sae, held_ND)["fvu"], rel=1e-5)
+        assert run["fvu_inliers"] == pytest.approx(
+            saekit.evaluate(sae, inliers_ND)["fvu"], rel=1e-5
+        )
         assert math.isfinite(run["fvu"]) and run["l0_mean"] <= toy.k
         assert math.isfinite(run["ce_loss_score"]) and run["kl_sae"] >= 0
         assert [t for t, _ in run["curve"]] == [256, 512, 768, 1024]
     assert all(runs[f"saekit/tuned/seed{s}"]["fvu"] < 0.9 for s in (0, 1))  # it learned
-    for side, tuned in result["tuning"].items():
+    for tuned in result["tuning"].values():
         grid = {float(m): f for m, f in tuned["fvu_by_multiplier"].items()}
         assert tuned["best_multiplier"] == min(grid, key=grid.__getitem__)
     summary = result["summary"]
