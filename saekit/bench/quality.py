@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from saekit.activations.cache import ActivationCache, CacheConfig
+from saekit.activations.stats import OUTLIER_MULTIPLE, activation_stats
 from saekit.activations.stream import StreamConfig
 from saekit.bench import quality_report
 from saekit.bench.quality_sides import SIDES, Run, train
@@ -91,11 +92,6 @@ class QualityConfig:
     and fvu-vs-tokens.png."""
 
 
-OUTLIER_MULTIPLE = 10.0
-"""Held-out rows with a norm over this multiple of the median are outliers (`fvu_inliers` is
-FVU without them; the stream's `max_norm_multiple` filter uses the same rule per buffer)."""
-
-
 def quality_recipe(cfg: QualityConfig, split: Literal["train", "eval"]) -> Recipe:
     """The recipe of the training (split train) or held-out (split eval) activation cache."""
     n_tokens = cfg.train_tokens if split == "train" else cfg.heldout_tokens
@@ -136,10 +132,11 @@ class Bench:
         self.train_dir = quality_recipe(cfg, "train").cache.output_dir
         heldout = ActivationCache(quality_recipe(cfg, "eval").cache.output_dir, verify=False)
         self.heldout_ND = heldout.read(cfg.hook, 0, heldout.rows).float()
-        # On SmolLM2's layer 12, 0.03% of the held-out rows (norms over 10x the median) carry
-        # ~73% of the total variance, so FVU is mostly theirs: FVU without them is reported too.
+        # A few held-out rows can carry most of the total variance (docs/benchmarks.md), so
+        # FVU would be mostly theirs: FVU without them is reported too.
         norm_N = self.heldout_ND.norm(dim=1)
         self.inlier_N = norm_N <= OUTLIER_MULTIPLE * norm_N.median()
+        self.heldout_stats = activation_stats(self.heldout_ND)
 
     def run(self, side: str, lr: float | None, seed: int, tokens: int) -> Run:
         c = self.cfg
@@ -273,6 +270,7 @@ def run(cfg: QualityConfig | None = None) -> dict[str, Any]:
             f"tokens at seed {cfg.seeds[0]}, lowest held-out FVU",
             "order": "side order rotates with the seed",
         },
+        "heldout": bench.heldout_stats,
         "tuning": tuning,
         "runs": runs,
         **result,

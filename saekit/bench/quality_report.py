@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from saekit.activations.stats import OUTLIER_MULTIPLE
+
 METRICS = (
     "fvu",
     "fvu_inliers",
@@ -89,7 +91,7 @@ def _cell(s: dict[str, float], fmt: str) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """Markdown table of every side/config, then the ratios against the best peer."""
-    cfg = result["config"]
+    cfg, h = result["config"], result["heldout"]
     n = len(cfg["seeds"])
     lines = [
         f"bench quality — TopK d_sae {cfg['d_sae']}, k {cfg['k']}, {cfg['train_tokens']:,} "
@@ -98,6 +100,9 @@ def table(result: dict[str, Any]) -> str:
         f"{cfg['ce_windows']} windows; {result['protocol']['threads']} threads, load "
         f"{result['protocol']['load_average_before'][0]:.1f} before, "
         f"{result['protocol']['load_average_after'][0]:.1f} after",
+        f"held-out rows: {h['outliers']:.3%} are outliers (norm over {OUTLIER_MULTIPLE:g}x the "
+        f"median) and hold {h['outlier_var']:.1%} of the total variance; max norm "
+        f"{h['max_norm']:.4g}, median {h['median_norm']:.4g}",
         "",
         "| side | lr | held-out FVU | FVU w/o outliers | CE-loss score | KL | L0 | dead | dense "
         "| training time |",

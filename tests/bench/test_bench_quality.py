@@ -74,6 +74,7 @@ def test_bench_quality_toy(toy, capsys):
     held_ND = heldout.read(toy.hook, 0, heldout.rows)
     norm_N = held_ND.norm(dim=1)
     inliers_ND = held_ND[norm_N <= 10 * norm_N.median()]
+    assert result["heldout"]["outliers"] == pytest.approx(1 - len(inliers_ND) / len(held_ND))
     assert heldout.rows == toy.heldout_tokens
     for run in runs.values():
         sae = saekit.load_dictionary(run["dictionary"])
