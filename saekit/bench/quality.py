@@ -40,6 +40,7 @@ from saekit.caching import cache_recipe
 from saekit.config import load_recipe
 from saekit.data.text import DataConfig, build_windows
 from saekit.dictionaries.topk import TopKSAE
+from saekit.errors import SaekitError
 from saekit.eval.core import evaluate_core
 from saekit.eval.evaluate import evaluate_activations
 from saekit.models.hooks import HookedModel, build_hooked_model
@@ -226,9 +227,28 @@ def tune(bench: Bench, side: str) -> dict[str, Any]:
     }
 
 
+def check(cfg: QualityConfig) -> None:
+    """Refuse a study that cannot run, before anything is cached or trained."""
+    unknown = [s for s in cfg.sides if s not in SIDES]
+    if unknown or not cfg.sides:
+        raise SaekitError(f"--quality.sides {list(cfg.sides)}: choose among {list(SIDES)}.")
+    if not cfg.seeds or not cfg.lr_multipliers or min(cfg.lr_multipliers) <= 0:
+        raise SaekitError(
+            "--quality.seeds and --quality.lr_multipliers need at least one value each, the "
+            "multipliers positive, e.g. --quality.seeds '[0]' --quality.lr_multipliers '[1.0]'."
+        )
+    if cfg.train_tokens < cfg.batch_size * cfg.curve_points or cfg.tune_tokens < cfg.batch_size:
+        raise SaekitError(
+            f"--quality.train_tokens must be at least batch_size × curve_points = "
+            f"{cfg.batch_size * cfg.curve_points:,} (a step per budget point) and "
+            f"--quality.tune_tokens at least batch_size = {cfg.batch_size:,}."
+        )
+
+
 def run(cfg: QualityConfig | None = None) -> dict[str, Any]:
     """The whole bench (see the module doc); returns quality.json's contents."""
     cfg = cfg or QualityConfig()
+    check(cfg)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     bench = Bench(cfg)

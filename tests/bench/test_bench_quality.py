@@ -107,3 +107,19 @@ def test_bench_quality_toy(toy, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["summary"] == result["summary"]
     assert torch.get_num_threads() == again["protocol"]["threads"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "fragment"),
+    [
+        ('--quality.sides=["saelens", "sae_lens"]', "choose among"),
+        ("--quality.seeds=[]", "at least one value"),
+        ("--quality.train_tokens=4096", "a step per budget point"),
+    ],
+)
+def test_a_study_that_cannot_run_is_one_line_before_any_work(tmp_path, capsys, flag, fragment):
+    out = tmp_path / "quality"
+    assert main(["bench", "quality", f"--quality.out_dir={out}", flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("saekit: error: --quality.") and fragment in err[0]
+    assert not out.exists()  # nothing cached, loaded or written
