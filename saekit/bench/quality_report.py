@@ -70,7 +70,7 @@ def summarize(
     if "saekit" in sides and peers:
         best = min(peers, key=lambda k: summary[k]["fvu"]["mean"])
         ours, theirs = summary["saekit/tuned"], summary[best]
-        ratios = {m: ours[m]["mean"] / theirs[m]["mean"] for m in LOWER_IS_BETTER}
+        ratios = {m: _ratio(ours[m]["mean"], theirs[m]["mean"]) for m in LOWER_IS_BETTER}
         ratios["wall_s"] = ours["wall_s"] / theirs["wall_s"]
         by_point = [a[1] / b[1] for a, b in zip(curves["saekit/tuned"], curves[best])]
         out |= {
@@ -83,6 +83,18 @@ def summarize(
             },
         }
     return out
+
+
+def _ratio(ours: float, theirs: float) -> float | None:
+    """ours / theirs; 1 when both are 0 (no dead latents on either side), None (no finite
+    ratio; JSON null) when only theirs is."""
+    if theirs:
+        return ours / theirs
+    return 1.0 if ours == 0 else None
+
+
+def _x(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.3f}x"
 
 
 def _cell(s: dict[str, float], fmt: str) -> str:
@@ -121,10 +133,10 @@ def table(result: dict[str, Any]) -> str:
         points = ", ".join(f"{x:.3f}" for x in r["fvu_by_budget_point"])
         lines += [
             "",
-            f"saekit/tuned vs the best peer ({result['best_peer']}): FVU {r['fvu']:.3f}x "
-            f"(per budget point: {points}; without outliers {r['fvu_inliers']:.3f}x), "
-            f"CE-loss score {r['ce_loss_score']:.3f}x, KL {r['kl_sae']:.3f}x, dead "
-            f"{r['dead_fraction']:.3f}x, wall-clock {r['wall_s']:.3f}x",
+            f"saekit/tuned vs the best peer ({result['best_peer']}): FVU {_x(r['fvu'])} "
+            f"(per budget point: {points}; without outliers {_x(r['fvu_inliers'])}), "
+            f"CE-loss score {_x(r['ce_loss_score'])}, KL {_x(r['kl_sae'])}, dead "
+            f"{_x(r['dead_fraction'])}, wall-clock {_x(r['wall_s'])}",
             "targets: "
             + "; ".join(
                 f"{k}: {TARGETS[k]} ({'met' if met[k] else '**missed**'})" for k in TARGETS

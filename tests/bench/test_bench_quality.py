@@ -18,7 +18,7 @@ import torch
 
 import saekit
 from saekit.activations import ActivationCache, CachedActivationStream, StreamConfig
-from saekit.bench import quality
+from saekit.bench import quality, quality_report
 from saekit.cli import main
 
 
@@ -123,3 +123,26 @@ def test_a_study_that_cannot_run_is_one_line_before_any_work(tmp_path, capsys, f
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("saekit: error: --quality.") and fragment in err[0]
     assert not out.exists()  # nothing cached, loaded or written
+
+
+def test_ratios_when_the_best_peer_has_no_dead_latents():
+    """A peer with 0 dead latents gives no finite dead ratio (JSON null, "n/a"), and
+    1 when saekit has none either; the other ratios are plain quotients."""
+
+    def one(fvu: float, dead: float) -> dict[str, object]:
+        metrics = {"fvu": fvu, "fvu_inliers": fvu / 2, "ce_loss_score": 0.9, "kl_sae": 0.1}
+        metrics |= {"l0_mean": 32.0, "dead_fraction": dead, "dense_fraction": 0.0}
+        return metrics | {"wall_s": 10.0, "lr": 1e-3, "curve": [[4096, fvu]], "rows_digest": "a"}
+
+    for ours, ratio in ((0.0, 1.0), (0.25, None)):
+        runs = {
+            "saekit/default/seed0": one(0.2, ours),
+            "saekit/tuned/seed0": one(0.2, ours),
+            "saelens/default/seed0": one(0.4, 0.0),
+            "saelens/tuned/seed0": one(0.5, 0.0),
+        }
+        out = quality_report.summarize(runs, ("saekit", "saelens"), (0,))
+        r = out["ratios_vs_best_peer"]
+        assert out["best_peer"] == "saelens/default" and r["fvu"] == pytest.approx(0.5)
+        assert r["dead_fraction"] == ratio and out["met"]["dead_fraction"] is (ours == 0)
+        json.dumps(out, allow_nan=False)  # valid JSON
