@@ -5,7 +5,10 @@ Two passes over the held-out windows, in batches of `model_batch_size`:
 1. capture the hook's activation (the forward stops at the hook) → reconstruction and sparsity
    statistics, and the dataset mean of the activation;
 2. (with_lm) four full forwards per batch: clean, spliced (activation → SAE reconstruction),
-   zero ablation (→ 0) and mean ablation (→ the pass-1 mean over every evaluated token). Pass 1
+   zero ablation (→ 0) and mean ablation (→ the pass-1 mean over every evaluated token).
+   A transcoder (eval/splice.py) replaces the activation it writes, the MLP's output, by its
+   prediction from the MLP's input: its FVU is the MLP output's, and the baselines zero- and
+   mean-ablate the MLP. Pass 1
    costs at most one more forward per batch (~1/4 of pass 2) and makes the mean-ablation
    baseline independent of model_batch_size, which a first-batch estimate is not.
 
@@ -21,7 +24,7 @@ the mean-ablation score is reported next to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,26 +42,8 @@ from saekit.eval.metrics import (
     log10_density,
     next_token_loss,
 )
-from saekit.models.hooks import HookedModel, Intervention
-
-Rows = Callable[[Tensor], Tensor]
-"""Maps the ordinary-token activations [N, d] to their replacement [N, d]."""
-
-
-def _splice(mask_BT: Tensor, replace_fn: Rows) -> Intervention:
-    """An intervention replacing the activation at `mask_BT` positions by replace_fn(rows).
-
-    The replacement sees only the masked rows, exactly the rows pass 1 measured, so the
-    spliced reconstruction is the one the reconstruction metrics scored.
-    """
-
-    def edit(act_BTD: Tensor) -> Tensor:
-        mask = mask_BT.to(act_BTD.device)
-        out_BTD = act_BTD.clone()
-        out_BTD[mask] = replace_fn(act_BTD[mask]).to(act_BTD.dtype)
-        return out_BTD
-
-    return edit
+from saekit.eval.splice import Rows, splice
+from saekit.models.hooks import HookedModel
 
 
 def _batches(
@@ -78,13 +63,16 @@ def _lm_metrics(
     sae: Dictionary,
     hook: str,
     batches: Iterator[tuple[Tensor, Tensor]],
-    mean_D: Tensor,
+    mean_O: Tensor,
 ) -> dict[str, float]:
-    """Mean CE of clean/spliced/ablated forwards and KL of each to the clean one."""
+    """Mean CE of clean/spliced/ablated forwards and KL of each to the clean one. A
+    transcoder replaces the activation it writes (the MLP's output): the ablations zero it or
+    set it to its mean (`mean_O`), the MLP's own zero- and mean-ablation."""
+    d_out = sae.d_out
     edits: dict[str, Rows] = {
         "sae": lambda x_ND: sae(x_ND.to(sae.W_enc.dtype)),
-        "zero": torch.zeros_like,
-        "mean": lambda x_ND: mean_D.to(x_ND.device).expand_as(x_ND),
+        "zero": lambda x_ND: x_ND.new_zeros(x_ND.shape[0], d_out),
+        "mean": lambda x_ND: mean_O.to(x_ND.device).expand(x_ND.shape[0], d_out),
     }
     sums = dict.fromkeys(["ce_clean", *(f"{p}_{n}" for n in edits for p in ("ce", "kl"))], 0.0)
     n_pred = n_pos = 0
@@ -93,7 +81,7 @@ def _lm_metrics(
         logits_clean = model.run(tokens_BT)
         sums["ce_clean"] += float(next_token_loss(logits_clean, tokens_BT)[pred_BT].sum())
         for name, fn in edits.items():
-            with model.intervene({hook: _splice(mask_BT, fn)}):
+            with model.intervene(splice(sae, hook, mask_BT, fn)):
                 logits = model.run(tokens_BT)
             sums[f"ce_{name}"] += float(next_token_loss(logits, tokens_BT)[pred_BT].sum())
             kl_N = kl_divergence_per_token(logits_clean[mask_BT], logits[mask_BT])
@@ -122,16 +110,19 @@ def evaluate_core(
     with_lm: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """All core metrics of `sae` on `n_windows` held-out windows read at `hook`."""
-    width = model.width(hook)
-    if width != sae.d_in:
-        raise SaekitError(
-            f"The dictionary reads d_in={sae.d_in} but hook {hook!r} has width "
-            f"{width}; evaluate it on the hook it was trained on."
-        )
+    """All core metrics of `sae` on `n_windows` held-out windows read at `hook`; a
+    transcoder's reconstruction metrics are those of its output hook (the MLP's output)."""
+    hooks = [hook, sae.cfg.output_hook] if sae.is_transcoder else [hook]
+    sides = (("reads d_in", sae.d_in), ("writes d_out", sae.d_out))
+    for name, (side, width) in zip(hooks, sides, strict=False):
+        if model.width(name) != width:
+            raise SaekitError(
+                f"The dictionary {side}={width} but hook {name!r} has width "
+                f"{model.width(name)}; evaluate it on the hook it was trained on."
+            )
     sae = sae.eval()
     n_windows = min(n_windows, len(windows))
-    recon = ReconstructionStats(sae.d_in)
+    recon = ReconstructionStats(sae.d_out)
     sparsity = SparsityStats(sae.d_sae)
     device = model.device
     # One bar over both passes, in window forwards (1 capture + 4 LM forwards per window), so
@@ -139,11 +130,14 @@ def evaluate_core(
     forwards = 1 + 4 * with_lm
     bar = tqdm(total=n_windows * forwards, desc=f"eval {hook}", unit="fwd", disable=not progress)
     for tokens_BT, mask_BT in _batches(windows, n_windows, model_batch_size, device, bar, 1):
-        x_ND = model.capture(tokens_BT, [hook])[hook][mask_BT].float()
+        acts = model.capture(tokens_BT, hooks)
+        x_ND = acts[hook][mask_BT].float()
         z_NS = sae.encode(x_ND.to(sae.W_enc.dtype))
-        recon.update(x_ND, sae.decode(z_NS).float())
+        recon.update(acts[hooks[-1]][mask_BT].float(), sae.reconstruct(x_ND, z_NS).float())
         sparsity.update(z_NS)
     out = {"hook": hook, **summarize(sae, recon, sparsity)}
+    if sae.is_transcoder:
+        out |= {"output_hook": sae.cfg.output_hook, "d_out": sae.d_out}
     n_tok = out["n_tokens"]
     if with_lm and n_tok:
         bar.set_postfix_str("LM loss with the SAE spliced in")
