@@ -79,7 +79,7 @@ def summarize(
             "met": {
                 "fvu_at_every_budget_point": max(by_point) <= 1,
                 "dead_fraction": ours["dead_fraction"]["mean"] <= theirs["dead_fraction"]["mean"],
-                "wall_s": ratios["wall_s"] < 1,
+                "wall_s": ours["wall_s"] < theirs["wall_s"],
             },
         }
     return out
