@@ -102,7 +102,10 @@ def test_bench_quality_toy(toy, capsys):
 
     # The command prints the same result as one JSON object and reuses every finished run.
     capsys.readouterr()
-    flags = [f"--quality.{k}={json.dumps(v)}" for k, v in toy.__dict__.items()]
+    flags = [
+        f"--quality.{k}={v if isinstance(v, str) else json.dumps(v)}"  # str fields: as given
+        for k, v in toy.__dict__.items()
+    ]
     assert main(["bench", "quality", "--json", *flags]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["summary"] == result["summary"]
