@@ -9,10 +9,8 @@ import argparse
 import importlib
 import json
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from saekit.bench import BENCHES
@@ -59,40 +57,26 @@ def cmd_hooks(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
-    from saekit.activations import open_stream, write_cache
-    from saekit.activations.cache import ActivationCache, reuse_cache
+    from saekit.activations.cache import ActivationCache
     from saekit.activations.stats import activation_stats, format_stats
-    from saekit.config import to_dict
-    from saekit.models.hooks import build_hooked_model
+    from saekit.caching import cache_recipe
 
     recipe = _recipe(args)
-    # The cache holds raw activations; normalization is applied when it is read.
-    stream_cfg = replace(recipe.stream, normalize=False, cache_dir=None)
-    provenance = {
-        "model": to_dict(recipe.model),
-        "data": to_dict(recipe.data),
-        "stream": to_dict(stream_cfg),
-    }
-    # Checked before the model loads: a damaged or different cache is refused in a second.
-    if reuse_cache(recipe.cache, provenance):
-        out = Path(recipe.cache.output_dir)
+    done = cache_recipe(recipe)
+    if done.reused:
         checked = "sha256-verified" if recipe.cache.verify else "sizes checked"
         print(
-            f"cache: {out} reused: it holds this recipe's cache ({checked}); rebuild it with "
-            "--cache.overwrite true"
+            f"cache: {done.path} reused: it holds this recipe's cache ({checked}); rebuild it "
+            "with --cache.overwrite true"
         )
     else:
-        stream = open_stream(build_hooked_model(recipe.model), recipe.data, stream_cfg, "train")
-        t0 = time.perf_counter()
-        out = write_cache(stream, recipe.cache, provenance)
-        elapsed = time.perf_counter() - t0
+        n = recipe.cache.n_tokens
         print(
-            f"cache: {out} ({recipe.cache.n_tokens} tokens per hook, {recipe.cache.dtype}, "
-            f"{elapsed:.1f} s, {recipe.cache.n_tokens / max(elapsed, 1e-9):.0f} tokens/s)"
+            f"cache: {done.path} ({n} tokens per hook, {recipe.cache.split} split, "
+            f"{recipe.cache.dtype}, {done.seconds:.1f} s, {n / max(done.seconds, 1e-9):.0f} "
+            "tokens/s)"
         )
-    cache = ActivationCache(out, verify=False)
+    cache = ActivationCache(done.path, verify=False)
     print(
         format_stats(
             {h: activation_stats(cache.read(h, 0, min(cache.rows, 65536))) for h in cache.arrays}
@@ -144,6 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def _eval_compare(args: argparse.Namespace, paths: list[str]) -> None:
     """`saekit eval compare`: runs without a scorecard are evaluated with the same flags."""
+    from pathlib import Path
+
     from saekit.report import evaluate_run
     from saekit.report.compare import compare, compare_json, compare_table, load_cards
 
@@ -192,11 +178,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     for key in kwargs:
         if key not in accepted:
             raise SaekitError(f"`saekit bench {args.name}` has no --{key} option.")
+    overrides = flag_overrides(args)
+    if overrides:
+        if not hasattr(module, "config_from_flags"):
+            raise SaekitError(
+                f"`saekit bench {args.name}` has no --{next(iter(overrides))} option."
+            )
+        kwargs["cfg"] = module.config_from_flags(overrides)
     result = module.run(**kwargs)
     print(json.dumps(result) if args.json else module.table(result))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from saekit.bench.quality import QualityFlags
     from saekit.recipe import Recipe
 
     parser = argparse.ArgumentParser(
@@ -286,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", default=None, help="thread counts to measure at, e.g. 1,2 (default 1 and all)"
     )
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, at least 5)")
+    add_config_flags(p, QualityFlags)
     p.set_defaults(func=cmd_bench)
     for module_name in COMMANDS:
         importlib.import_module(module_name).register(sub)

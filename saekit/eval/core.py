@@ -48,13 +48,15 @@ from saekit.models.hooks import HookedModel
 
 
 def _batches(
-    windows: Any, n_windows: int, batch_size: int, device: torch.device, desc: str, show: bool
+    windows: Any, n_windows: int, batch_size: int, device: torch.device, bar: tqdm, forwards: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(tokens, ordinary-token mask) per batch of windows [0, n_windows)."""
-    starts = range(0, n_windows, batch_size)
-    for start in tqdm(starts, desc=desc, disable=not show):
-        tokens_BT = windows.get(start, min(batch_size, n_windows - start)).to(device)
+    """(tokens, ordinary-token mask) per batch of windows [0, n_windows); `bar` advances by
+    the `forwards` the caller runs on each batch once it is done."""
+    for start in range(0, n_windows, batch_size):
+        n = min(batch_size, n_windows - start)
+        tokens_BT = windows.get(start, n).to(device)
         yield tokens_BT, windows.token_mask(tokens_BT).to(device)
+        bar.update(n * forwards)
 
 
 def _lm_metrics(
@@ -150,8 +152,13 @@ def evaluate_core(
     sparsity = {v: SparsityStats(sae.d_sae) for v in variants}
     sums = WindowSums(n_windows, sae.d_out, variants)
     device = model.device
+    # One bar over both passes, in window forwards (1 capture, then per window a clean forward,
+    # one per spliced dictionary and two ablations), so its ETA is the whole evaluation's.
+    lm_forwards = 3 + len(variants)
+    forwards = 1 + lm_forwards * with_lm
+    bar = tqdm(total=n_windows * forwards, desc=f"eval {hook}", unit="fwd", disable=not progress)
     for i, (tokens_BT, mask_BT) in enumerate(
-        _batches(windows, n_windows, model_batch_size, device, f"eval {hook}", progress)
+        _batches(windows, n_windows, model_batch_size, device, bar, 1)
     ):
         first = i * model_batch_size
         acts = model.capture(tokens_BT, hooks)
@@ -168,15 +175,15 @@ def evaluate_core(
     if sae.is_transcoder:
         out |= {"output_hook": sae.cfg.output_hook, "d_out": sae.d_out}
     if with_lm and out["n_tokens"]:
-        batches = _batches(
-            windows, n_windows, model_batch_size, device, f"eval {hook} (LM loss)", progress
-        )
+        bar.set_postfix_str("LM loss with the SAE spliced in")
+        batches = _batches(windows, n_windows, model_batch_size, device, bar, lm_forwards)
         lm = _lm_metrics(
             model, variants, hook, batches, recon["sae"].mean_D, sums, model_batch_size
         )
         out.update({k: v for k, v in lm.items() if not _of_control(k, variants)})
     else:
         lm = {}
+    bar.close()
     if controls:
         out["controls"] = {
             name: _control_metrics(name, recon[name], sparsity[name], lm) for name in controls

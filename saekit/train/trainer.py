@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from saekit.activations.progress import TokenProgress
 from saekit.activations.stream import BaseStream
 from saekit.dictionaries import Dictionary, SAEConfig, TrainableDictionary, TrainContext
 from saekit.dictionaries.registry import build_dictionary
@@ -150,9 +150,28 @@ class Trainer:
         main = self.dist.is_main
         logger = RunLogger(out if main else None, self.cfg, self.run_config, resume)
         logger.truncate(self.step)
-        bar = tqdm(
-            total=self.n_steps, initial=self.step, desc="training", unit="step", disable=not main
+        # In tokens, moving with each model forward while a shuffle buffer fills.
+        progress = TokenProgress(
+            self.n_steps * self.batch_tokens,
+            "training",
+            done=self.step * self.batch_tokens,
+            disable=not main,
+            capture_scale=self.dist.data_world,
         )
+        progress.watch(self.stream)
+        try:
+            self._loop(logger, progress)
+        finally:
+            progress.close()
+        if out and self.step != self.saved_step:
+            self.checkpoint()
+        summary = self.export()
+        self.history = logger.records
+        logger.finish(summary)
+        return summary
+
+    def _loop(self, logger: RunLogger, progress: TokenProgress) -> None:
+        out = self.run_dir
         t_last, tokens_last = time.perf_counter(), 0
         while self.step < self.n_steps:
             batch = self.stream.next_batch()
@@ -168,7 +187,7 @@ class Trainer:
                 record.update(self._step(slot, x_BD, log_now, y))
             self.step += 1
             tokens_last += self.batch_tokens
-            bar.update(1)
+            status = None
             if log_now:
                 now = time.perf_counter()
                 record["tokens_per_s"] = tokens_last / max(now - t_last, 1e-9)
@@ -176,18 +195,13 @@ class Trainer:
                 record = self.dist.merge_record(record)
                 logger.log(self.step, record)
                 first = self.slots[0].name
-                bar.set_postfix(
-                    fvu=f"{record[f'{first}/fvu']:.3f}", l0=f"{record[f'{first}/l0']:.1f}"
+                status = (
+                    f"step {self.step}/{self.n_steps}, fvu {record[f'{first}/fvu']:.3f}, "
+                    f"l0 {record[f'{first}/l0']:.1f}"
                 )
+            progress.consume(self.batch_tokens, status)
             if out and self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
-        bar.close()
-        if out and self.step != self.saved_step:
-            self.checkpoint()
-        summary = self.export()
-        self.history = logger.records
-        logger.finish(summary)
-        return summary
 
     def _step(
         self, slot: Slot, x_BD: torch.Tensor, log_now: bool, target_BO: torch.Tensor | None = None
