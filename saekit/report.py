@@ -173,6 +173,8 @@ def saebench_evals(
 ) -> None:
     """Sparse probing (every dictionary of a hook in one pass over the tasks) and absorption,
     into probing.json / absorption.json and each dictionary's report entry (in place)."""
+    if probing is None and absorption is None:
+        return
     by_hook: dict[str, dict[str, Any]] = {}
     for name, sae_dir, sae_hook in targets:
         by_hook.setdefault(sae_hook, {})[name] = load_dictionary(sae_dir).to(model.device)
