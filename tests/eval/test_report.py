@@ -74,7 +74,18 @@ def test_run_dir_writes_report_and_plots(
     assert report["plots"]["history"] == str(run / "training-curves.png")
     assert is_png(run / "training-curves.png")
     table = summary_table(report).splitlines()
-    assert len(table) == 3 and "ce_loss_score"[:12] in table[0]
+    assert "ce_loss_score"[:12] in table[0] and table[3].startswith("scorecard of 00-topk")
+    # the scorecard: the point metrics with window intervals and both controls' values
+    for name, metrics in report["saes"].items():
+        core = report["scorecard"][name]["core"]
+        for key in ("explained_variance", "fvu", "ce_loss_score", "kl_sae", "l0_mean"):
+            assert core[key]["value"] == pytest.approx(metrics[key], rel=1e-6), (name, key)
+            assert core[key]["resampled"] == "6 held-out windows"
+        assert set(core["fvu"]["controls"]) == {"random", "init"}
+        assert metrics["controls"]["init"]["fvu"] == pytest.approx(core["fvu"]["controls"]["init"])
+    topk = report["scorecard"]["00-topk-blocks.0.hook_resid_post"]["core"]["explained_variance"]
+    assert topk["margin_ci"][0] > 0  # the identity-like topk beats random and untrained
+    assert sum(line.startswith("scorecard of") for line in table) == 2
 
 
 def test_out_dir_and_hook_override(tmp_path, saekit_home, corpus_jsonl, tokenizer, eval_tl,
@@ -207,6 +218,18 @@ def test_eval_runs_sparse_probing_and_absorption_on_request(
         best_floor = max(c["k=2"] for c in entry["controls"].values())
         assert entry["margin_over_strongest_control"]["k=2"] == entry["top_k"]["k=2"] - best_floor
         assert report["saes"][name]["absorption"]["n_tokens"] == 26  # the char vocabulary
+        # The scorecard holds the same numbers, the controls measured on the same task.
+        card = report["scorecard"][name]
+        top2 = card["sparse_probing"]["top_2_accuracy"]
+        assert top2["value"] == pytest.approx(entry["top_k"]["k=2"])
+        floors = {c: v["k=2"] for c, v in entry["controls"].items()}
+        assert top2["controls"] == pytest.approx(floors)
+        assert top2["margin"] == pytest.approx(entry["margin_over_strongest_control"]["k=2"])
+        assert top2["resampled"] == "1 tasks" and "scores" not in entry
+        fraction = report["saes"][name]["absorption_fraction"]
+        if fraction is not None:
+            got = card["absorption"]["absorption_fraction"]
+            assert got["value"] == pytest.approx(fraction) and not got["higher_is_better"]
     probing_file = json.loads((run / "probing.json").read_text())
     assert set(probing_file) == {HOOK} and len(probing_file[HOOK]["tasks"]) == 1
     assert set(json.loads((run / "absorption.json").read_text())) == set(names)

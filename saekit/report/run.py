@@ -1,32 +1,38 @@
 """`saekit eval RUN_DIR`: every number measured on a run, in one `report.json`.
 
 Each dictionary of the run (or one SAE directory) gets its core metrics (eval/core.py:
-reconstruction, sparsity, CE/KL spliced) and a density plot; dictionaries with at most
+reconstruction, sparsity, CE/KL spliced), next to the same metrics for its null controls
+(eval/controls.py: random directions, the untrained dictionary), and a density plot;
+dictionaries with at most
 `FEATURE_VIEWS_MAX` features (SNMF's usual size) also list every feature's input and output
 views (eval/feature_views.py; larger ones are browsed in the dashboard). The interpretability
 scores (interp/), the steering scores (steering/) and the data-selection results (selection/)
 are computed on request or read from the run directory, so the report and the printed
 summary table hold everything that was measured. SAEBench's sparse probing and first-letter
-absorption (eval/probing.py, eval/absorption.py) run on request too (probing.json,
-absorption.json). This aggregation sits above the evaluators: they never import it.
+absorption run on request too (report/saebench.py). Every aggregate score with an interval and
+control margins goes into `report["scorecard"]` (report/scorecard.py), which `saekit eval`
+prints. This aggregation sits above the evaluators: they never import it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from saekit.data.text import build_windows
 from saekit.dictionaries import load_dictionary
-from saekit.eval.absorption import AbsorptionConfig, evaluate_absorption
+from saekit.eval.absorption import AbsorptionConfig
+from saekit.eval.controls import CONTROLS, control_dictionaries
 from saekit.eval.core import evaluate_core
 from saekit.eval.feature_views import feature_views
 from saekit.eval.plots import plot_density, plot_history
-from saekit.eval.probing import RESIDUAL, ProbingConfig, evaluate_probing
+from saekit.eval.probing import ProbingConfig
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import load_run
-from saekit.rundir import RunDir, Target, write_json
+from saekit.report.saebench import SAEBENCH_COLUMNS, saebench_evals
+from saekit.report.scorecard import build_scorecard, scorecard_table
+from saekit.rundir import RunDir, write_json
 
 FEATURE_VIEWS_MAX = 512
 """Dictionaries up to this many features get per-feature views in report.json (an SNMF of
@@ -46,19 +52,6 @@ SUMMARY_COLUMNS = (
 )
 INTERP_COLUMNS = ("detection", "fuzzing", "simulation")
 """Mean LLM-free interpretability scores (saekit.interp), shown when they were computed."""
-SAEBENCH_COLUMNS = ("probing_k1", "probing_k5", "absorption_fraction", "full_absorption")
-"""SAEBench's sparse probing (test accuracy of the top-1/top-5 probes, mean over tasks) and
-first-letter absorption, shown when they were computed."""
-
-
-@dataclass(frozen=True)
-class SAEBenchEvals:
-    """SAEBench's evaluations that `saekit eval` runs on request (--probing, --absorption)."""
-
-    probing: ProbingConfig = field(default_factory=ProbingConfig)
-    """Sparse probing on binary classification tasks."""
-    absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
-    """First-letter feature absorption."""
 
 
 def evaluate_run(
@@ -70,6 +63,8 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     interp_windows: int = 0,
     steering_features: int = 0,
+    controls: tuple[str, ...] = CONTROLS,
+    seed: int = 0,
     probing: ProbingConfig | None = None,
     absorption: AbsorptionConfig | None = None,
 ) -> dict[str, Any]:
@@ -79,7 +74,9 @@ def evaluate_run(
     windows (saekit.interp: interp.json, the dashboard's data); steering_features > 0 also
     scores that many features per dictionary for steering (saekit.steering: steering.json).
     Steering and selection results already in the output dir are aggregated either way.
-    `probing` / `absorption` also run SAEBench's sparse probing / first-letter absorption.
+    `controls` (a subset of eval/controls.py's CONTROLS; () skips them) are evaluated next
+    to every dictionary; `seed` seeds the random control and the bootstraps. `probing` /
+    `absorption` also run SAEBench's sparse probing / first-letter absorption.
     """
     run = RunDir(path)
     recipe, targets = load_run(run.path, hook)
@@ -100,13 +97,24 @@ def evaluate_run(
     }
     for name, sae_dir, sae_hook in targets:
         sae = load_dictionary(sae_dir).to(model.device)  # loads on CPU; the model may not be
-        metrics = evaluate_core(model, sae, sae_hook, windows, n_windows=n_windows)
+        ctrl = control_dictionaries(sae, seed, controls)
+        metrics = evaluate_core(
+            model, sae, sae_hook, windows, n_windows=n_windows, controls=ctrl, seed=seed
+        )
         metrics["plots"] = {"density": str(plot_density(metrics, out.plot(f"{name}-density")))}
         if sae.d_sae <= FEATURE_VIEWS_MAX:
             metrics["feature_views"] = feature_views(model, sae, sae_hook, windows, n_windows)
         report["saes"][name] = metrics
-    saebench_evals(report, targets, model, out, probing, absorption)
+    saebench_evals(report, targets, model, out, probing, absorption, seed)
     aggregate(report, run, out, hook, model, interp_windows, steering_features)
+    report["scorecard"] = build_scorecard(
+        report, out.read_json(out.steering), out.read_json(out.selection_json)
+    )
+    for metrics in report["saes"].values():  # the scorecard holds them, with their units
+        metrics.pop("scores", None)
+        for section in ("interp", "sparse_probing", "absorption"):
+            if isinstance(metrics.get(section), dict):
+                metrics[section].pop("scores", None)
     if run.history.is_file():
         curves = plot_history(run.history, out.plot("training-curves"))
         report["plots"] = {"history": str(curves)}
@@ -163,62 +171,6 @@ def aggregate(
         }
 
 
-def saebench_evals(
-    report: dict[str, Any],
-    targets: list[Target],
-    model: HookedModel,
-    out: RunDir,
-    probing: ProbingConfig | None,
-    absorption: AbsorptionConfig | None,
-) -> None:
-    """Sparse probing (every dictionary of a hook in one pass over the tasks) and absorption,
-    into probing.json / absorption.json and each dictionary's report entry (in place)."""
-    if probing is None and absorption is None:
-        return
-    by_hook: dict[str, dict[str, Any]] = {}
-    for name, sae_dir, sae_hook in targets:
-        by_hook.setdefault(sae_hook, {})[name] = load_dictionary(sae_dir).to(model.device)
-    if probing is not None:
-        results = {
-            hook: evaluate_probing(model, saes, hook, probing) for hook, saes in by_hook.items()
-        }
-        write_json(out.probing, results)
-        for hook, res in results.items():
-            for name in by_hook[hook]:
-                entry = probing_summary(res, name)
-                report["saes"][name]["sparse_probing"] = entry
-                report["saes"][name]["probing_k1"] = entry["top_k"].get("k=1")
-                report["saes"][name]["probing_k5"] = entry["top_k"].get("k=5")
-    if absorption is not None:
-        results = {}
-        for hook, saes in by_hook.items():
-            for name, sae in saes.items():
-                res = results[name] = evaluate_absorption(model, sae, hook, absorption)
-                summary = {k: v for k, v in res.items() if k not in ("per_letter", "config")}
-                report["saes"][name]["absorption"] = summary
-                report["saes"][name]["absorption_fraction"] = res["mean_absorption_fraction"]
-                report["saes"][name]["full_absorption"] = res["mean_full_absorption"]
-        write_json(out.absorption, results)
-
-
-def probing_summary(res: dict[str, Any], name: str) -> dict[str, Any]:
-    """One dictionary's mean accuracies by k, the residual ceiling, its controls (floors) and
-    its margin over the stronger control at each k."""
-    mean = res["mean"]
-    controls = {key.split("/", 1)[1]: v for key, v in mean.items() if key.startswith(f"{name}/")}
-    margin = {
-        k: acc - max(c[k] for c in controls.values()) for k, acc in mean[name].items()
-    } if controls else {}  # fmt: skip
-    return {
-        "top_k": mean[name],
-        "residual_all": mean[RESIDUAL]["all"],
-        "residual_top_k": {k: v for k, v in mean[RESIDUAL].items() if k != "all"},
-        "controls": controls,
-        "margin_over_strongest_control": margin,
-        "n_tasks": len(res["tasks"]),
-    }
-
-
 def summary_table(report: dict[str, Any]) -> str:
     cols = [
         c
@@ -241,6 +193,8 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"  {row['hook'][:34]:34s} {row['method']:10s} KL {kappa:>8s}  "
                 f"S {s}  concept {c}  fluency {f}"
             )
+    if report.get("scorecard"):
+        lines.append(scorecard_table(report["scorecard"]))
     return "\n".join(lines)
 
 
