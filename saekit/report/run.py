@@ -31,6 +31,8 @@ from saekit.eval.probing import ProbingConfig
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import load_run
 from saekit.report.saebench import SAEBENCH_COLUMNS, saebench_evals
+from saekit.report.saebench_core import saebench_core as run_saebench_core
+from saekit.report.saebench_core import side_by_side
 from saekit.report.scorecard import build_scorecard, scorecard_table
 from saekit.rundir import RunDir, write_json
 
@@ -67,6 +69,7 @@ def evaluate_run(
     seed: int = 0,
     probing: ProbingConfig | None = None,
     absorption: AbsorptionConfig | None = None,
+    saebench_core: bool = False,
 ) -> dict[str, Any]:
     """Evaluate, write report.json + plots into `out_dir` (default: the run dir), return it.
 
@@ -76,7 +79,8 @@ def evaluate_run(
     Steering and selection results already in the output dir are aggregated either way.
     `controls` (a subset of eval/controls.py's CONTROLS; () skips them) are evaluated next
     to every dictionary; `seed` seeds the random control and the bootstraps. `probing` /
-    `absorption` also run SAEBench's sparse probing / first-letter absorption.
+    `absorption` also run SAEBench's sparse probing / first-letter absorption; `saebench_core`
+    puts SAEBench's core metrics of the same windows next to saekit's (report/saebench_core.py).
     """
     run = RunDir(path)
     recipe, targets = load_run(run.path, hook)
@@ -104,6 +108,10 @@ def evaluate_run(
         metrics["plots"] = {"density": str(plot_density(metrics, out.plot(f"{name}-density")))}
         if sae.d_sae <= FEATURE_VIEWS_MAX:
             metrics["feature_views"] = feature_views(model, sae, sae_hook, windows, n_windows)
+        if saebench_core:
+            theirs = run_saebench_core(model, sae_dir, windows, n_windows, name)
+            metrics["saebench_core"] = side_by_side(metrics, theirs)
+            metrics["saebench_core_tokens_per_batch"] = theirs["tokens_per_batch"]
         report["saes"][name] = metrics
     saebench_evals(report, targets, model, out, probing, absorption, seed)
     aggregate(report, run, out, hook, model, interp_windows, steering_features)
@@ -193,6 +201,13 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"  {row['hook'][:34]:34s} {row['method']:10s} KL {kappa:>8s}  "
                 f"S {s}  concept {c}  fluency {f}"
             )
+    for name, metrics in report["saes"].items():
+        if metrics.get("saebench_core"):
+            lines.append(f"{name}: saekit vs SAEBench core eval (docs/evaluation.md: conventions)")
+            lines += [
+                f"  {key:20s} saekit {v['saekit']:<12.6g} SAEBench {v['saebench']:.6g}"
+                for key, v in metrics["saebench_core"].items()
+            ]
     if report.get("scorecard"):
         lines.append(scorecard_table(report["scorecard"]))
     return "\n".join(lines)

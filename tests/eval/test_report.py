@@ -245,7 +245,8 @@ def test_eval_flags_reach_the_saebench_configs():
         ["eval", "RUN", "--probing", "--probing.ks", "[1, 3]", "--absorption.per_letter", "8"]
     )
     extra = load_recipe(SAEBenchEvals, None, flag_overrides(args))
-    assert args.probing and not args.absorption
+    assert args.probing and not args.absorption and not args.saebench_core
+    assert build_parser().parse_args(["eval", "RUN", "--saebench-core"]).saebench_core
     assert extra.probing.ks == (1, 3) and extra.absorption.per_letter == 8
     bad = build_parser().parse_args(["eval", "RUN", "--probing.ks", "[0]"])
     with pytest.raises(SaekitError, match="probing.ks must be positive"):
