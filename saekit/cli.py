@@ -19,7 +19,12 @@ from saekit.bench import BENCHES
 from saekit.config import add_config_flags, flag_overrides
 from saekit.errors import SaekitDeprecation, SaekitError
 
-COMMANDS: tuple[str, ...] = ("saekit.steering.cli", "saekit.dashboard.cli", "saekit.selection.cli")
+COMMANDS: tuple[str, ...] = (
+    "saekit.steering.cli",
+    "saekit.dashboard.cli",
+    "saekit.selection.cli",
+    "saekit.attribution.cli",
+)
 """Modules that add their own subcommand: each has register(subparsers) -> None."""
 
 

@@ -14,6 +14,7 @@
     absorption.json    first-letter absorption per letter        saekit eval --absorption
     selection/         ranking, subset, selection.json           saekit select
     dashboard/         the static feature site                   saekit dashboard
+    attribution/       attribution.json, index.html, validation.json   saekit attribute
     run.lock           pid of the run writing here (while it runs)
 
 A directory holding one saved dictionary (cfg.json) is also accepted wherever a run is read:
@@ -125,6 +126,10 @@ class RunDir:
     @property
     def dashboard(self) -> Path:
         return self.path / "dashboard"
+
+    @property
+    def attribution(self) -> Path:
+        return self.path / "attribution"
 
     # ---- reading -----------------------------------------------------------------------------
     def is_run(self) -> bool:

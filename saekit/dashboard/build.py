@@ -56,6 +56,12 @@ def steering_curves(run_dir: str | Path, name: str) -> dict[str, dict[str, list[
     return out
 
 
+def shown_hook(summary: dict[str, Any]) -> str:
+    """The hook a dictionary reads, and for a transcoder the one it writes (`in → out`)."""
+    out = summary.get("output_hook")
+    return f"{summary['hook']} → {out}" if out else str(summary["hook"])
+
+
 def _index_page(interp: dict[str, Any]) -> str:
     rows: list[list[str]] = []
     notes: list[str] = []
@@ -63,7 +69,7 @@ def _index_page(interp: dict[str, Any]) -> str:
         ctrl = s.get("controls", {})
         cells = [
             f'<a href="{escape(name)}/index.html">{escape(name)}</a>',
-            escape(s["hook"]),
+            escape(shown_hook(s)),
             fmt(s["d_sae"]),
             fmt(s["alive"]),
             fmt(s["scored"]),
@@ -142,7 +148,7 @@ def _table_page(name: str, summary: dict[str, Any], rows: list[dict[str, Any]]) 
     )
     body = (
         f'<p><a href="../index.html">all dictionaries</a></p><h1>{escape(name)}</h1>'
-        f'<p class="muted">hook {escape(summary["hook"])} · {summary["d_sae"]} features · '
+        f'<p class="muted">hook {escape(shown_hook(summary))} · {summary["d_sae"]} features · '
         f"{summary['alive']} fired on {summary['n_tokens']:,} held-out tokens · "
         f"{summary['scored']} scored. Click a header to sort.</p>{controls}"
         f'<table id="features" class="features"><thead><tr>{head}</tr></thead>'
@@ -218,6 +224,14 @@ def _feature_page(name: str, f: dict[str, Any], curve: dict[str, list[float]] | 
     return page(f"{name} feature {i}", "\n".join(parts), depth=1)
 
 
+def write_assets(site: Path) -> None:
+    """The stylesheet and table script under site/assets/ (pages link them relatively)."""
+    assets = resources.files("saekit.dashboard") / "assets"
+    (site / "assets").mkdir(parents=True, exist_ok=True)
+    for fname in ("style.css", "table.js"):
+        (site / "assets" / fname).write_text((assets / fname).read_text())
+
+
 def build_dashboard(
     run_dir: str | Path, out_dir: str | Path | None = None, **interp_kwargs: Any
 ) -> Path:
@@ -229,10 +243,7 @@ def build_dashboard(
         raise SaekitError(f"{run.path} is not a directory; pass a run directory of `saekit train`.")
     interp = load_interp(run.path) or run_interp_eval(run.path, **interp_kwargs)
     site = Path(out_dir) if out_dir is not None else run.dashboard
-    assets = resources.files("saekit.dashboard") / "assets"
-    (site / "assets").mkdir(parents=True, exist_ok=True)
-    for fname in ("style.css", "table.js"):
-        (site / "assets" / fname).write_text((assets / fname).read_text())
+    write_assets(site)
     for name, summary in interp["saes"].items():
         src = run.path / summary["features_dir"]
         if not (src / "table.json").is_file():
@@ -257,4 +268,4 @@ def build_dashboard(
     return site / "index.html"
 
 
-__all__ = ["build_dashboard", "context", "steering_curves"]
+__all__ = ["build_dashboard", "context", "steering_curves", "write_assets"]

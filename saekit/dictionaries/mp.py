@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import check_factor, random_like
+from saekit.dictionaries.base import random_like
 from saekit.dictionaries.trainable import TrainableDictionary, TrainContext, TrainOutput, check_k
 from saekit.errors import SaekitError
 from saekit.kernels.gram import GramCache
@@ -242,9 +242,9 @@ class MatchingPursuitSAE(TrainableDictionary):
     # -- folding and saving ----------------------------------------------------------------
 
     @torch.no_grad()
-    def fold_normalization(self, factor: float) -> None:
+    def fold_normalization(self, factor: float, out_factor: float | None = None) -> None:
         """Trained on f·x: MP(f·x − b) = f·MP(x − b/f), so b_dec ← b_dec/f; atoms stay unit."""
-        check_factor(factor)
+        self.check_factors(factor, out_factor)
         self.b_dec.data /= factor
         self.folded_norm_factor *= factor
 

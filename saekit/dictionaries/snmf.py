@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import check_factor, random_like
+from saekit.dictionaries.base import random_like
 from saekit.dictionaries.fitted import Fit, FitData, FittedDictionary
 from saekit.dictionaries.snmf_fit import RIDGE, Init, SNMFFit, fit_snmf, keep_count
 from saekit.dictionaries.snmf_stream import fit_snmf_stream
@@ -172,9 +172,9 @@ class SNMFDictionary(FittedDictionary):
         return levels[0][1].argmax(dim=1).tolist() if levels else None
 
     @torch.no_grad()
-    def fold_normalization(self, factor: float) -> None:
+    def fold_normalization(self, factor: float, out_factor: float | None = None) -> None:
         """Nothing to fold: atoms are unit norm and NNLS codes scale with x (z(f·x) = f·z(x))."""
-        check_factor(factor)
+        self.check_factors(factor, out_factor)
         self.folded_norm_factor *= factor
 
     # ---- fitting -----------------------------------------------------------------------------

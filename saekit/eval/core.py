@@ -5,7 +5,10 @@ Two passes over the held-out windows, in batches of `model_batch_size`:
 1. capture the hook's activation (the forward stops at the hook) → reconstruction and sparsity
    statistics, and the dataset mean of the activation;
 2. (with_lm) four full forwards per batch: clean, spliced (activation → SAE reconstruction),
-   zero ablation (→ 0) and mean ablation (→ the pass-1 mean over every evaluated token). Pass 1
+   zero ablation (→ 0) and mean ablation (→ the pass-1 mean over every evaluated token).
+   A transcoder (eval/splice.py) replaces the activation it writes, the MLP's output, by its
+   prediction from the MLP's input: its FVU is the MLP output's, and the baselines zero- and
+   mean-ablate the MLP. Pass 1
    costs at most one more forward per batch (~1/4 of pass 2) and makes the mean-ablation
    baseline independent of model_batch_size, which a first-batch estimate is not.
 
@@ -21,7 +24,7 @@ the mean-ablation score is reported next to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -39,27 +42,9 @@ from saekit.eval.metrics import (
     log10_density,
     next_token_loss,
 )
+from saekit.eval.splice import Rows, splice
 from saekit.eval.window_units import WindowSums
-from saekit.models.hooks import HookedModel, Intervention
-
-Rows = Callable[[Tensor], Tensor]
-"""Maps the ordinary-token activations [N, d] to their replacement [N, d]."""
-
-
-def _splice(mask_BT: Tensor, replace_fn: Rows) -> Intervention:
-    """An intervention replacing the activation at `mask_BT` positions by replace_fn(rows).
-
-    The replacement sees only the masked rows, exactly the rows pass 1 measured, so the
-    spliced reconstruction is the one the reconstruction metrics scored.
-    """
-
-    def edit(act_BTD: Tensor) -> Tensor:
-        mask = mask_BT.to(act_BTD.device)
-        out_BTD = act_BTD.clone()
-        out_BTD[mask] = replace_fn(act_BTD[mask]).to(act_BTD.dtype)
-        return out_BTD
-
-    return edit
+from saekit.models.hooks import HookedModel
 
 
 def _batches(
@@ -77,19 +62,23 @@ def _lm_metrics(
     dictionaries: Mapping[str, Dictionary],
     hook: str,
     batches: Iterator[tuple[Tensor, Tensor]],
-    mean_D: Tensor,
+    mean_O: Tensor,
     sums: WindowSums,
     model_batch_size: int,
 ) -> dict[str, float]:
     """Mean CE of clean/spliced/ablated forwards and KL of each to the clean one.
 
     `dictionaries` maps "sae" (and any controls) to the dictionaries spliced in turn; the
-    clean and ablated forwards are shared. Per-window sums go into `sums`.
+    clean and ablated forwards are shared. Per-window sums go into `sums`. A transcoder
+    replaces the activation it writes (the MLP's output): the ablations zero it or set it to
+    its mean (`mean_O`), the MLP's own zero- and mean-ablation.
     """
+    sae = dictionaries["sae"]
+    d_out = sae.d_out
     edits: dict[str, Rows] = {
         **{name: _reconstruct(d) for name, d in dictionaries.items()},
-        "zero": torch.zeros_like,
-        "mean": lambda x_ND: mean_D.to(x_ND.device).expand_as(x_ND),
+        "zero": lambda x_ND: x_ND.new_zeros(x_ND.shape[0], d_out),
+        "mean": lambda x_ND: mean_O.to(x_ND.device).expand(x_ND.shape[0], d_out),
     }
     for i, (tokens_BT, mask_BT) in enumerate(batches):
         first = i * model_batch_size
@@ -100,7 +89,7 @@ def _lm_metrics(
         sums.add_lm("n_pred", first, pred_BT.sum(dim=1))
         sums.add_lm("n_pos", first, mask_BT.sum(dim=1))
         for name, fn in edits.items():
-            with model.intervene({hook: _splice(mask_BT, fn)}):
+            with model.intervene(splice(sae, hook, mask_BT, fn)):
                 logits = model.run(tokens_BT)
             nll_BT = next_token_loss(logits, tokens_BT) * pred_BT
             sums.add_lm(f"ce_{name}", first, nll_BT.sum(dim=1))
@@ -139,38 +128,45 @@ def evaluate_core(
     controls: Mapping[str, Dictionary] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """All core metrics of `sae` on `n_windows` held-out windows read at `hook`.
+    """All core metrics of `sae` on `n_windows` held-out windows read at `hook`; a
+    transcoder's reconstruction metrics are those of its output hook (the MLP's output).
 
     With `controls` ({name: dictionary}, e.g. eval/controls.py's), each control is evaluated
     on the same windows and batches (one more spliced forward per batch each): their
     metrics land under "controls" and every score under "scores", with a 95% interval over
     the held-out windows and the margin over the strongest control (eval/window_units.py).
     """
-    width = model.width(hook)
-    if width != sae.d_in:
-        raise SaekitError(
-            f"The dictionary reads d_in={sae.d_in} but hook {hook!r} has width "
-            f"{width}; evaluate it on the hook it was trained on."
-        )
+    hooks = [hook, sae.cfg.output_hook] if sae.is_transcoder else [hook]
+    sides = (("reads d_in", sae.d_in), ("writes d_out", sae.d_out))
+    for name, (side, width) in zip(hooks, sides, strict=False):
+        if model.width(name) != width:
+            raise SaekitError(
+                f"The dictionary {side}={width} but hook {name!r} has width "
+                f"{model.width(name)}; evaluate it on the hook it was trained on."
+            )
     variants = {"sae": sae.eval(), **{n: d.eval() for n, d in (controls or {}).items()}}
     n_windows = min(n_windows, len(windows))
-    recon = {v: ReconstructionStats(sae.d_in) for v in variants}
+    recon = {v: ReconstructionStats(sae.d_out) for v in variants}
     sparsity = {v: SparsityStats(sae.d_sae) for v in variants}
-    sums = WindowSums(n_windows, sae.d_in, variants)
+    sums = WindowSums(n_windows, sae.d_out, variants)
     device = model.device
     for i, (tokens_BT, mask_BT) in enumerate(
         _batches(windows, n_windows, model_batch_size, device, f"eval {hook}", progress)
     ):
         first = i * model_batch_size
-        x_ND = model.capture(tokens_BT, [hook])[hook][mask_BT].float()
-        sums.add_windows(tokens_BT, mask_BT, first, x_ND)
+        acts = model.capture(tokens_BT, hooks)
+        x_ND = acts[hook][mask_BT].float()
+        y_ND = acts[hooks[-1]][mask_BT].float()  # what the dictionary reconstructs
+        sums.add_windows(tokens_BT, mask_BT, first, y_ND)
         for name, d in variants.items():
             z_NS = d.encode(x_ND.to(d.W_enc.dtype))
-            x_hat_ND = d.decode(z_NS).float()
-            recon[name].update(x_ND, x_hat_ND)
+            y_hat_ND = d.reconstruct(x_ND, z_NS).float()
+            recon[name].update(y_ND, y_hat_ND)
             sparsity[name].update(z_NS)
-            sums.add_reconstruction(name, mask_BT, first, x_ND, x_hat_ND, z_NS)
+            sums.add_reconstruction(name, mask_BT, first, y_ND, y_hat_ND, z_NS)
     out = {"hook": hook, **summarize(sae, recon["sae"], sparsity["sae"])}
+    if sae.is_transcoder:
+        out |= {"output_hook": sae.cfg.output_hook, "d_out": sae.d_out}
     if with_lm and out["n_tokens"]:
         batches = _batches(
             windows, n_windows, model_batch_size, device, f"eval {hook} (LM loss)", progress

@@ -128,6 +128,8 @@ def interp_dictionary(
     scorer = Scorer(main, cfg, vocab)
     scores = scorer.score(list(range(sae.d_sae)), progress)
     summary: dict[str, Any] = {"hook": hook, "d_sae": sae.d_sae, "n_tokens": main.n_tokens}
+    if sae.is_transcoder:  # latents read `hook` and write the MLP output at output_hook
+        summary["output_hook"] = sae.cfg.output_hook
     alive = int((main.counts_S > 0).sum())
     summary |= {"alive": alive, "dead_fraction": 1 - alive / sae.d_sae} | summarize(scores)
     gen = torch.Generator().manual_seed(cfg.seed)
