@@ -204,13 +204,6 @@ def balanced_split(
     return rng.permutation(train), rng.permutation(test)
 
 
-def special_token_ids(tokenizer: Any) -> list[int]:
-    """Ids pooling leaves out: the tokenizer's special tokens (BOS, EOS, padding, ...)."""
-    from saekit.data.text import _special_ids
-
-    return _special_ids(tokenizer)
-
-
 def tokenize_texts(tokenizer: Any, texts: list[str], context_size: int) -> list[list[int]]:
     """Token ids of each text: BOS (as saekit's training windows start) and at most
     context_size − 1 text tokens (SAEBench truncates at 128 as well)."""
