@@ -179,7 +179,10 @@ def load_tasks(
     if path.exists():
         return [_local_file(path, text_field, label_field)]
     if spec.endswith((".csv", ".jsonl")) or spec.startswith(("/", ".")):
-        raise SaekitError(f"Probing task file {spec!r} does not exist.")
+        raise SaekitError(
+            f"Probing task file {spec!r} does not exist: give an existing .csv/.jsonl file or "
+            "folder, or --probing.tasks offline (the sae-probes tasks)."
+        )
     return [_hf(spec, text_field, label_field, hf_split)]
 
 

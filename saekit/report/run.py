@@ -30,7 +30,7 @@ from saekit.eval.plots import plot_density, plot_history
 from saekit.eval.probing import ProbingConfig
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import load_run
-from saekit.report.saebench import SAEBENCH_COLUMNS, saebench_evals
+from saekit.report.saebench import SAEBENCH_COLUMNS, probing_tasks, saebench_evals
 from saekit.report.saebench_core import saebench_core as run_saebench_core
 from saekit.report.saebench_core import side_by_side
 from saekit.report.scorecard import build_scorecard, scorecard_table
@@ -84,6 +84,7 @@ def evaluate_run(
     """
     run = RunDir(path)
     recipe, targets = load_run(run.path, hook)
+    tasks = probing_tasks(probing) if probing is not None else None  # bad input fails first
     if model_name is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=model_name))
     out = RunDir(out_dir) if out_dir is not None else run
@@ -113,7 +114,7 @@ def evaluate_run(
             metrics["saebench_core"] = side_by_side(metrics, theirs)
             metrics["saebench_core_tokens_per_batch"] = theirs["tokens_per_batch"]
         report["saes"][name] = metrics
-    saebench_evals(report, targets, model, out, probing, absorption, seed)
+    saebench_evals(report, targets, model, out, probing, absorption, seed, tasks)
     aggregate(report, run, out, hook, model, interp_windows, steering_features)
     report["scorecard"] = build_scorecard(
         report, out.read_json(out.steering), out.read_json(out.selection_json)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from saekit.data.tasks import ProbingTask, load_tasks
 from saekit.dictionaries import load_dictionary
 from saekit.eval.absorption import AbsorptionConfig, evaluate_absorption
 from saekit.eval.probing import RESIDUAL, ProbingConfig, evaluate_probing
@@ -46,9 +47,11 @@ def saebench_evals(
     probing: ProbingConfig | None,
     absorption: AbsorptionConfig | None,
     seed: int = 0,
+    tasks: list[ProbingTask] | None = None,
 ) -> None:
-    """Sparse probing (every dictionary of a hook in one pass over the tasks) and absorption,
-    into probing.json / absorption.json and each dictionary's report entry (in place)."""
+    """Sparse probing (every dictionary of a hook in one pass over the tasks: `tasks`, else
+    those `probing` names) and absorption, into probing.json / absorption.json and each
+    dictionary's report entry (in place)."""
     if probing is None and absorption is None:
         return
     by_hook: dict[str, dict[str, Any]] = {}
@@ -56,7 +59,8 @@ def saebench_evals(
         by_hook.setdefault(sae_hook, {})[name] = load_dictionary(sae_dir).to(model.device)
     if probing is not None:
         results = {
-            hook: evaluate_probing(model, saes, hook, probing) for hook, saes in by_hook.items()
+            hook: evaluate_probing(model, saes, hook, probing, tasks)
+            for hook, saes in by_hook.items()
         }
         write_json(out.probing, results)
         for hook, res in results.items():
@@ -76,6 +80,11 @@ def saebench_evals(
                 report["saes"][name]["absorption_fraction"] = res["mean_absorption_fraction"]
                 report["saes"][name]["full_absorption"] = res["mean_full_absorption"]
         write_json(out.absorption, results)
+
+
+def probing_tasks(cfg: ProbingConfig) -> list[ProbingTask]:
+    """The tasks `cfg` names, read before any model runs so that a bad name fails at once."""
+    return load_tasks(cfg.tasks, cfg.text_field, cfg.label_field, cfg.hf_split)
 
 
 def probing_summary(res: dict[str, Any], name: str, seed: int = 0) -> dict[str, Any]:

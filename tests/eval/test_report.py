@@ -236,6 +236,21 @@ def test_eval_runs_sparse_probing_and_absorption_on_request(
     assert "probing_k1" in summary_table(report)
 
 
+def test_a_bad_probing_task_fails_before_any_model_runs(tmp_path, corpus_jsonl, pm_identity):
+    from saekit.eval.probing import ProbingConfig
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name}) before the tasks were checked")
+
+    run = tmp_path / "run"
+    make_run(run, corpus_jsonl, pm_identity)
+    missing = ProbingConfig(tasks=str(tmp_path / "missing.csv"))
+    with pytest.raises(SaekitError, match="missing.csv' does not exist"):
+        evaluate_run(run, model=Untouchable(), probing=missing)  # type: ignore[arg-type]
+    assert not (run / "report.json").exists()
+
+
 def test_eval_flags_reach_the_saebench_configs():
     from saekit.cli import build_parser
     from saekit.config import flag_overrides, load_recipe
