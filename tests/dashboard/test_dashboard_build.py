@@ -30,7 +30,8 @@ def test_run_interp_eval_writes_summary_table_and_feature_files(dash_run, dash_c
         "dictionary_subset",
     ):
         assert key in s
-    assert set(s["controls"]) == {"shuffled", "random"}
+    assert set(s["controls"]) == {"shuffled", "random", "init"}
+    assert set(s["scores"]["detection"]["controls"]) == {"random", "init"}  # not shuffled
     rows = json.loads((dash_run / s["features_dir"] / "table.json").read_text())
     scored = [r for r in rows if r["detection"] is not None]
     assert s["scored"] == len(scored) > 0  # the summary is the mean over the scored rows
