@@ -119,6 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         steering_features=args.steering_features if args.steering else 0,
         probing=extra.probing if args.probing else None,
         absorption=extra.absorption if args.absorption else None,
+        saebench_core=args.saebench_core,
     )
     print(summary_table(report))
     print(f"report: {run_dir}/report.json")
@@ -265,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--absorption",
         action="store_true",
         help="also run SAEBench's first-letter absorption (a stratified vocabulary sample)",
+    )
+    p.add_argument(
+        "--saebench-core",
+        action="store_true",
+        help="also run SAEBench's core eval on the same windows and print both (dev extra)",
     )
     from saekit.report import SAEBenchEvals
 

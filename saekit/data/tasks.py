@@ -179,7 +179,10 @@ def load_tasks(
     if path.exists():
         return [_local_file(path, text_field, label_field)]
     if spec.endswith((".csv", ".jsonl")) or spec.startswith(("/", ".")):
-        raise SaekitError(f"Probing task file {spec!r} does not exist.")
+        raise SaekitError(
+            f"Probing task file {spec!r} does not exist: give an existing .csv/.jsonl file or "
+            "folder, or --probing.tasks offline (the sae-probes tasks)."
+        )
     return [_hf(spec, text_field, label_field, hf_split)]
 
 
@@ -202,13 +205,6 @@ def balanced_split(
     train = np.concatenate([pos[:tr_pos], neg[:tr_neg]])
     test = np.concatenate([pos[tr_pos : tr_pos + te_pos], neg[tr_neg : tr_neg + te_neg]])
     return rng.permutation(train), rng.permutation(test)
-
-
-def special_token_ids(tokenizer: Any) -> list[int]:
-    """Ids pooling leaves out: the tokenizer's special tokens (BOS, EOS, padding, ...)."""
-    from saekit.data.text import special_ids
-
-    return special_ids(tokenizer)
 
 
 def tokenize_texts(tokenizer: Any, texts: list[str], context_size: int) -> list[list[int]]:

@@ -17,8 +17,8 @@
    exceeds `min_probe_f1`. SAEBench reports nothing with fewer than 20 such letters; saekit
    reports the numbers with `enough_letters: false`.
 
-SmolLM2 has ~47k alphabetic tokens (SAEBench's full run: ~10 hours on 2 cores). The default
-samples `per_letter` tokens per first letter (a stratified subsample); per_letter 0 runs all.
+SmolLM2 has 47,078 alphabetic tokens, all prompted by SAEBench's full run. The default samples
+`per_letter` tokens per first letter (a stratified subsample); per_letter 0 runs all.
 """
 
 from __future__ import annotations

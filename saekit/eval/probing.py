@@ -34,9 +34,9 @@ from saekit.data.tasks import (
     ProbingTask,
     balanced_split,
     load_tasks,
-    special_token_ids,
     tokenize_texts,
 )
+from saekit.data.text import special_ids
 from saekit.dictionaries import Dictionary
 from saekit.errors import SaekitError
 from saekit.eval.controls import control_dictionaries
@@ -185,7 +185,7 @@ def evaluate_probing(
         for name, sae in saes.items():
             for ctrl, d in control_dictionaries(sae, cfg.seed).items():
                 inputs[f"{name}/{ctrl}"] = d
-    special = special_token_ids(model.tokenizer)
+    special = special_ids(model.tokenizer)  # pooling leaves BOS, EOS, padding out
     splits = [balanced_split(t.labels, cfg.n_train, cfg.n_test, cfg.seed) for t in tasks]
     total = sum(len(tr) + len(te) for tr, te in splits)
     per_task: list[dict[str, Any]] = []

@@ -9,35 +9,32 @@ views (eval/feature_views.py; larger ones are browsed in the dashboard). The int
 scores (interp/), the steering scores (steering/) and the data-selection results (selection/)
 are computed on request or read from the run directory, so the report and the printed
 summary table hold everything that was measured. SAEBench's sparse probing and first-letter
-absorption (eval/probing.py, eval/absorption.py) run on request too (probing.json,
-absorption.json). Every aggregate score with an interval and control margins goes into
-`report["scorecard"]` (report/scorecard.py), which `saekit eval` prints. This aggregation
-sits above the evaluators: they never import it.
+absorption run on request too (report/saebench.py). Every aggregate score with an interval and
+control margins goes into `report["scorecard"]` (report/scorecard.py), which `saekit eval`
+prints. This aggregation sits above the evaluators: they never import it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from saekit.data.text import build_windows
 from saekit.dictionaries import load_dictionary
-from saekit.eval.absorption import AbsorptionConfig, evaluate_absorption
+from saekit.eval.absorption import AbsorptionConfig
 from saekit.eval.controls import CONTROLS, control_dictionaries
 from saekit.eval.core import evaluate_core
 from saekit.eval.feature_views import feature_views
 from saekit.eval.plots import plot_density, plot_history
-from saekit.eval.probing import RESIDUAL, ProbingConfig, evaluate_probing
+from saekit.eval.probing import ProbingConfig
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import load_run
-from saekit.report.scorecard import (
-    absorption_scores,
-    build_scorecard,
-    probing_scores,
-    scorecard_table,
-)
-from saekit.rundir import RunDir, Target, write_json
+from saekit.report.saebench import SAEBENCH_COLUMNS, probing_tasks, saebench_evals
+from saekit.report.saebench_core import saebench_core as run_saebench_core
+from saekit.report.saebench_core import side_by_side
+from saekit.report.scorecard import build_scorecard, scorecard_table
+from saekit.rundir import RunDir, write_json
 
 FEATURE_VIEWS_MAX = 512
 """Dictionaries up to this many features get per-feature views in report.json (an SNMF of
@@ -57,19 +54,6 @@ SUMMARY_COLUMNS = (
 )
 INTERP_COLUMNS = ("detection", "fuzzing", "simulation")
 """Mean LLM-free interpretability scores (saekit.interp), shown when they were computed."""
-SAEBENCH_COLUMNS = ("probing_k1", "probing_k5", "absorption_fraction", "full_absorption")
-"""SAEBench's sparse probing (test accuracy of the top-1/top-5 probes, mean over tasks) and
-first-letter absorption, shown when they were computed."""
-
-
-@dataclass(frozen=True)
-class SAEBenchEvals:
-    """SAEBench's evaluations that `saekit eval` runs on request (--probing, --absorption)."""
-
-    probing: ProbingConfig = field(default_factory=ProbingConfig)
-    """Sparse probing on binary classification tasks."""
-    absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
-    """First-letter feature absorption."""
 
 
 def evaluate_run(
@@ -81,10 +65,11 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     interp_windows: int = 0,
     steering_features: int = 0,
-    probing: ProbingConfig | None = None,
-    absorption: AbsorptionConfig | None = None,
     controls: tuple[str, ...] = CONTROLS,
     seed: int = 0,
+    probing: ProbingConfig | None = None,
+    absorption: AbsorptionConfig | None = None,
+    saebench_core: bool = False,
 ) -> dict[str, Any]:
     """Evaluate, write report.json + plots into `out_dir` (default: the run dir), return it.
 
@@ -92,12 +77,14 @@ def evaluate_run(
     windows (saekit.interp: interp.json, the dashboard's data); steering_features > 0 also
     scores that many features per dictionary for steering (saekit.steering: steering.json).
     Steering and selection results already in the output dir are aggregated either way.
-    `probing` / `absorption` also run SAEBench's sparse probing / first-letter absorption.
     `controls` (a subset of eval/controls.py's CONTROLS; () skips them) are evaluated next
-    to every dictionary; `seed` seeds the random control and the bootstraps.
+    to every dictionary; `seed` seeds the random control and the bootstraps. `probing` /
+    `absorption` also run SAEBench's sparse probing / first-letter absorption; `saebench_core`
+    puts SAEBench's core metrics of the same windows next to saekit's (report/saebench_core.py).
     """
     run = RunDir(path)
     recipe, targets = load_run(run.path, hook)
+    tasks = probing_tasks(probing) if probing is not None else None  # bad input fails first
     if model_name is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=model_name))
     out = RunDir(out_dir) if out_dir is not None else run
@@ -122,8 +109,12 @@ def evaluate_run(
         metrics["plots"] = {"density": str(plot_density(metrics, out.plot(f"{name}-density")))}
         if sae.d_sae <= FEATURE_VIEWS_MAX:
             metrics["feature_views"] = feature_views(model, sae, sae_hook, windows, n_windows)
+        if saebench_core:
+            theirs = run_saebench_core(model, sae_dir, windows, n_windows, name)
+            metrics["saebench_core"] = side_by_side(metrics, theirs)
+            metrics["saebench_core_tokens_per_batch"] = theirs["tokens_per_batch"]
         report["saes"][name] = metrics
-    saebench_evals(report, targets, model, out, probing, absorption)
+    saebench_evals(report, targets, model, out, probing, absorption, seed, tasks)
     aggregate(report, run, out, hook, model, interp_windows, steering_features)
     report["scorecard"] = build_scorecard(
         report, out.read_json(out.steering), out.read_json(out.selection_json)
@@ -189,62 +180,6 @@ def aggregate(
         }
 
 
-def saebench_evals(
-    report: dict[str, Any],
-    targets: list[Target],
-    model: HookedModel,
-    out: RunDir,
-    probing: ProbingConfig | None,
-    absorption: AbsorptionConfig | None,
-) -> None:
-    """Sparse probing (every dictionary of a hook in one pass over the tasks) and absorption,
-    into probing.json / absorption.json and each dictionary's report entry (in place)."""
-    by_hook: dict[str, dict[str, Any]] = {}
-    for name, sae_dir, sae_hook in targets:
-        by_hook.setdefault(sae_hook, {})[name] = load_dictionary(sae_dir).to(model.device)
-    if probing is not None:
-        results = {
-            hook: evaluate_probing(model, saes, hook, probing) for hook, saes in by_hook.items()
-        }
-        write_json(out.probing, results)
-        for hook, res in results.items():
-            for name in by_hook[hook]:
-                entry = probing_summary(res, name)
-                entry["scores"] = {k: s.to_json() for k, s in probing_scores(res, name).items()}
-                report["saes"][name]["sparse_probing"] = entry
-                report["saes"][name]["probing_k1"] = entry["top_k"].get("k=1")
-                report["saes"][name]["probing_k5"] = entry["top_k"].get("k=5")
-    if absorption is not None:
-        results = {}
-        for hook, saes in by_hook.items():
-            for name, sae in saes.items():
-                res = results[name] = evaluate_absorption(model, sae, hook, absorption)
-                summary = {k: v for k, v in res.items() if k not in ("per_letter", "config")}
-                summary["scores"] = {k: s.to_json() for k, s in absorption_scores(res).items()}
-                report["saes"][name]["absorption"] = summary
-                report["saes"][name]["absorption_fraction"] = res["mean_absorption_fraction"]
-                report["saes"][name]["full_absorption"] = res["mean_full_absorption"]
-        write_json(out.absorption, results)
-
-
-def probing_summary(res: dict[str, Any], name: str) -> dict[str, Any]:
-    """One dictionary's mean accuracies by k, the residual ceiling, its controls (floors) and
-    its margin over the stronger control at each k."""
-    mean = res["mean"]
-    controls = {key.split("/", 1)[1]: v for key, v in mean.items() if key.startswith(f"{name}/")}
-    margin = {
-        k: acc - max(c[k] for c in controls.values()) for k, acc in mean[name].items()
-    } if controls else {}  # fmt: skip
-    return {
-        "top_k": mean[name],
-        "residual_all": mean[RESIDUAL]["all"],
-        "residual_top_k": {k: v for k, v in mean[RESIDUAL].items() if k != "all"},
-        "controls": controls,
-        "margin_over_strongest_control": margin,
-        "n_tasks": len(res["tasks"]),
-    }
-
-
 def summary_table(report: dict[str, Any]) -> str:
     cols = [
         c
@@ -267,6 +202,13 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"  {row['hook'][:34]:34s} {row['method']:10s} KL {kappa:>8s}  "
                 f"S {s}  concept {c}  fluency {f}"
             )
+    for name, metrics in report["saes"].items():
+        if metrics.get("saebench_core"):
+            lines.append(f"{name}: saekit vs SAEBench core eval (docs/evaluation.md: conventions)")
+            lines += [
+                f"  {key:20s} saekit {v['saekit']:<12.6g} SAEBench {v['saebench']:.6g}"
+                for key, v in metrics["saebench_core"].items()
+            ]
     if report.get("scorecard"):
         lines.append(scorecard_table(report["scorecard"]))
     return "\n".join(lines)

@@ -5,10 +5,11 @@ for the null controls, and the margin over the strongest control (eval/scorecard
 Sections, in the order they print, and where their scores come from:
 
     core              eval/core.py with eval/controls.py: intervals over held-out windows
-    sparse_probing    eval/probing.py: accuracy at each k, intervals over tasks, paired with
-                      the controls probed on the same tasks and splits
-    absorption        eval/absorption.py: intervals over the letters kept, no controls (a
-                      control's absorption is not a bar to clear)
+    sparse_probing    eval/probing.py (scored in report/saebench.py): accuracy at each k,
+                      intervals over tasks, paired with the controls probed on the same
+                      tasks and splits
+    absorption        eval/absorption.py (scored in report/saebench.py): intervals over the
+                      letters kept, no controls (a control's absorption is not a bar to clear)
     interpretability  interp/: intervals over features, controls on a feature subsample
     steering          steering.json: the selected-budget score S of each steered feature,
                       random directions at the same hook as the control (intervals over the
@@ -28,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from saekit.eval.controls import CONTROLS
 from saekit.eval.scorecard import HEADLINE, Score, Units, beats_controls, score
 
 SECTIONS = (
@@ -41,39 +41,6 @@ SECTIONS = (
 )
 Card = dict[str, dict[str, Score]]
 """{section: {metric: Score}} of one dictionary."""
-
-
-def probing_scores(res: Mapping[str, Any], name: str) -> dict[str, Score]:
-    """Sparse-probing test accuracy of `name` at each k (eval/probing.py's results), with
-    intervals over tasks, paired with its controls (the same tasks and splits)."""
-    per_task = res["per_task"]
-    key = "tasks:" + ",".join(t["task"] for t in res["tasks"])
-
-    def units(inp: str, k: str) -> Units:
-        vals = np.asarray(per_task[inp][k], np.float64)
-        return Units("probing tasks", key, vals, np.ones(len(vals)))
-
-    out = {}
-    for k in per_task[name]:
-        ctrl = {c: units(f"{name}/{c}", k) for c in CONTROLS if f"{name}/{c}" in per_task}
-        out[f"accuracy_{k.replace('=', '')}"] = score(units(name, k), ctrl)
-    return out
-
-
-def absorption_scores(res: Mapping[str, Any]) -> dict[str, Score]:
-    """First-letter absorption (eval/absorption.py's results) over the letters it keeps
-    (probe F1 above its threshold), with intervals over those letters; lower is better."""
-    min_f1 = res["config"]["min_probe_f1"]
-    kept = [row for row in res["per_letter"] if row["probe_f1"] > min_f1]
-    out = {}
-    for metric, column in (
-        ("absorption_fraction", "mean_absorption_fraction"),
-        ("full_absorption", "full_absorption_rate"),
-    ):
-        units = Units.mean_of([row[column] for row in kept], "letters")
-        if len(units):
-            out[metric] = score(units, higher_is_better=False)
-    return out
 
 
 def steering_scores(steering: Mapping[str, Any], name: str, hook: str) -> dict[str, Score]:

@@ -16,6 +16,7 @@ import torch
 from saekit.data.text import TokenWindows
 from saekit.dictionaries import Dictionary, SAEConfig, build_dictionary
 from saekit.models.hooks import HookedModel
+from saekit.report.saebench_core import WindowStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -111,26 +112,8 @@ def pm_identity() -> Callable[..., Dictionary]:
     return build
 
 
-class _TokenStore:
-    """What SAELens' and SAEBench's `run_evals` ask of an ActivationsStore: token batches in
-    order, and a rewind. Holding saekit's own windows, both evaluators see the same tokens."""
-
-    def __init__(self, windows_NT: torch.Tensor) -> None:
-        self.windows_NT = windows_NT
-        self.store_batch_size_prompts = len(windows_NT)
-        self.context_size = windows_NT.shape[1]
-        self.next = 0
-
-    def get_batch_tokens(self, n: int) -> torch.Tensor:
-        batch = self.windows_NT[self.next : self.next + n]
-        self.next += n
-        return batch
-
-    def reset_input_dataset(self) -> None:
-        self.next = 0
-
-
 @pytest.fixture
-def token_store() -> Callable[[torch.Tensor], _TokenStore]:
-    """Builds a store that serves the given windows [N, T]."""
-    return _TokenStore
+def token_store() -> Callable[[torch.Tensor], WindowStore]:
+    """Builds a store that serves the given windows [N, T] in one batch (what SAELens' and
+    SAEBench's `run_evals` read), so both evaluators see saekit's own windows."""
+    return WindowStore

@@ -24,15 +24,16 @@ import torch
 
 from saekit.dictionaries import SAEConfig, build_dictionary
 from saekit.eval.core import evaluate_core
+from saekit.report.saebench_core import core_config
 
 pytest.importorskip("sae_bench")
 import sae_lens  # noqa: E402
-from sae_bench.evals.core.eval_config import CoreEvalConfig  # noqa: E402
 from sae_bench.evals.core.main import run_evals  # noqa: E402
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"
 BOS = 0
+T = 24  # tokens per window of the eval conftest
 REL = 1e-5
 
 
@@ -44,19 +45,7 @@ def saebench_metrics(tl, sae_dir, store, ignore: set[int]) -> dict[str, float]:
     sae = sae_lens.SAE.load_from_disk(sae_dir)
     sae.cfg.metadata.model_name = "eval-tl"  # SAEBench requires one; this save records none
     _, sae, _ = load_and_format_sae("saekit", sae, "cpu")
-    config = CoreEvalConfig(
-        batch_size_prompts=store.store_batch_size_prompts,  # one batch (see the docstring)
-        n_eval_reconstruction_batches=1,
-        n_eval_sparsity_variance_batches=1,
-        exclude_special_tokens_from_reconstruction=True,
-        compute_kl=True,
-        compute_ce_loss=True,
-        compute_l2_norms=True,
-        compute_sparsity_metrics=True,
-        compute_variance_metrics=True,
-        compute_featurewise_density_statistics=False,
-        compute_featurewise_weight_based_metrics=False,
-    )
+    config = core_config(store.store_batch_size_prompts, 1)  # one batch (see the docstring)
     metrics, _ = run_evals(sae, store, tl, config, ignore_tokens=ignore)
     return {k: v for group in metrics.values() for k, v in group.items()}
 
@@ -137,3 +126,33 @@ def test_with_bos_only_the_ablation_baseline_differs(
     ordinary = windows_NT[:, :-1] != BOS
     assert close(theirs["ce_loss_with_ablation"], float(loss_BT[ordinary].mean()))
     assert not close(ours["ce_zero"], theirs["ce_loss_with_ablation"], rel=1e-3)
+
+
+def test_eval_saebench_core_runs_saebench_in_batches_on_the_same_windows(
+    eval_model, eval_tl, eval_windows_no_bos, tmp_path, token_store
+):
+    """`saekit eval --saebench-core` (report/saebench_core.py) batches SAEBench's eval by 5
+    windows here (≤ 8, dividing 10); the metrics SAEBench averages over equal batches equal one
+    batch of all windows, and its mse scales with the tokens per batch."""
+    from saekit.report.saebench_core import saebench_core, side_by_side
+
+    sae = relu_sae()
+    sae.save(tmp_path / "sae")
+    n = len(eval_windows_no_bos)
+    batched = saebench_core(eval_model, tmp_path / "sae", eval_windows_no_bos, n, "eval-tl")
+    whole = saebench_metrics(eval_tl, tmp_path / "sae", token_store(
+        eval_windows_no_bos.get(0, n)), set())  # fmt: skip
+    for key in (
+        "l0",
+        "ce_loss_without_sae",
+        "ce_loss_with_sae",
+        "ce_loss_score",
+        "kl_div_with_sae",
+    ):
+        assert close(batched[key], whole[key]), (key, batched[key], whole[key])
+    assert batched["tokens_per_batch"] == 5 * T
+    assert close(batched["mse"] * 5 * T, whole["mse"] * n * T)
+    ours = evaluate_core(eval_model, sae, HOOK, eval_windows_no_bos, n_windows=n, progress=False)
+    both = side_by_side(ours, batched)
+    assert len(both) == 10 and both["ce_loss_score"]["saebench"] == batched["ce_loss_score"]
+    assert close(both["ce_loss_score"]["saekit"], both["ce_loss_score"]["saebench"])

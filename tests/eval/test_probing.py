@@ -1,7 +1,7 @@
-"""Sparse probing on planted features, the null controls, and the results' shape.
+"""Sparse probing on planted features, and the results' shape (controls included).
 
-SAEBench agreement is in test_probing_saebench.py; here the probe must find a planted latent
-(and fail on noise), and the controls must be what their docstrings say.
+SAEBench agreement is in test_probing_saebench.py, the controls' own tests in test_controls.py;
+here the probe must find a planted latent (and fail on noise).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 from saekit.data.tasks import ProbingTask
 from saekit.dictionaries import SAEConfig, build_dictionary
 from saekit.errors import SaekitError
-from saekit.eval.controls import initialization, random_directions
 from saekit.eval.probing import RESIDUAL, ProbingConfig, evaluate_probing, task_scores
 from saekit.models.hooks import HookedModel
 
@@ -30,34 +29,6 @@ def test_top_k_probe_finds_a_planted_latent_and_not_noise():
     scores = task_scores({"planted": planted, "noise": noise}, labels, train, test, (1, 5))
     assert scores["planted"]["k=1"] >= 0.95 and scores["planted"]["k=5"] >= 0.9
     assert abs(scores["noise"]["k=1"] - 0.5) < 0.2 and abs(scores["noise"]["k=5"] - 0.5) < 0.2
-
-
-def test_random_directions_keep_norms_and_biases_not_directions():
-    sae = build_dictionary(SAEConfig(method="topk", d_sae=64, k=4, seed=1), 16)
-    with torch.no_grad():
-        sae.W_dec.mul_(torch.linspace(0.5, 2.0, 64)[:, None])
-        sae.b_enc.uniform_(-0.1, 0.1)
-    control = random_directions(sae, seed=0)
-    torch.testing.assert_close(control.W_enc.norm(dim=0), sae.W_enc.norm(dim=0))
-    torch.testing.assert_close(control.W_dec.norm(dim=1), sae.W_dec.norm(dim=1))
-    assert torch.equal(control.b_enc, sae.b_enc) and torch.equal(control.b_dec, sae.b_dec)
-    cos = torch.nn.functional.cosine_similarity(control.W_dec, sae.W_dec, dim=1)
-    assert cos.abs().mean() < 0.35  # random in 16 dimensions: E|cos| ≈ 0.2
-    unit = control.W_dec / control.W_dec.norm(dim=1, keepdim=True)
-    torch.testing.assert_close(control.W_enc.T / control.W_enc.norm(dim=0)[:, None], unit)
-    assert not torch.equal(random_directions(sae, seed=1).W_dec, control.W_dec)
-
-
-def test_untrained_control_is_the_initialization():
-    cfg = SAEConfig(method="jumprelu", d_sae=32, seed=5)
-    sae = build_dictionary(cfg, 16)
-    fresh = build_dictionary(cfg, 16)
-    with torch.no_grad():
-        sae.W_enc.add_(1.0)
-        sae.b_dec.normal_()  # training starts b_dec at the data's median: the control keeps it
-    control = initialization(sae)
-    assert torch.equal(control.W_enc, fresh.W_enc) and torch.equal(control.W_dec, fresh.W_dec)
-    assert torch.equal(control.b_dec, sae.b_dec) and not torch.equal(control.b_dec, fresh.b_dec)
 
 
 def test_results_hold_every_input_per_task(tl_model, tokenizer):

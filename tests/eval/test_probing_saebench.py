@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from saekit.data.tasks import ProbingTask, balanced_split, special_token_ids, tokenize_texts
+from saekit.data.tasks import ProbingTask, balanced_split, tokenize_texts
+from saekit.data.text import special_ids
 from saekit.dictionaries import SAEConfig, build_dictionary
 from saekit.eval.probing import (
     RESIDUAL,
@@ -91,7 +92,7 @@ def test_pooling_equals_saebench(tl_model, tokenizer, probing_sae):
     task = _task()
     tokens = tokenize_texts(tokenizer, list(task.texts), CONTEXT)
     ours = pooled_features(HookedModel(tl_model, tokenizer), HOOK, {"sae": sae}, tokens,
-                           special_token_ids(tokenizer), batch_size=7)  # fmt: skip
+                           special_ids(tokenizer), batch_size=7)  # fmt: skip
     resid, codes = _saebench_pooled(tl_model, sae_lens_sae, _padded(tokens, tokenizer.pad_token_id))
     torch.testing.assert_close(ours[RESIDUAL], resid, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours["sae"], codes, rtol=1e-5, atol=1e-5)

@@ -218,17 +218,37 @@ def test_eval_runs_sparse_probing_and_absorption_on_request(
         best_floor = max(c["k=2"] for c in entry["controls"].values())
         assert entry["margin_over_strongest_control"]["k=2"] == entry["top_k"]["k=2"] - best_floor
         assert report["saes"][name]["absorption"]["n_tokens"] == 26  # the char vocabulary
-        card = report["scorecard"][name]["sparse_probing"]["accuracy_k2"]
-        assert card["value"] == pytest.approx(entry["top_k"]["k=2"])
-        assert card["controls"] == pytest.approx(
-            {c: entry["controls"][c]["k=2"] for c in ("random", "init")}
-        )
-        assert card["margin"] == pytest.approx(entry["margin_over_strongest_control"]["k=2"])
-        assert card["resampled"] == "1 probing tasks"
+        # The scorecard holds the same numbers, the controls measured on the same task.
+        card = report["scorecard"][name]
+        top2 = card["sparse_probing"]["accuracy_k2"]
+        assert top2["value"] == pytest.approx(entry["top_k"]["k=2"])
+        floors = {c: v["k=2"] for c, v in entry["controls"].items()}
+        assert top2["controls"] == pytest.approx(floors)
+        assert top2["margin"] == pytest.approx(entry["margin_over_strongest_control"]["k=2"])
+        assert top2["resampled"] == "1 tasks" and "scores" not in entry
+        fraction = report["saes"][name]["absorption_fraction"]
+        if fraction is not None:
+            got = card["absorption"]["absorption_fraction"]
+            assert got["value"] == pytest.approx(fraction) and not got["higher_is_better"]
     probing_file = json.loads((run / "probing.json").read_text())
     assert set(probing_file) == {HOOK} and len(probing_file[HOOK]["tasks"]) == 1
     assert set(json.loads((run / "absorption.json").read_text())) == set(names)
     assert "probing_k1" in summary_table(report)
+
+
+def test_a_bad_probing_task_fails_before_any_model_runs(tmp_path, corpus_jsonl, pm_identity):
+    from saekit.eval.probing import ProbingConfig
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name}) before the tasks were checked")
+
+    run = tmp_path / "run"
+    make_run(run, corpus_jsonl, pm_identity)
+    missing = ProbingConfig(tasks=str(tmp_path / "missing.csv"))
+    with pytest.raises(SaekitError, match="missing.csv' does not exist"):
+        evaluate_run(run, model=Untouchable(), probing=missing)  # type: ignore[arg-type]
+    assert not (run / "report.json").exists()
 
 
 def test_eval_flags_reach_the_saebench_configs():
@@ -240,7 +260,8 @@ def test_eval_flags_reach_the_saebench_configs():
         ["eval", "RUN", "--probing", "--probing.ks", "[1, 3]", "--absorption.per_letter", "8"]
     )
     extra = load_recipe(SAEBenchEvals, None, flag_overrides(args))
-    assert args.probing and not args.absorption
+    assert args.probing and not args.absorption and not args.saebench_core
+    assert build_parser().parse_args(["eval", "RUN", "--saebench-core"]).saebench_core
     assert extra.probing.ks == (1, 3) and extra.absorption.per_letter == 8
     bad = build_parser().parse_args(["eval", "RUN", "--probing.ks", "[0]"])
     with pytest.raises(SaekitError, match="probing.ks must be positive"):
