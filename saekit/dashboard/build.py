@@ -24,7 +24,7 @@ from tqdm import tqdm
 from saekit.dashboard.html import bar_chart, context, examples, fmt, line_chart, page, table
 from saekit.errors import SaekitError
 from saekit.eval.controls import CONTROLS
-from saekit.eval.scorecard import HEADLINE, beats_controls
+from saekit.eval.scorecard import HEADLINE, Units, beats_controls
 from saekit.rundir import RunDir
 
 SCORE_COLUMNS = ("detection", "fuzzing", "simulation")
@@ -65,6 +65,11 @@ def shown_hook(summary: dict[str, Any]) -> str:
     return f"{summary['hook']} → {out}" if out else str(summary["hook"])
 
 
+def n_units(score_json: dict[str, Any]) -> int:
+    """How many units a scorecard score's interval resampled."""
+    return len(Units.from_json(score_json["units"]))
+
+
 def _scorecard_html(scorecard: dict[str, Any]) -> str:
     """The scorecard `saekit eval` wrote into report.json: each dictionary's headline scores
     with their 95% intervals, both null controls and the margin over the stronger one."""
@@ -85,7 +90,8 @@ def _scorecard_html(scorecard: dict[str, Any]) -> str:
                     f"{fmt(s['value'])} <span class=muted>{interval(s['ci'])}</span>",
                     *(fmt(s["controls"].get(c)) for c in CONTROLS),
                     f"{fmt(s.get('margin'))} <span class=muted>{interval(m_ci)}</span>",
-                    beats_controls(tuple(m_ci) if m_ci else None), escape(s["resampled"]),
+                    beats_controls(tuple(m_ci) if m_ci else None, n_units(s)),
+                    escape(s["resampled"]),
                 ])  # fmt: skip
     heads = ["dictionary", "section", "score", "value [95% CI]", *CONTROLS, "margin [95% CI]"]
     return (

@@ -259,8 +259,17 @@ def holm(p_values: list[float], alpha: float = 1 - LEVEL) -> list[bool]:
     return reject
 
 
-def beats_controls(margin_ci: tuple[float, float] | None) -> str:
-    """'yes' when the margin's interval lies above 0, 'no' below, '~' when it straddles 0."""
+MIN_UNITS = 8
+"""Fewer resampled units than this (2 probing tasks, a light steering run's 2 features) make
+a bootstrap interval degenerate: such margins and differences are shown but never called
+significant."""
+
+
+def beats_controls(margin_ci: tuple[float, float] | None, n_units: int) -> str:
+    """'yes' when the margin's interval lies above 0, 'no' below, '~' when it straddles 0;
+    'few' when the interval rests on fewer than MIN_UNITS units."""
     if margin_ci is None or not np.isfinite(margin_ci[0]):
         return ""
+    if n_units < MIN_UNITS:
+        return "few"
     return "yes" if margin_ci[0] > 0 else "no" if margin_ci[1] < 0 else "~"

@@ -20,13 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from saekit.errors import SaekitError
-from saekit.eval.scorecard import Difference, Score, difference, holm
+from saekit.eval.scorecard import MIN_UNITS, Difference, Score, difference, holm
 from saekit.report.scorecard import Card, fmt, fmt_ci, headline, load_card
 from saekit.rundir import RunDir
-
-MIN_UNITS = 8
-"""Fewer resampled units than this (2 probing tasks, a light steering run's 2 features) make
-a bootstrap interval degenerate: such differences are shown but never called significant."""
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,6 @@ def scorecard_table(cards: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str
             ctrl = [fmt(s.controls.get(c)) for c in ("random", "init")]
             lines.append(
                 f"  {section:16s} {metric[:20]:20s} {value:>26s} {ctrl[0]:>8s} {ctrl[1]:>8s} "
-                f"{margin:>26s} {beats_controls(s.margin_ci):>5s}  {s.resampled}"
+                f"{margin:>26s} {beats_controls(s.margin_ci, len(s.units)):>5s}  {s.resampled}"
             )
     return "\n".join(lines)

@@ -105,3 +105,27 @@ def test_json_round_trip_keeps_units_and_margins():
 def test_none_and_nan_values_are_left_out_of_a_mean():
     u = Units.mean_of([0.5, None, float("nan"), 0.7], "features")
     assert len(u) == 2 and u.value == pytest.approx(0.6)
+
+
+def test_beats_controls_needs_enough_units():
+    """A margin over a handful of units (a light steering run's 2 features) has a degenerate
+    bootstrap interval: it is shown, but never called a win over the controls."""
+    from saekit.eval.scorecard import MIN_UNITS, beats_controls
+
+    def card(n: int, gap: float) -> Score:
+        key = f"u{n}"
+        mine = Units("features", key, np.linspace(1.0, 1.1, n) + gap, np.ones(n))
+        ctrl = Units("features", key, np.linspace(1.0, 1.1, n), np.ones(n))
+        return score(mine, {"random": ctrl})
+
+    few, many = card(MIN_UNITS - 1, 0.5), card(MIN_UNITS, 0.5)
+    assert few.margin_ci is not None and few.margin_ci[0] > 0  # the interval alone says "yes"
+    assert beats_controls(few.margin_ci, len(few.units)) == "few"
+    assert beats_controls(many.margin_ci, len(many.units)) == "yes"
+    worse = card(20, -0.5)
+    assert beats_controls(worse.margin_ci, len(worse.units)) == "no"
+    level = score(
+        Units.mean_of(np.arange(20.0), "features", "k"),
+        {"random": Units.mean_of(np.arange(20.0)[::-1], "features", "k")},
+    )
+    assert beats_controls(level.margin_ci, len(level.units)) == "~"
