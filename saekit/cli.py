@@ -312,10 +312,31 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _attach_negative_numbers(argv: Sequence[str]) -> list[str]:
+    """`--flag -1e-3` → `--flag=-1e-3`: argparse takes a value in scientific notation that
+    starts with '-' for an option and reports "expected one argument"."""
+    out: list[str] = []
+    for tok in argv:
+        prev = out[-1] if out else ""
+        if tok.startswith("-") and prev.startswith("--") and "=" not in prev and _is_number(tok):
+            out[-1] = f"{prev}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_numbers(sys.argv[1:] if argv is None else argv))
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
