@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from saekit.bench import BENCHES
-from saekit.config import add_config_flags, flag_overrides
+from saekit.config import DECIMAL, add_config_flags, flag_overrides
 from saekit.errors import SaekitDeprecation, SaekitError
 
 COMMANDS: tuple[str, ...] = (
@@ -318,19 +318,16 @@ def _attach_negative_numbers(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     for tok in argv:
         prev = out[-1] if out else ""
-        if tok.startswith("-") and prev.startswith("--") and "=" not in prev and _is_number(tok):
+        if (
+            tok.startswith("-")
+            and prev.startswith("--")
+            and "=" not in prev
+            and DECIMAL.fullmatch(tok)
+        ):
             out[-1] = f"{prev}={tok}"
         else:
             out.append(tok)
     return out
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

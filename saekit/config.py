@@ -55,7 +55,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 """A number in decimal or scientific notation (no nan/inf)."""
 
 
@@ -102,7 +102,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise SaekitError(f"{where}: expected true or false, got {value!r}")
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if tp is float and isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+    if tp is float and isinstance(value, str) and DECIMAL.fullmatch(value.strip()):
         # YAML 1.1 (PyYAML) reads `1e-3` and `-1e-3`, with no dot, as strings.
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
