@@ -36,24 +36,29 @@ class CacheResult:
 
 
 def cache_stream_config(recipe: Recipe) -> StreamConfig:
-    """The stream a cache is written with: raw activations (normalization is applied when the
-    cache is read), and shuffle buffers no larger than the cache needs, since a buffer is
+    """The stream a cache is written with: raw activations (normalization and the outlier
+    policy are applied when the cache is read, so one cache serves every policy), and shuffle
+    buffers no larger than the cache needs, since a buffer is
     filled whole before its first row is served (8k tokens in a 65k-row buffer would cost 8x
     the forwards, with the progress bar at 100% for most of it)."""
     # 5% and one window to spare: document separators inside windows are not cached rows.
     windows = math.ceil(1.05 * recipe.cache.n_tokens / max(recipe.data.context_size - 1, 1)) + 1
     buffer = min(recipe.stream.buffer_sequences, windows)
-    return replace(recipe.stream, normalize=False, cache_dir=None, buffer_sequences=buffer)
+    return replace(
+        recipe.stream,
+        normalize=False,
+        cache_dir=None,
+        buffer_sequences=buffer,
+        max_norm_multiple=None,
+        outliers=StreamConfig.outliers,
+    )
 
 
 def cache_provenance(recipe: Recipe) -> dict[str, Any]:
     """What a cache records of its recipe; a cache is reused only when this matches."""
-    stream_cfg = cache_stream_config(recipe)
-    out = {
-        "model": to_dict(recipe.model),
-        "data": to_dict(recipe.data),
-        "stream": to_dict(stream_cfg),
-    }
+    stream = to_dict(cache_stream_config(recipe))
+    del stream["outliers"]  # not in the provenance of caches written before the field existed
+    out = {"model": to_dict(recipe.model), "data": to_dict(recipe.data), "stream": stream}
     # Only a held-out cache records its split, so train caches written before the field
     # existed are still recognized.
     return out | ({"split": recipe.cache.split} if recipe.cache.split != "train" else {})

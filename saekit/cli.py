@@ -94,6 +94,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     for name, info in summary["saes"].items():
         print(f"  {name}: {info['path']}")
+    stream = summary.get("stream", {})
+    if stream.get("max_norm_multiple") is not None:
+        n, seen = stream["outlier_rows"], max(stream["tokens_seen"], 1)
+        print(
+            f"outliers (norm over {stream['max_norm_multiple']:g}x the median): {n:,} of "
+            f"{seen:,} tokens ({n / seen:.3%}), {stream['outlier_policy']}"
+        )
     print(f"next: saekit eval {summary['run_dir']}")
 
 
@@ -191,6 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from saekit.bench.main_job import MainJobFlags
     from saekit.bench.quality import QualityFlags
     from saekit.recipe import Recipe
 
@@ -287,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, at least 5)")
     add_config_flags(p, QualityFlags)
+    add_config_flags(p, MainJobFlags)
     p.set_defaults(func=cmd_bench)
     for module_name in COMMANDS:
         importlib.import_module(module_name).register(sub)

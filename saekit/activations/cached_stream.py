@@ -1,7 +1,9 @@
 """The cached stream: a `saekit cache` directory served like the live stream.
 
-Chunks of ~buffer_sequences × 127 rows are permuted by (seed, chunk index), the live stream's
-shuffle granularity; the position is one row index, so restoring it costs one chunk read.
+Chunks of ~buffer_sequences × 127 rows are permuted by (seed, chunk index, epoch), the live
+stream's shuffle granularity; the position is one row index that runs on past the end of the
+cache (epoch = position // rows), so restoring it costs one chunk read. Training for more
+tokens than the cache holds reads it again in epochs, each chunk in a fresh order.
 """
 
 from __future__ import annotations
@@ -12,20 +14,29 @@ import torch
 from torch import Tensor
 
 from saekit.activations.cache import ActivationCache
-from saekit.activations.stream import BaseStream, StreamConfig, check_nonfinite, finite_rows
+from saekit.activations.stream import (
+    BaseStream,
+    StreamConfig,
+    apply_outliers,
+    check_nonfinite,
+    finite_rows,
+)
 from saekit.errors import SaekitError
 
 
 class CachedActivationStream(BaseStream):
-    """Serves a cache like the live stream: chunks of rows permuted by (seed, chunk index).
+    """Serves a cache like the live stream: chunks of rows permuted by (seed, chunk, epoch).
 
     Rows holding NaN/inf in any hook are skipped, counted and limited as the live stream does
-    them (stream.max_nonfinite_fraction); a chunk is counted when the stream enters it. The
-    position is a row index of the cache: each batch reads on from it until it has enough
-    finite rows, so a clean cache serves exactly its rows in order.
+    them (stream.max_nonfinite_fraction), and the outlier policy is applied to each chunk as
+    the live stream applies it to each buffer; a chunk is counted when the stream enters it.
+    The position is a row index into the cache's epochs: each batch reads on from it until it
+    has enough served rows, so a clean cache with no filter serves exactly its rows in order.
     """
 
-    def __init__(self, cfg: StreamConfig, verify: bool = True) -> None:
+    def __init__(self, cfg: StreamConfig, verify: bool = True, rows: int | None = None) -> None:
+        """rows: serve only the cache's first `rows` rows (in epochs), e.g. to compare epochs
+        over a smaller cache with one over a larger one."""
         assert cfg.cache_dir is not None
         self.cfg = cfg
         self.cache = ActivationCache(cfg.cache_dir, verify=verify)
@@ -36,15 +47,23 @@ class CachedActivationStream(BaseStream):
                 f"{sorted(self.cache.arrays)}."
             )
         self.d_in = {h: self.cache.manifest["hooks"][h]["d_in"] for h in cfg.hooks}
+        if rows is not None:
+            if not 0 < rows <= self.cache.rows:
+                raise SaekitError(f"rows={rows}: the cache holds {self.cache.rows:,} rows.")
+            self.cache.rows = rows
         self.norm_factors = {}
-        self.n_tokens_served = self.n_nonfinite = self.n_tokens_seen = 0
+        self.n_tokens_served = self.n_nonfinite = self.n_tokens_seen = self.n_outliers = 0
         # Same shuffle granularity as the live stream: ~buffer_sequences × 127 rows per chunk.
         self.chunk_rows = min(cfg.buffer_sequences * 127, self.cache.rows)
         self._position = 0
-        self._chunk_id: int | None = None
+        self._chunk_id: tuple[int, int] | None = None
+        """(epoch, chunk) of the loaded chunk."""
         self._rows: dict[str, Tensor] = {}
-        self._finite_N: Tensor | None = None
-        """Which rows of the loaded chunk are finite in every hook (None: all of them)."""
+        self._keep_N: Tensor | None = None
+        """Which rows of the loaded chunk are served: finite in every hook and not filtered as
+        outliers (None: all of them)."""
+        self._n_nonfinite = self._n_outliers = 0
+        """The loaded chunk's rows holding NaN/inf, and its outliers."""
         self.rank, self.world = 0, 1
 
     def shard(self, rank: int, world: int) -> None:
@@ -52,32 +71,34 @@ class CachedActivationStream(BaseStream):
         of world·batch_size rows, so the ranks' batches concatenate to a 1-process batch."""
         self.rank, self.world = rank, world
 
-    def _load(self, c: int) -> None:
+    def _load(self, epoch: int, c: int) -> None:
         start = c * self.chunk_rows
         count = min(self.chunk_rows, self.cache.rows - start)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + c)
+        # Epoch 0's order is the one caches were always read in; later epochs reshuffle.
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + c + epoch * 15_485_863)
         perm = torch.randperm(count, generator=gen)
         dtype = getattr(torch, self.cfg.dtype)
         rows = {h: self.cache.read(h, start, count)[perm].to(dtype) for h in self.cfg.hooks}
         finite_N = torch.stack([finite_rows(x) for x in rows.values()]).all(dim=0)
-        self._finite_N = None if bool(finite_N.all()) else finite_N
-        self._estimate_norm_factors(rows if self._finite_N is None else self._finite(rows))
-        self._rows, self._chunk_id = rows, c
+        rows, keep_N, self._n_outliers = apply_outliers(rows, finite_N, self.cfg)
+        self._n_nonfinite = count - int(finite_N.sum())
+        self._keep_N = None if bool(keep_N.all()) else keep_N
+        self._estimate_norm_factors(self._served(rows))
+        self._rows, self._chunk_id = rows, (epoch, c)
 
-    def _finite(
+    def _served(
         self, rows: dict[str, Tensor], lo: int = 0, hi: int | None = None
     ) -> dict[str, Tensor]:
-        if self._finite_N is None:
+        if self._keep_N is None:
             return {h: x[lo:hi] for h, x in rows.items()}
-        keep = self._finite_N[lo:hi]
+        keep = self._keep_N[lo:hi]
         return {h: x[lo:hi][keep] for h, x in rows.items()}
 
     def _enter_chunk(self) -> None:
-        """Count the loaded chunk's tokens and skipped rows; abort past the limit."""
-        n_rows = next(iter(self._rows.values())).shape[0]
-        self.n_tokens_seen += n_rows
-        if self._finite_N is not None:
-            self.n_nonfinite += n_rows - int(self._finite_N.sum())
+        """Count the loaded chunk's tokens, skipped rows and outliers; abort past the limit."""
+        self.n_tokens_seen += next(iter(self._rows.values())).shape[0]
+        self.n_nonfinite += self._n_nonfinite
+        self.n_outliers += self._n_outliers
         dtype = f" or overflow stream.dtype={self.cfg.dtype}" if self.cfg.dtype != "float32" else ""
         check_nonfinite(
             self,
@@ -94,14 +115,15 @@ class CachedActivationStream(BaseStream):
         pieces: dict[str, list[Tensor]] = {h: [] for h in self.cfg.hooks}
         got = since_finite = 0
         while got < need:
-            c, off = divmod(self._position % self.cache.rows, self.chunk_rows)  # endless epochs
-            if self._chunk_id != c:
-                self._load(c)
+            epoch, row = divmod(self._position, self.cache.rows)
+            c, off = divmod(row, self.chunk_rows)
+            if self._chunk_id != (epoch, c):
+                self._load(epoch, c)
             if off == 0:
                 self._enter_chunk()
             n_rows = next(iter(self._rows.values())).shape[0]
             take = min(need - got, n_rows - off)
-            rows = self._finite(self._rows, off, off + take)
+            rows = self._served(self._rows, off, off + take)
             n_kept = next(iter(rows.values())).shape[0]
             lo, hi = max(mine.start - got, 0), min(mine.stop - got, n_kept)
             if lo < hi:
@@ -125,6 +147,7 @@ class CachedActivationStream(BaseStream):
             "n_tokens_served": self.n_tokens_served,
             "n_nonfinite": self.n_nonfinite,
             "n_tokens_seen": self.n_tokens_seen,
+            "n_outliers": self.n_outliers,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -133,4 +156,5 @@ class CachedActivationStream(BaseStream):
         self.n_tokens_served = int(state["n_tokens_served"])
         self.n_nonfinite = int(state.get("n_nonfinite", 0))
         self.n_tokens_seen = int(state.get("n_tokens_seen", 0))
+        self.n_outliers = int(state.get("n_outliers", 0))
         self._chunk_id = None

@@ -7,9 +7,11 @@ one buffer recompute and continues on exactly the next rows. With S = 512 window
 each 4096-token batch draws ~8 tokens from each of 512 sequences.
 
 Filters (one mask shared by all hooks, so row i is the same token in every hook): special
-tokens (BOS/EOS/pad), non-finite rows (counted; abort past `max_nonfinite_fraction`), and
-optionally tokens whose norm exceeds `max_norm_multiple` × the buffer median (attention sinks,
-whose norms here run 10-100x the median).
+tokens (BOS/EOS/pad) and non-finite rows (counted; abort past `max_nonfinite_fraction`). Then
+the outlier policy: tokens whose norm exceeds `max_norm_multiple` × the buffer median in some
+hook (attention sinks, whose norms here run 10-100x the median) are counted and, by
+`outliers`, dropped, clipped to that norm, or kept (`apply_outliers`, shared with the cached
+stream).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel
 
 ActDtype = Literal["float32", "float16", "bfloat16"]
+OutlierPolicy = Literal["filter", "clip", "keep"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,13 @@ class StreamConfig:
     exclude_special_tokens: bool = True
     """Drop BOS/EOS/pad and other special-token positions."""
     max_norm_multiple: float | None = None
-    """Drop tokens whose norm exceeds this multiple of the buffer median (e.g. 10), or None."""
+    """Outlier threshold: a token whose norm exceeds this multiple of the median norm of its
+    shuffle buffer (a cache chunk of as many rows, when cached) in some hook is an outlier
+    (e.g. 10); None: no outlier handling."""
+    outliers: OutlierPolicy = "filter"
+    """What happens to outliers (with max_norm_multiple set): filter = drop the token, clip =
+    scale each hook's row down to the threshold norm, keep = serve it as is. Outliers are
+    counted either way (run.json and history: outlier_rows)."""
     normalize: bool = False
     """Scale activations so their mean norm is √d_in (factor recorded, folded into saved SAEs)."""
     dtype: ActDtype = "float32"
@@ -61,6 +70,11 @@ class StreamConfig:
         for name in ("batch_size", "buffer_sequences", "model_batch_size"):
             if getattr(self, name) < 1:
                 raise SaekitError(f"stream.{name} must be ≥ 1, got {getattr(self, name)}.")
+        if self.max_norm_multiple is not None and not self.max_norm_multiple > 0:
+            raise SaekitError(
+                f"stream.max_norm_multiple must be > 0 (a multiple of the median norm, e.g. 10) "
+                f"or null for no outlier handling, got {self.max_norm_multiple}."
+            )
 
 
 class BaseStream:
@@ -74,6 +88,8 @@ class BaseStream:
     """Tokens skipped because an activation of theirs was NaN/inf."""
     n_tokens_seen: int = 0
     """Tokens read before that filter (the denominator of max_nonfinite_fraction)."""
+    n_outliers: int = 0
+    """Finite tokens over the outlier threshold (filtered, clipped or kept by the policy)."""
     on_capture: Callable[[int], None] | None = None
     """Called with the rows each model forward adds to the buffer being filled (progress
     bars use it: a buffer fill takes minutes on a CPU); streams that run no model never call
@@ -127,6 +143,35 @@ def finite_rows(x_ND: Tensor) -> Tensor:
     return finite_N
 
 
+def apply_outliers(
+    rows: dict[str, Tensor], keep_N: Tensor, cfg: StreamConfig
+) -> tuple[dict[str, Tensor], Tensor, int]:
+    """The outlier policy on one buffer of rows (every hook, same tokens) of which `keep_N`
+    are served: the median norm is taken over those rows per hook, a token is an outlier when
+    it exceeds max_norm_multiple × that median in some hook. Returns the rows (clip: each
+    hook's rows over its limit scaled down to it, in place), the new mask (filter: outliers
+    dropped) and the number of outliers among the kept rows."""
+    if cfg.max_norm_multiple is None or not keep_N.any():
+        return rows, keep_N, 0
+    outlier_N = torch.zeros_like(keep_N)
+    limits: dict[str, tuple[Tensor, Tensor]] = {}
+    for name, acts_ND in rows.items():
+        norms_N = acts_ND.float().norm(dim=1)
+        limit = cfg.max_norm_multiple * norms_N[keep_N].median()
+        limits[name] = norms_N, limit
+        outlier_N |= norms_N > limit
+    outlier_N &= keep_N
+    if cfg.outliers == "filter":
+        return rows, keep_N & ~outlier_N, int(outlier_N.sum())
+    if cfg.outliers == "clip":
+        for name, acts_ND in rows.items():  # in place: only the few rows over the limit
+            norms_N, limit = limits[name]
+            over = ((norms_N > limit) & keep_N).nonzero().squeeze(1)
+            scaled = acts_ND[over].float() * (limit / norms_N[over])[:, None]
+            acts_ND[over] = scaled.to(acts_ND.dtype)
+    return rows, keep_N, int(outlier_N.sum())
+
+
 class ActivationStream(BaseStream):
     """Live stream: runs the model over context windows and serves shuffled token rows."""
 
@@ -138,6 +183,7 @@ class ActivationStream(BaseStream):
         self.norm_factors = {}
         self.n_nonfinite = 0
         self.n_tokens_seen = 0
+        self.n_outliers = 0
         self.n_tokens_served = 0
         self._buffer_index = 0
         self._offset = 0
@@ -176,11 +222,8 @@ class ActivationStream(BaseStream):
             finite_N &= finite_rows(acts_ND)
         self._count_nonfinite(int((keep_N & ~finite_N).sum()), int(keep_N.sum()))
         keep_N &= finite_N
-        if cfg.max_norm_multiple is not None:
-            for acts_ND in rows.values():
-                norms_N = acts_ND.float().norm(dim=1)
-                median = norms_N[keep_N].median() if keep_N.any() else norms_N.median()
-                keep_N &= norms_N <= cfg.max_norm_multiple * median
+        rows, keep_N, n_outliers = apply_outliers(rows, keep_N, cfg)
+        self.n_outliers += n_outliers
         if not keep_N.any():
             raise SaekitError(
                 "A whole activation buffer was filtered out (special tokens, "
@@ -236,6 +279,7 @@ class ActivationStream(BaseStream):
             "n_tokens_served": self.n_tokens_served,
             "n_nonfinite": self.n_nonfinite,
             "n_tokens_seen": self.n_tokens_seen,
+            "n_outliers": self.n_outliers,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -245,9 +289,10 @@ class ActivationStream(BaseStream):
         self.n_tokens_served = int(state["n_tokens_served"])
         self.n_nonfinite = int(state.get("n_nonfinite", 0))
         self.n_tokens_seen = int(state.get("n_tokens_seen", 0))
+        self.n_outliers = int(state.get("n_outliers", 0))
         self._rows = None
         if self._offset:
             # The saved counters already include this buffer: refilling must not count it twice.
-            saved = dict(self.norm_factors), self.n_nonfinite, self.n_tokens_seen
+            saved = dict(self.norm_factors), self.n_nonfinite, self.n_tokens_seen, self.n_outliers
             self._rows = self._fill(self._buffer_index)
-            self.norm_factors, self.n_nonfinite, self.n_tokens_seen = saved
+            self.norm_factors, self.n_nonfinite, self.n_tokens_seen, self.n_outliers = saved

@@ -191,6 +191,7 @@ class Trainer:
             if log_now:
                 now = time.perf_counter()
                 record["tokens_per_s"] = tokens_last / max(now - t_last, 1e-9)
+                record["outlier_rows"] = float(self.stream.n_outliers)
                 t_last, tokens_last = now, 0
                 record = self.dist.merge_record(record)
                 logger.log(self.step, record)
@@ -264,6 +265,14 @@ class Trainer:
         under RUN_DIR/saes/NAME when there is a run directory; the run's summary."""
         tokens = self.step * self.batch_tokens
         summary: dict[str, Any] = {"steps": self.step, "tokens": tokens, "saes": {}}
+        # Counted by this process's stream (data-parallel live streams: rank 0's share).
+        summary["stream"] = {
+            "tokens_seen": self.stream.n_tokens_seen,
+            "nonfinite_rows": self.stream.n_nonfinite,
+            "outlier_rows": self.stream.n_outliers,
+            "outlier_policy": self.stream.cfg.outliers,
+            "max_norm_multiple": self.stream.cfg.max_norm_multiple,
+        }
         n_tokens = max(1, tokens)
         # Data parallel: rank 0 writes the (identical) dictionaries; hooks: each rank its own.
         mine = self.slots if self.dist.mode == "hooks" or self.dist.is_main else []
