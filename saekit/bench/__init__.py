@@ -9,5 +9,6 @@ BENCHES = {
     "select": "saekit.bench.select",
     "kernels": "saekit.bench.kernels",
     "quality": "saekit.bench.quality",
+    "main-job": "saekit.bench.main_job",
 }
 """`saekit bench NAME` → module with run(**kwargs) -> dict and table(dict) -> str."""
