@@ -201,7 +201,7 @@ def run(cfg: MainJobConfig | None = None) -> dict[str, Any]:
     bench = Bench(quality_config(cfg))
     out = Path(cfg.out_dir)
     steps = cfg.train_tokens // cfg.batch_size
-    runs = {}
+    runs: dict[str, dict[str, Any]] = {}
     for policy in cfg.policies:
         runs[policy] = _kept(
             out / f"main-job-{policy}.json", lambda p=policy: train_one(cfg, bench, p, None, steps)

@@ -55,7 +55,8 @@ def test_bench_main_job_toy(toy, capsys):
     assert longer["rows"] == cache.rows and longer["steps"] == 3 * steps
     assert longer["stream"]["outlier_rows"] == 3 * outliers  # each epoch counts them again
     for r in runs.values():
-        assert 0 <= r["fvu_inliers"] and 0 <= r["fvu"] and r["l0_mean"] == pytest.approx(4.0)
+        assert 0 < r["fvu_inliers"] < 1.5 and 0 < r["fvu"] < 1.5
+        assert r["l0_mean"] == pytest.approx(4)
         b = r["batch_fvu"]
         assert b["p05"] <= b["median"] <= b["p95"] <= b["max"]
         assert r["estimated_wall_s"] > r["train_s"]
