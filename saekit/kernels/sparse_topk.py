@@ -88,7 +88,7 @@ def row_topk(pre_RS: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     R, S = pre_RS.shape
     G = S // TOPK_GROUP
-    if S % TOPK_GROUP or G < 4 * k:
+    if S % TOPK_GROUP or 4 * k > G:
         return pre_RS.topk(k, dim=-1, sorted=False)
     pre_RgG = pre_RS.view(R, TOPK_GROUP, G)
     groups_RK = pre_RgG.amax(1).topk(k, dim=-1, sorted=False).indices
