@@ -204,7 +204,7 @@ def run(cfg: MainJobConfig | None = None) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     for policy in cfg.policies:
         runs[policy] = _kept(
-            out / f"main-job-{policy}.json", lambda p=policy: train_one(cfg, bench, p, None, steps)
+            _run_path(cfg, policy), lambda p=policy: train_one(cfg, bench, p, None, steps)
         )
     # Epochs at equal steps over 1/epochs of the rows, and epochs × the steps over all rows.
     for key, rows, n_steps in (
@@ -212,7 +212,7 @@ def run(cfg: MainJobConfig | None = None) -> dict[str, Any]:
         (f"{cfg.epochs}-epochs-all-{cfg.epochs_policy}", None, cfg.epochs * steps),
     ):
         runs[key] = _kept(
-            out / f"main-job-{key}.json",
+            _run_path(cfg, key),
             lambda r=rows, n=n_steps: train_one(cfg, bench, cfg.epochs_policy, r, n),
         )
     rates = throughputs(cfg, bench)
@@ -233,6 +233,14 @@ def run(cfg: MainJobConfig | None = None) -> dict[str, Any]:
     }
     write_json(out / "main_job.json", result)
     return result
+
+
+def _run_path(cfg: MainJobConfig, key: str) -> Path:
+    """Where a finished run is kept: named by what changes its result (the caches' sizes are
+    fixed by their own provenance)."""
+    c = cfg
+    shape = f"d{c.d_sae}-k{c.k}-lr{c.lr:g}-b{c.batch_size}-m{c.max_norm_multiple:g}"
+    return Path(c.out_dir) / "runs" / f"{key}-{shape}-ce{c.ce_windows}-seed{c.seed}.json"
 
 
 def _kept(path: Path, compute: Any) -> dict[str, Any]:
