@@ -70,9 +70,10 @@ class StreamConfig:
         for name in ("batch_size", "buffer_sequences", "model_batch_size"):
             if getattr(self, name) < 1:
                 raise SaekitError(f"stream.{name} must be ≥ 1, got {getattr(self, name)}.")
-        if self.max_norm_multiple is not None and not self.max_norm_multiple > 0:
+        if self.max_norm_multiple is not None and not self.max_norm_multiple >= 1:
+            # Below 1 most rows would be outliers, the median row among them.
             raise SaekitError(
-                f"stream.max_norm_multiple must be > 0 (a multiple of the median norm, e.g. 10) "
+                f"stream.max_norm_multiple must be ≥ 1 (a multiple of the median norm, e.g. 10) "
                 f"or null for no outlier handling, got {self.max_norm_multiple}."
             )
 

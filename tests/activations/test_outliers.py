@@ -150,7 +150,7 @@ def test_live_and_cached_streams_agree(tmp_path, tiny, windows, sort_rows, polic
     ("flag", "value", "message"),
     [
         ("--stream.outliers", "drop", "stream.outliers: 'drop' is not one of ['filter', 'clip',"),
-        ("--stream.max_norm_multiple", "0", "stream.max_norm_multiple must be > 0"),
+        ("--stream.max_norm_multiple", "0.5", "stream.max_norm_multiple must be ≥ 1"),
     ],
 )
 def test_an_invalid_policy_exits_2_with_one_line(tmp_path: Path, capsys, flag, value, message):
