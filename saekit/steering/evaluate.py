@@ -118,7 +118,7 @@ def run_steering_eval(
         dirs += [Direction(f"random:{j}", "random", hook, v, []) for j, v in enumerate(rand_KD)]
         _assign_targets(model, hook, dirs, cfg, reference_BT)
         study = SiteStudy(model, hook, dirs, cfg, reference_BT)
-        results = score_site(study, measure_curves(study, desc=f"steering {hook}"))
+        results = score_site(study, measure_curves(study))
         if judge is not None and judge.backend != "none":
             _judge_site(Judge(judge), results)
         rows = [{"hook": hook, **r} for r in summarize(results, cfg.kl_targets)]
@@ -186,7 +186,7 @@ def _reference(recipe: Any, model: HookedModel, cfg: SteeringConfig) -> torch.Te
 
 def steering_table(report: dict[str, Any]) -> str:
     """The comparison table: one line per (hook, method, κ)."""
-    cols = (*MEANS, "z", "specificity", "sign_flip_score")
+    cols = (*MEANS, "delta_ce_ref", "z", "null_score", "specificity", "sign_flip_concept")
     head = f"{'hook':28s} {'method':9s} {'kappa':>8s} {'reach':>6s} "
     head += " ".join(f"{c[:10]:>10s}" for c in cols)
     lines = [head]
