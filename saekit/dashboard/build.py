@@ -1,7 +1,8 @@
 """`saekit dashboard RUN_DIR`: a static site from the run's interp data (computed first when
 missing). Layout under RUN_DIR/dashboard/:
 
-    index.html          every dictionary: summary scores next to the shuffled/random controls
+    index.html          every dictionary: summary scores next to the shuffled/random controls,
+                        and the scorecard of report.json when `saekit eval` wrote one
     NAME/index.html     the feature table (sortable, filterable; works without JS as a table)
     NAME/I.html         feature I: contexts, quantile samples, histogram, logits, neighbours,
                         and the steering curve when RUN_DIR/steering.json has one
@@ -22,6 +23,8 @@ from tqdm import tqdm
 
 from saekit.dashboard.html import bar_chart, context, examples, fmt, line_chart, page, table
 from saekit.errors import SaekitError
+from saekit.eval.controls import CONTROLS
+from saekit.eval.scorecard import HEADLINE, Units, beats_controls
 from saekit.rundir import RunDir
 
 SCORE_COLUMNS = ("detection", "fuzzing", "simulation")
@@ -56,14 +59,58 @@ def steering_curves(run_dir: str | Path, name: str) -> dict[str, dict[str, list[
     return out
 
 
-def _index_page(interp: dict[str, Any]) -> str:
+def shown_hook(summary: dict[str, Any]) -> str:
+    """The hook a dictionary reads, and for a transcoder the one it writes (`in → out`)."""
+    out = summary.get("output_hook")
+    return f"{summary['hook']} → {out}" if out else str(summary["hook"])
+
+
+def n_units(score_json: dict[str, Any]) -> int:
+    """How many units a scorecard score's interval resampled."""
+    return len(Units.from_json(score_json["units"]))
+
+
+def _scorecard_html(scorecard: dict[str, Any]) -> str:
+    """The scorecard `saekit eval` wrote into report.json: each dictionary's headline scores
+    with their 95% intervals, both null controls and the margin over the stronger one."""
+    rows: list[list[str]] = []
+
+    def interval(ci: list[float] | None) -> str:
+        return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+
+    for name, card in scorecard.items():
+        for section, scores in card.items():
+            for metric in HEADLINE.get(section, tuple(scores)):
+                s = scores.get(metric)
+                if s is None:
+                    continue
+                m_ci = s.get("margin_ci")
+                rows.append([
+                    escape(name), escape(section), escape(metric),
+                    f"{fmt(s['value'])} <span class=muted>{interval(s['ci'])}</span>",
+                    *(fmt(s["controls"].get(c)) for c in CONTROLS),
+                    f"{fmt(s.get('margin'))} <span class=muted>{interval(m_ci)}</span>",
+                    beats_controls(tuple(m_ci) if m_ci else None, n_units(s)),
+                    escape(s["resampled"]),
+                ])  # fmt: skip
+    heads = ["dictionary", "section", "score", "value [95% CI]", *CONTROLS, "margin [95% CI]"]
+    return (
+        "<h2>Scorecard</h2><p class=muted>From report.json (<code>saekit eval</code>): margins "
+        "are over the stronger null control (random directions with the dictionary's norms, "
+        "the untrained dictionary), sign-adjusted so that &gt; 0 is better; intervals are "
+        "percentile bootstraps over the units named in the last column.</p>"
+        + table([*heads, "beats controls", "resampled"], rows)
+    )
+
+
+def _index_page(interp: dict[str, Any], scorecard: dict[str, Any] | None = None) -> str:
     rows: list[list[str]] = []
     notes: list[str] = []
     for name, s in interp["saes"].items():
         ctrl = s.get("controls", {})
         cells = [
             f'<a href="{escape(name)}/index.html">{escape(name)}</a>',
-            escape(s["hook"]),
+            escape(shown_hook(s)),
             fmt(s["d_sae"]),
             fmt(s["alive"]),
             fmt(s["scored"]),
@@ -91,6 +138,7 @@ def _index_page(interp: dict[str, Any]) -> str:
         "explainer). In brackets: the same scores on a feature subset and on null controls.</p>"
         + table(["dictionary", "hook", "d_sae", "alive", "scored", *SCORE_COLUMNS], rows)
         + "".join(f"<p>{n}</p>" for n in notes)
+        + (_scorecard_html(scorecard) if scorecard else "")
     )
     return page("saekit dashboard", body, depth=0)
 
@@ -142,7 +190,7 @@ def _table_page(name: str, summary: dict[str, Any], rows: list[dict[str, Any]]) 
     )
     body = (
         f'<p><a href="../index.html">all dictionaries</a></p><h1>{escape(name)}</h1>'
-        f'<p class="muted">hook {escape(summary["hook"])} · {summary["d_sae"]} features · '
+        f'<p class="muted">hook {escape(shown_hook(summary))} · {summary["d_sae"]} features · '
         f"{summary['alive']} fired on {summary['n_tokens']:,} held-out tokens · "
         f"{summary['scored']} scored. Click a header to sort.</p>{controls}"
         f'<table id="features" class="features"><thead><tr>{head}</tr></thead>'
@@ -218,6 +266,14 @@ def _feature_page(name: str, f: dict[str, Any], curve: dict[str, list[float]] | 
     return page(f"{name} feature {i}", "\n".join(parts), depth=1)
 
 
+def write_assets(site: Path) -> None:
+    """The stylesheet and table script under site/assets/ (pages link them relatively)."""
+    assets = resources.files("saekit.dashboard") / "assets"
+    (site / "assets").mkdir(parents=True, exist_ok=True)
+    for fname in ("style.css", "table.js"):
+        (site / "assets" / fname).write_text((assets / fname).read_text())
+
+
 def build_dashboard(
     run_dir: str | Path, out_dir: str | Path | None = None, **interp_kwargs: Any
 ) -> Path:
@@ -229,10 +285,7 @@ def build_dashboard(
         raise SaekitError(f"{run.path} is not a directory; pass a run directory of `saekit train`.")
     interp = load_interp(run.path) or run_interp_eval(run.path, **interp_kwargs)
     site = Path(out_dir) if out_dir is not None else run.dashboard
-    assets = resources.files("saekit.dashboard") / "assets"
-    (site / "assets").mkdir(parents=True, exist_ok=True)
-    for fname in ("style.css", "table.js"):
-        (site / "assets" / fname).write_text((assets / fname).read_text())
+    write_assets(site)
     for name, summary in interp["saes"].items():
         src = run.path / summary["features_dir"]
         if not (src / "table.json").is_file():
@@ -253,8 +306,10 @@ def build_dashboard(
             feat = json.loads(f.read_text())
             page_html = _feature_page(name, feat, curves.get(str(feat["index"])))
             _write(dest / f"{feat['index']}.html", page_html)
-    _write(site / "index.html", _index_page(interp))
+    report = run.read_json(run.report)
+    scorecard = report.get("scorecard") if isinstance(report, dict) else None
+    _write(site / "index.html", _index_page(interp, scorecard))
     return site / "index.html"
 
 
-__all__ = ["build_dashboard", "context", "steering_curves"]
+__all__ = ["build_dashboard", "context", "steering_curves", "write_assets"]

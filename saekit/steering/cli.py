@@ -75,7 +75,7 @@ def cmd_steer(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace, run_dir: str) -> None:
     from saekit.models.hooks import build_hooked_model
-    from saekit.steering.api import feature_edit, resolve_dictionary, steer_generate
+    from saekit.steering.api import feature_edits, resolve_dictionary, steer_generate
     from saekit.steering.directions import diffmean_direction, load_vector, unit
     from saekit.steering.interventions import AddDirection, PositionalEdit
 
@@ -86,10 +86,10 @@ def _generate(args: argparse.Namespace, run_dir: str) -> None:
     if args.model is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=args.model))
     model = build_hooked_model(recipe.model)
-    edit: PositionalEdit
+    edits: dict[str, PositionalEdit]
     if args.feature is not None:
         sae = sae.to(model.device)
-        edit = feature_edit(sae, args.feature, args.strength, args.clamp, args.from_pos)
+        edits = feature_edits(sae, args.feature, args.strength, args.clamp, args.from_pos, hook)
         what = f"{name} feature {args.feature}"
     else:
         if args.strength is None or args.clamp is not None:
@@ -104,14 +104,14 @@ def _generate(args: argparse.Namespace, run_dir: str) -> None:
             concepts, neutral = evals_concept_texts((args.diffmean,))
             v_D = diffmean_direction(model, hook, concepts[args.diffmean], neutral)
             what = f"DiffMean {args.diffmean}"
-        edit = AddDirection(v_D, args.strength, args.from_pos)
+        edits = {hook: AddDirection(v_D, args.strength, args.from_pos)}
     base = steer_generate(model, args.prompt, None, args.tokens, args.temperature, args.seed)
-    edits = {hook: edit}
     steered = steer_generate(model, args.prompt, edits, args.tokens, args.temperature, args.seed)
     how = f"strength {args.strength}" if args.clamp is None else f"clamped to {args.clamp}"
     print(f"prompt:    {args.prompt!r}")
     print(f"unsteered: {base!r}")
-    print(f"steered:   {steered!r}   ({what} at {hook}, {how}, from position {args.from_pos})")
+    at = list(edits)[-1]  # a transcoder's feature is written at its output hook
+    print(f"steered:   {steered!r}   ({what} at {at}, {how}, from position {args.from_pos})")
 
 
 def _compare(args: argparse.Namespace, runs: list[str]) -> None:

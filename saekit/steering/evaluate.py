@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from saekit.config import to_dict
 from saekit.dictionaries import load_dictionary
@@ -111,7 +112,7 @@ def run_steering_eval(
     for hook, dirs in by_hook.items():
         if labelled:
             concepts, neutral = labelled
-            for concept, texts in concepts.items():
+            for concept, texts in tqdm(concepts.items(), desc=f"DiffMean {hook}", unit="concept"):
                 v = diffmean_direction(model, hook, texts, neutral)
                 dirs.append(Direction(f"diffmean:{concept}", "diffmean", hook, v, []))
         rand_KD = random_directions(model.width(hook), cfg.n_random, cfg.seed)

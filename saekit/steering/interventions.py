@@ -12,6 +12,10 @@ means the same absolute tokens with or without a cache.
 Clamping goes through the dictionary but keeps its error term: with x̂ = decode(z),
 h' = decode(z') + (h − x̂) = h + (z'_i − z_i) d_i when only latent i changes, so nothing the
 dictionary fails to reconstruct is lost.
+
+A transcoder's feature reads one hook (an MLP's input) and writes another (its output): its
+direction d_i is added at the output hook, and its clamp reads z_i from the input recorded by
+`RecordInput` earlier in the same forward, then adds (value − z_i) d_i to the MLP's own output.
 """
 
 from __future__ import annotations
@@ -97,25 +101,50 @@ class RowDirections(PositionalEdit):
         return h_BTD + self._mask_T(h_BTD)[None, :, None] * step_BD[:, None, :]
 
 
-class ClampFeature(PositionalEdit):
-    """Set latent `index` of `sae` to `value` at positions ≥ from_pos, keeping the error term."""
+class RecordInput(PositionalEdit):
+    """Passes a transcoder's input hook on unchanged, keeping it for `ClampFeature`."""
 
-    def __init__(self, sae: Dictionary, index: int, value: float, from_pos: int = 0) -> None:
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.last: Tensor | None = None
+
+    def __call__(self, h_BTD: Tensor) -> Tensor:
+        self.last = h_BTD
+        return h_BTD
+
+
+class ClampFeature(PositionalEdit):
+    """Set latent `index` of `sae` to `value` at positions ≥ from_pos, keeping the error term
+    (a transcoder: z from the input `source` recorded, the edit at its output hook)."""
+
+    def __init__(
+        self,
+        sae: Dictionary,
+        index: int,
+        value: float,
+        from_pos: int = 0,
+        source: RecordInput | None = None,
+    ) -> None:
         super().__init__(from_pos)
         check_feature(index, sae.d_sae)
         if not math.isfinite(value):
             raise SaekitError(f"Clamp value must be a finite number, got {value}.")
-        self.sae, self.index, self.value = sae, index, float(value)
+        if sae.is_transcoder and source is None:
+            raise SaekitError("A transcoder's clamp reads its input hook: pass a RecordInput.")
+        self.sae, self.index, self.value, self.source = sae, index, float(value), source
 
     @torch.no_grad()
     def __call__(self, h_BTD: Tensor) -> Tensor:
-        B, T, D = h_BTD.shape
+        x_BTD = h_BTD if self.source is None else self.source.last
+        if x_BTD is None:
+            raise SaekitError("The transcoder's input hook did not run before its output hook.")
+        B, T, D = x_BTD.shape
         if self.sae.d_in != D:
             raise SaekitError(
                 f"The dictionary reads width {self.sae.d_in} but the hook has width {D}; "
                 "clamp at the hook the dictionary was trained on."
             )
-        z_N = self.sae.encode(h_BTD.reshape(B * T, D).float())[:, self.index]
+        z_N = self.sae.encode(x_BTD.reshape(B * T, D).float())[:, self.index]
         delta_BT = (self.value - z_N).reshape(B, T) * self._mask_T(h_BTD)[None, :]
         d_D = self.sae.W_dec[self.index].to(h_BTD)
         return h_BTD + delta_BT[..., None].to(h_BTD) * d_D

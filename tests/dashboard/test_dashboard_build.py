@@ -30,7 +30,8 @@ def test_run_interp_eval_writes_summary_table_and_feature_files(dash_run, dash_c
         "dictionary_subset",
     ):
         assert key in s
-    assert set(s["controls"]) == {"shuffled", "random"}
+    assert set(s["controls"]) == {"shuffled", "random", "init"}
+    assert set(s["scores"]["detection"]["controls"]) == {"random", "init"}  # not shuffled
     rows = json.loads((dash_run / s["features_dir"] / "table.json").read_text())
     scored = [r for r in rows if r["detection"] is not None]
     assert s["scored"] == len(scored) > 0  # the summary is the mean over the scored rows
@@ -104,3 +105,24 @@ def test_steering_curves_read_the_steer_layout(tmp_path):
     (tmp_path / "steering.json").write_text(json.dumps(report))
     assert steering_curves(tmp_path, SAE_NAME) == {"7": {"kl": [0.051, 0.1], "score": [0.2, 0.4]}}
     assert steering_curves(tmp_path / "missing", SAE_NAME) == {}
+
+
+def test_index_shows_the_scorecard_of_report_json(dash_run, dash_cfg):
+    import numpy as np
+
+    from saekit.eval.scorecard import Units, score
+
+    run_interp_eval(dash_run, cfg=dash_cfg, progress=False)
+    rng = np.random.default_rng(0)
+
+    def units(mean: float) -> Units:
+        return Units("held-out windows", "w", rng.normal(mean, 0.01, 20), np.ones(20))
+
+    ev = score(units(0.8), {"random": units(0.1), "init": units(0.3)})
+    card = {SAE_NAME: {"core": {"explained_variance": ev.to_json(), "mse": ev.to_json()}}}
+    (dash_run / "report.json").write_text(json.dumps({"scorecard": card}))
+    index = build_dashboard(dash_run).read_text()
+    row = index[index.index("<h2>Scorecard</h2>") :].split("<tr>")[2]  # header, then our row
+    assert "explained_variance" in row and f"{ev.value:.3g}"[:4] in row
+    assert f"{ev.controls['random']:.3g}"[:4] in row and ">yes<" in row
+    assert "20 held-out windows" in row and "mse" not in index  # headline scores only
