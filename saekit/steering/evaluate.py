@@ -1,6 +1,10 @@
 """`run_steering_eval`: the steering score of a run's features, with DiffMean and random
 directions at the same hooks as references; writes steering.json and PNG plots.
 
+steering.json's "study" holds, per site, every method's means with 95% intervals at every KL
+budget, its controls, its concept-vs-ΔCE Pareto area and the paired differences between methods
+(study.py); steering-study.png draws concept gain against ΔCE with the interval bands.
+
 Per hook, one `SiteStudy` holds the dictionary features, the DiffMean directions built there
 from labelled text sets, and `n_random` random directions. Every direction is calibrated to the
 same KL budgets, so rows of the table compare methods at equal disruption of the model.
@@ -32,9 +36,10 @@ from saekit.steering.directions import (
     vocab_targets,
 )
 from saekit.steering.judge import Judge, JudgeConfig
-from saekit.steering.plots import plot_score_vs_kl
+from saekit.steering.plots import plot_concept_vs_ce, plot_score_vs_kl
 from saekit.steering.protocol import SiteStudy, SteeringConfig
 from saekit.steering.score import MEANS, measure_curves, score_site, summarize
+from saekit.steering.study import site_study
 
 Labelled = tuple[dict[str, list[str]], list[str]]
 """({concept: texts}, neutral texts) for DiffMean directions."""
@@ -108,6 +113,7 @@ def run_steering_eval(
         "config": to_dict(cfg),
         "sites": {},
         "table": [],
+        "study": {},
     }
     for hook, dirs in by_hook.items():
         if labelled:
@@ -130,6 +136,8 @@ def run_steering_eval(
             "plot": str(plot),
         }
         report["table"] += rows
+        report["study"][hook] = site_study(results, cfg.kl_targets, cfg.n_boot, cfg.seed)
+    report["study_plot"] = str(plot_concept_vs_ce(report["study"], out.steering_study_plot))
     write_json(out.steering, report)
     return report
 
