@@ -133,7 +133,8 @@ def score_site(study: SiteStudy, curves: Curves) -> dict[str, Any]:
             if isinstance(s, Setting):
                 sel = _scores(study, s, n, study.sel)
                 per = _per_prompt(study, s, n, study.eval)
-                row.update({"score_sel": sel["score"], **{k: float(v.mean()) for k, v in per.items()}})
+                row["score_sel"] = sel["score"]
+                row.update({k: float(v.mean()) for k, v in per.items()})
                 row["per_prompt"] = {k: _rounded(per[k]) for k in PER_PROMPT}
                 row["delta_ce_ref"] = (
                     s.ce_ref - study.base.ce_ref

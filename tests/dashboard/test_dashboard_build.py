@@ -134,7 +134,8 @@ def test_index_links_the_steering_study_when_present(dash_run, dash_cfg):
     assert "Steering study" not in (dash_run / "dashboard" / "index.html").read_text()
     steering = json.loads((dash_run / "steering.json").read_text())
     auc = {"mean": 0.4125, "lo": 0.25, "hi": 0.5}
-    steering["study"] = {"blocks.0.hook_resid_post": {"methods": {"topk": {"directions": 32, "pareto_auc": auc}}}}
+    topk = {"directions": 32, "pareto_auc": auc}
+    steering["study"] = {"blocks.0.hook_resid_post": {"methods": {"topk": topk}}}
     (dash_run / "steering.json").write_text(json.dumps(steering))
     (dash_run / "steering-study.png").write_bytes(b"\x89PNG fake")
     build_dashboard(dash_run)

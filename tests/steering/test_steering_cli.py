@@ -167,8 +167,9 @@ def test_steer_compare_prints_the_study_and_rejects_bad_counts(steer_run, tmp_pa
     assert main([*base, "--no-diffmean"]) == 0
     out = capsys.readouterr().out
     assert "Pareto area" in out and "steering-study.png" in out
+    written = (tmp_path / "o" / "steering.json").read_text()
     for bad, message in ((["--concepts", "0"], "--concepts must be 1..32"),
                          (["--features", "0"], "--features must be ≥ 1")):
         assert main([*base, *bad]) == 2
         assert message in capsys.readouterr().err
-    assert not (tmp_path / "o" / "steering.json").read_text() == ""
+    assert (tmp_path / "o" / "steering.json").read_text() == written  # bad input: untouched

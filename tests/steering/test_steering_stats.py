@@ -116,8 +116,9 @@ def _direction(kind: str, rows: list[tuple[float, float, list[float]]]) -> dict:
     curve = []
     for kappa, ce, c_P in rows:
         per = {"score": c_P, "concept_gain": c_P, "fluency": [1.0] * len(c_P)}
+        c = float(np.mean(c_P))
         curve.append(
-            {"kappa": kappa, "reached": True, "delta_ce_ref": ce, "concept_gain": float(np.mean(c_P)),
+            {"kappa": kappa, "reached": True, "delta_ce_ref": ce, "concept_gain": c,
              "per_prompt": per}
         )
     return {"kind": kind, "curve": curve}
