@@ -55,9 +55,9 @@ def plot_concept_vs_ce(study: dict[str, Any], path: Path) -> Path:
                 continue
             xs = [0.0] + [b["delta_ce_ref"] for b in pts]
             c = [b["concept_gain"] for b in pts]
-            ax.plot(xs, [0.0] + [x["mean"] for x in c], marker="o", label=method)
+            (line,) = ax.plot(xs, [0.0] + [x["mean"] for x in c], marker="o", label=method)
             lo, hi = [0.0] + [x["lo"] for x in c], [0.0] + [x["hi"] for x in c]
-            ax.fill_between(xs, lo, hi, alpha=0.2)
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
         ax.set_xlabel("ΔCE on held-out text (nats)")
         ax.set_ylabel("concept gain c (95% interval)")
         ax.set_title(hook, fontsize=9)
