@@ -30,7 +30,7 @@ from saekit.rundir import RunDir, write_json
 from saekit.steering.directions import (
     Direction,
     dictionary_direction,
-    diffmean_direction,
+    diffmean_directions,
     maxact_targets,
     random_directions,
     vocab_targets,
@@ -118,8 +118,9 @@ def run_steering_eval(
     for hook, dirs in by_hook.items():
         if labelled:
             concepts, neutral = labelled
-            for concept, texts in tqdm(concepts.items(), desc=f"DiffMean {hook}", unit="concept"):
-                v = diffmean_direction(model, hook, texts, neutral)
+            made = diffmean_directions(model, hook, concepts, neutral)
+            for concept, v in tqdm(made, desc=f"DiffMean {hook}", total=len(concepts),
+                                   unit="concept"):
                 dirs.append(Direction(f"diffmean:{concept}", "diffmean", hook, v, []))
         rand_KD = random_directions(model.width(hook), cfg.n_random, cfg.seed)
         dirs += [Direction(f"random:{j}", "random", hook, v, []) for j, v in enumerate(rand_KD)]
