@@ -98,7 +98,9 @@ class TrainableDictionary(Dictionary):
             W_enc_DS = torch.randn(self.d_in, self.d_sae, generator=gen)
             self.W_enc = nn.Parameter(W_enc_DS / W_enc_DS.norm(dim=0, keepdim=True))
         else:
-            self.W_enc = nn.Parameter(W_dec_SO.T.clone())
+            # Row-major D×S, not a transposed view of W_dec's layout: the fused Adam step
+            # copies a non-contiguous parameter, its gradient and both moments in and out.
+            self.W_enc = nn.Parameter(W_dec_SO.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         # The trainer overwrites b_dec with the geometric median of a sample before step 0.
         self.b_dec = nn.Parameter(torch.zeros(self.d_out))

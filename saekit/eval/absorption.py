@@ -85,6 +85,9 @@ class AbsorptionConfig:
     epoch; 4096 with per_letter 0 is SAEBench's exact setting."""
     sparse_probe_l1: float = 0.01
     """L1 penalty of that probe (weight decay 1e-6)."""
+    controls: bool = True
+    """Also score the null controls (random directions, the initialization) on the same
+    prompts: no further model forwards, one sparse probe per control."""
 
     def letter_training(self) -> ProbeTraining:
         return ProbeTraining(self.probe_epochs, weight_decay=1e-4, batch_size=self.probe_batch_size)
@@ -160,21 +163,43 @@ def word_absorption(
     return fraction, full
 
 
-def evaluate_absorption(
+@dataclass
+class LetterHits:
+    """One letter's probe true positives on the test split, re-prompted: dictionary-free."""
+
+    letter: int
+    """Index into LETTERS."""
+    probe_f1: float
+    """Test F1 of the letter probe."""
+    x_hit: Tensor
+    """Activations of the fresh prompts of the probe's true positives (one row each)."""
+
+
+@dataclass
+class AbsorptionData:
+    """Everything of the absorption eval that does not depend on the dictionary: the prompts'
+    activations, the letter probe and its true positives. Built once per hook, it scores any
+    number of dictionaries (a dictionary and its null controls) without another model forward."""
+
+    x_tr: Tensor
+    x_te: Tensor
+    y_tr: np.ndarray
+    y_te: np.ndarray
+    W_probe: Tensor
+    """Letter probe weights (26 × d_in)."""
+    letters: list[LetterHits]
+    n_tokens: int
+    """Alphabetic tokens sampled."""
+
+
+def absorption_data(
     model: HookedModel,
-    sae: Dictionary,
     hook: str,
     cfg: AbsorptionConfig = AbsorptionConfig(),
     vocab: list[str] | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """First-letter absorption of `sae` at `hook` (its residual stream, as in SAEBench)."""
-    if sae.d_in != model.width(hook):
-        raise SaekitError(
-            f"The dictionary reads d_in={sae.d_in} but hook {hook!r} has width "
-            f"{model.width(hook)}; evaluate it at the hook it was trained on."
-        )
-    sae = sae.eval()
+) -> AbsorptionData:
+    """The model forwards and the letter probe of the absorption eval at `hook`."""
     if vocab is None:
         vocab = stratified_sample(alpha_tokens(model.tokenizer), cfg.per_letter, cfg.seed)
     rng = random.Random(cfg.seed)
@@ -191,41 +216,77 @@ def evaluate_absorption(
     onehot = torch.nn.functional.one_hot(torch.from_numpy(y_tr), len(LETTERS)).float()
     W_probe, b_probe = train_probe(x_tr, onehot, cfg.letter_training(), cfg.seed)
     probe_te = (x_te @ W_probe.T + b_probe).numpy()
-
-    def encode(x: Tensor) -> Tensor:
-        return sae.encode(x.to(sae.W_dec)).float().cpu()
-
-    with torch.no_grad():
-        codes_tr, codes_te = encode(x_tr), encode(x_te)
-    sparse_onehot = torch.nn.functional.one_hot(torch.from_numpy(y_tr)).float()
-    W_sparse, _ = train_probe(
-        x_tr, sparse_onehot, cfg.sparse_training(), cfg.seed, encode, sae.d_sae
-    )
-    W_dec = sae.W_dec.detach().float().cpu()
-    letters: list[dict[str, Any]] = []
+    letters = []
     for letter in range(len(LETTERS)):
         if not ((y_tr == letter).any() and (y_te == letter).any()):
             continue  # a letter absent from a split has no probe to score (SAEBench fails)
-        probe_f1 = f1(y_te == letter, probe_te[:, letter] > 0)
-        scores, feats = k_sparse_f1(codes_tr, y_tr, codes_te, y_te, W_sparse, letter, cfg.max_k)
-        main = split_features(scores, feats, cfg.f1_jump)
         hits = [p.word for p, s in zip(test, probe_te[:, letter]) if p.label == letter and s > 0]
         if not hits:
             continue
         prompts = [icl_prompt(w, vocab, rng, cfg.prompt_template, cfg.n_examples) for w in hits]
         with torch.no_grad():
             x_hit = acts(prompts, f"absorption: letter {LETTERS[letter]}")
-            direction = W_probe[letter] / W_probe[letter].norm()
+        probe_f1 = f1(y_te == letter, probe_te[:, letter] > 0)
+        letters.append(LetterHits(letter, probe_f1, x_hit))
+    return AbsorptionData(x_tr, x_te, y_tr, y_te, W_probe, letters, len(vocab))
+
+
+def score_absorption(
+    data: AbsorptionData, sae: Dictionary, cfg: AbsorptionConfig = AbsorptionConfig()
+) -> dict[str, Any]:
+    """First-letter absorption of `sae` on activations gathered by `absorption_data`."""
+    if sae.d_in != data.x_tr.shape[1]:
+        raise SaekitError(
+            f"The dictionary reads d_in={sae.d_in} but the hook has width "
+            f"{data.x_tr.shape[1]}; evaluate it at the hook it was trained on."
+        )
+    sae = sae.eval()
+
+    def encode(x: Tensor) -> Tensor:
+        return sae.encode(x.to(sae.W_dec)).float().cpu()
+
+    y_tr, y_te = data.y_tr, data.y_te
+    with torch.no_grad():
+        codes_tr, codes_te = encode(data.x_tr), encode(data.x_te)
+    sparse_onehot = torch.nn.functional.one_hot(torch.from_numpy(y_tr)).float()
+    W_sparse, _ = train_probe(
+        data.x_tr, sparse_onehot, cfg.sparse_training(), cfg.seed, encode, sae.d_sae
+    )
+    W_dec = sae.W_dec.detach().float().cpu()
+    letters: list[dict[str, Any]] = []
+    for hit in data.letters:
+        letter = hit.letter
+        scores, feats = k_sparse_f1(codes_tr, y_tr, codes_te, y_te, W_sparse, letter, cfg.max_k)
+        main = split_features(scores, feats, cfg.f1_jump)
+        with torch.no_grad():
+            direction = data.W_probe[letter] / data.W_probe[letter].norm()
             cos_S = torch.nn.functional.cosine_similarity(direction[None], W_dec, dim=-1)
             pairs = [word_absorption(x, z, direction, cos_S, main)
-                     for x, z in zip(x_hit, encode(x_hit))]  # fmt: skip
+                     for x, z in zip(hit.x_hit, encode(hit.x_hit))]  # fmt: skip
         letters.append({
-            "letter": LETTERS[letter], "probe_f1": probe_f1, "k_sparse_f1": scores,
-            "split_features": main, "num_probe_true_positives": len(hits),
+            "letter": LETTERS[letter], "probe_f1": hit.probe_f1, "k_sparse_f1": scores,
+            "split_features": main, "num_probe_true_positives": len(hit.x_hit),
             "mean_absorption_fraction": float(np.mean([p[0] for p in pairs])),
             "full_absorption_rate": float(np.mean([p[1] for p in pairs])),
         })  # fmt: skip
-    return summarize_absorption(letters, len(vocab), cfg)
+    return summarize_absorption(letters, data.n_tokens, cfg)
+
+
+def evaluate_absorption(
+    model: HookedModel,
+    sae: Dictionary,
+    hook: str,
+    cfg: AbsorptionConfig = AbsorptionConfig(),
+    vocab: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """First-letter absorption of `sae` at `hook` (its residual stream, as in SAEBench)."""
+    if sae.d_in != model.width(hook):
+        raise SaekitError(
+            f"The dictionary reads d_in={sae.d_in} but hook {hook!r} has width "
+            f"{model.width(hook)}; evaluate it at the hook it was trained on."
+        )
+    return score_absorption(absorption_data(model, hook, cfg, vocab, progress), sae, cfg)
 
 
 def summarize_absorption(

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.kernels.csr import CsrOps, CsrPattern
+from saekit.kernels.csr import CsrOps, CsrPattern, grad_like
 
 
 class CsrDecode(torch.autograd.Function):
@@ -90,7 +90,7 @@ class CsrPreActs(torch.autograd.Function):
         g_x_BD = g_W_enc_DS = g_b_enc_S = g_b_in_D = None
         if ctx.needs_input_grad[2]:
             xc_BD = x_BD.to(wide) if b_in_D is None else x_BD.to(wide) - b_in_D.to(wide)
-            g_W_enc_DS = ops.latents_matmul(p, g_N, xc_BD).to(dtype).t()
+            g_W_enc_DS = grad_like(ops.latents_matmul(p, g_N, xc_BD).to(dtype), W_enc_DS)
         g_b_enc_full_S = g_N.new_zeros(p.S).index_add_(0, p.col_N, g_N)
         if ctx.needs_input_grad[3]:
             g_b_enc_S = g_b_enc_full_S.to(dtype)

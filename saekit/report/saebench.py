@@ -7,8 +7,9 @@ Scorecard scores (eval/scorecard.py's `Score`):
                     tasks, the null controls probed on the same tasks (paired margins); the
                     residual-stream probe (the ceiling) is in the entry, not a control
     absorption      absorption_fraction, full_absorption (lower is better): means over the
-                    letters whose probe F1 passes, interval over those letters; no controls
-                    (each control would repeat the whole eval's model forwards)
+                    letters whose probe F1 passes, interval over those letters, the null
+                    controls scored on the same prompts and letters (paired margins; the
+                    model forwards and the letter probe are shared, eval/absorption.py)
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 
 from saekit.data.tasks import ProbingTask, load_tasks
 from saekit.dictionaries import load_dictionary
-from saekit.eval.absorption import AbsorptionConfig, evaluate_absorption
+from saekit.errors import SaekitError
+from saekit.eval.absorption import AbsorptionConfig, absorption_data, score_absorption
+from saekit.eval.controls import control_dictionaries
 from saekit.eval.probing import RESIDUAL, ProbingConfig, evaluate_probing
 from saekit.eval.scorecard import Score, Units, score
 from saekit.models.hooks import HookedModel
@@ -70,16 +73,29 @@ def saebench_evals(
                 report["saes"][name]["probing_k1"] = entry["top_k"].get("k=1")
                 report["saes"][name]["probing_k5"] = entry["top_k"].get("k=5")
     if absorption is not None:
-        results = {}
+        absorbed: dict[str, Any] = {}
         for hook, saes in by_hook.items():
+            for name, sae in saes.items():  # before the forwards, not after
+                if sae.d_in != model.width(hook):
+                    raise SaekitError(
+                        f"{name} reads d_in={sae.d_in} but hook {hook!r} has width "
+                        f"{model.width(hook)}; evaluate it at the hook it was trained on."
+                    )
+            data = absorption_data(model, hook, absorption)
             for name, sae in saes.items():
-                res = results[name] = evaluate_absorption(model, sae, hook, absorption)
-                summary = {k: v for k, v in res.items() if k not in ("per_letter", "config")}
-                summary["scores"] = absorption_scores(res, absorption.min_probe_f1, seed)
-                report["saes"][name]["absorption"] = summary
+                res = absorbed[name] = score_absorption(data, sae, absorption)
+                controls = {}
+                if absorption.controls:
+                    for c, control in control_dictionaries(sae, seed).items():
+                        controls[c] = absorbed[f"{name}/{c}"] = score_absorption(
+                            data, control, absorption
+                        )
+                report["saes"][name]["absorption"] = absorption_summary(
+                    res, controls, absorption.min_probe_f1, seed
+                )
                 report["saes"][name]["absorption_fraction"] = res["mean_absorption_fraction"]
                 report["saes"][name]["full_absorption"] = res["mean_full_absorption"]
-        write_json(out.absorption, results)
+        write_json(out.absorption, absorbed)
 
 
 def probing_tasks(cfg: ProbingConfig) -> list[ProbingTask]:
@@ -117,18 +133,59 @@ def probing_summary(res: dict[str, Any], name: str, seed: int = 0) -> dict[str, 
     }
 
 
+ABSORPTION_METRICS = (
+    ("absorption_fraction", "mean_absorption_fraction", "mean_absorption_fraction"),
+    ("full_absorption", "full_absorption_rate", "mean_full_absorption"),
+)
+"""Scorecard name, per-letter column and summary key of each absorption score."""
+
+
+def absorption_summary(
+    res: dict[str, Any],
+    controls: dict[str, dict[str, Any]],
+    min_probe_f1: float,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One dictionary's absorption entry: its means, the controls' means, its margin over the
+    stronger control (the one with less absorption) and the scorecard's scores. Lower is
+    better, so the margin is control − dictionary: > 0 means less absorption than both."""
+    summary = {k: v for k, v in res.items() if k not in ("per_letter", "config")}
+    summary["controls"] = {
+        c: {key: r[key] for _, _, key in ABSORPTION_METRICS} for c, r in controls.items()
+    }
+    summary["margin_over_strongest_control"] = {
+        metric: min(r[key] for r in controls.values()) - res[key]
+        for metric, _, key in ABSORPTION_METRICS
+        if controls and res[key] is not None and all(r[key] is not None for r in controls.values())
+    }
+    summary["scores"] = absorption_scores(res, min_probe_f1, seed, controls)
+    return summary
+
+
 def absorption_scores(
-    res: dict[str, Any], min_probe_f1: float, seed: int = 0
+    res: dict[str, Any],
+    min_probe_f1: float,
+    seed: int = 0,
+    controls: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Mean absorption fraction and full-absorption rate over the letters kept in the means."""
+    """Mean absorption fraction and full-absorption rate over the letters kept in the means,
+    with the controls' rates on the same letters (paired: the letter probe, and so the kept
+    letters, do not depend on the dictionary)."""
     kept = [row for row in res["per_letter"] if row["probe_f1"] > min_probe_f1]
     out: dict[str, dict[str, Any]] = {}
     if not kept:
         return out
-    for metric, column in (
-        ("absorption_fraction", "mean_absorption_fraction"),
-        ("full_absorption", "full_absorption_rate"),
-    ):
-        units = Units.mean_of([row[column] for row in kept], "letters")
-        out[metric] = score(units, higher_is_better=False, seed=seed).to_json()
+    key = "letters:" + ",".join(row["letter"] for row in kept)
+    letters = {row["letter"] for row in kept}
+    for metric, column, _ in ABSORPTION_METRICS:
+        units = Units.mean_of([row[column] for row in kept], "letters", key)
+        ctrl = {
+            c: Units.mean_of(
+                [row[column] for row in r["per_letter"] if row["letter"] in letters],
+                "letters",
+                key,
+            )
+            for c, r in (controls or {}).items()
+        }
+        out[metric] = score(units, ctrl, higher_is_better=False, seed=seed).to_json()
     return out

@@ -197,3 +197,58 @@ def test_absorption_equals_saebench(letter_world, tmp_path, monkeypatch):
     }
     assert sum(full.values()) == pytest.approx(ABSORBED)
     assert ours["letters_evaluated"] >= 20 and ours["mean_full_absorption"] > 0
+
+
+def test_controls_are_scored_on_the_same_prompts_without_model_forwards(
+    letter_world, tmp_path, monkeypatch
+):
+    """`saekit eval --absorption` scores a dictionary and its null controls on one set of
+    activations and letter probe: the controls cost no model forward, the per-letter rows of the
+    dictionary equal the one-dictionary eval's, and the scorecard pairs them by letter."""
+    from saekit.eval import absorption as absorption_module
+    from saekit.eval.controls import control_dictionaries
+    from saekit.report.saebench import absorption_summary
+
+    tok, tl, letter_dirs, _, absorbed_words = letter_world
+    model = HookedModel(tl, tok)
+    vocab = alpha_tokens(tok)
+    sae, _ = _sae(tl, letter_dirs, [tok.convert_tokens_to_ids(w) for w in absorbed_words], tmp_path)
+    cfg = AbsorptionConfig(seed=SEED, batch_size=32, sparse_probe_batch_size=64)
+    alone = evaluate_absorption(model, sae, HOOK, cfg, vocab=vocab, progress=False)
+
+    forwards = []
+    real = absorption_module.token_activations
+    monkeypatch.setattr(
+        absorption_module,
+        "token_activations",
+        lambda *a, **k: forwards.append(len(a[2])) or real(*a, **k),
+    )
+    data = absorption_module.absorption_data(model, HOOK, cfg, vocab, progress=False)
+    n_forwards = len(forwards)
+    res = absorption_module.score_absorption(data, sae, cfg)
+    controls = {
+        c: absorption_module.score_absorption(data, control, cfg)
+        for c, control in control_dictionaries(sae, seed=0).items()
+    }
+    assert len(forwards) == n_forwards  # scoring ran no model
+    assert res["per_letter"] == alone["per_letter"]
+
+    summary = absorption_summary(res, controls, cfg.min_probe_f1)
+    kept = [r["letter"] for r in res["per_letter"] if r["probe_f1"] > cfg.min_probe_f1]
+    assert len(kept) >= 20
+    for c, r in controls.items():  # the letter probe is shared, so the same letters are kept
+        assert [
+            row["letter"] for row in r["per_letter"] if row["probe_f1"] > cfg.min_probe_f1
+        ] == kept
+        assert summary["controls"][c]["mean_full_absorption"] == r["mean_full_absorption"]
+    full = summary["scores"]["full_absorption"]
+    floors = {c: r["mean_full_absorption"] for c, r in controls.items()}
+    assert full["controls"] == pytest.approx(floors)
+    best = min(floors, key=floors.__getitem__)  # lower absorption is the stronger control
+    assert full["strongest_control"] == best
+    assert full["margin"] == pytest.approx(floors[best] - res["mean_full_absorption"])
+    assert summary["margin_over_strongest_control"]["full_absorption"] == pytest.approx(
+        full["margin"]
+    )
+    lo, hi = full["margin_ci"]
+    assert lo <= full["margin"] <= hi

@@ -226,13 +226,21 @@ def test_eval_runs_sparse_probing_and_absorption_on_request(
         assert top2["controls"] == pytest.approx(floors)
         assert top2["margin"] == pytest.approx(entry["margin_over_strongest_control"]["k=2"])
         assert top2["resampled"] == "1 tasks" and "scores" not in entry
+        absorbed = report["saes"][name]["absorption"]
+        assert set(absorbed["controls"]) == {"random", "init"}  # scored on the same prompts
         fraction = report["saes"][name]["absorption_fraction"]
         if fraction is not None:
             got = card["absorption"]["absorption_fraction"]
             assert got["value"] == pytest.approx(fraction) and not got["higher_is_better"]
+            floors = {c: v["mean_absorption_fraction"] for c, v in absorbed["controls"].items()}
+            assert got["controls"] == pytest.approx(floors)
+            # Lower is better: the strongest control is the one with the least absorption.
+            margin = absorbed["margin_over_strongest_control"]["absorption_fraction"]
+            assert margin == pytest.approx(min(floors.values()) - fraction)
     probing_file = json.loads((run / "probing.json").read_text())
     assert set(probing_file) == {HOOK} and len(probing_file[HOOK]["tasks"]) == 1
-    assert set(json.loads((run / "absorption.json").read_text())) == set(names)
+    absorption_file = json.loads((run / "absorption.json").read_text())
+    assert set(absorption_file) == {f"{n}{c}" for n in names for c in ("", "/random", "/init")}
     assert "probing_k1" in summary_table(report)
 
 
