@@ -170,9 +170,14 @@ class SiteStudy:
                     f"{width}; steer at the hook the direction was learned at."
                 )
         self.prefix = Prefix(model, [hook])
-        self.alpha_max = cfg.alpha_max_multiple * self._median_norm()
-        self.base_logp_PV = last_logprobs(model, self.prompts, None, self.prefix)
-        self.base = self._settings([], full=True, base=True)[0]
+        # Norms, next-token log-probs, continuations: the unsteered baseline every score needs.
+        with tqdm(total=3, desc=f"baseline {hook}", unit="stage") as bar:
+            self.alpha_max = cfg.alpha_max_multiple * self._median_norm()
+            bar.update(1)
+            self.base_logp_PV = last_logprobs(model, self.prompts, None, self.prefix)
+            bar.update(1)
+            self.base = self._settings([], full=True, base=True)[0]
+            bar.update(1)
 
     def _median_norm(self) -> float:
         norms = []
