@@ -9,7 +9,7 @@
     report.json, *.png every measured number, plots              saekit eval
     interp.json        interpretability scores per dictionary    saekit eval, saekit dashboard
     interp/NAME/       per-feature statistics (table.json, features/I.json)
-    steering.json      steering scores (+ steering-HOOK.png)     saekit eval --steering, compare
+    steering.json      steering scores (+ steering-*.png)        saekit eval --steering, compare
     probing.json       sparse probing per task, controls         saekit eval --probing
     absorption.json    first-letter absorption per letter        saekit eval --absorption
     selection/         ranking, subset, selection.json           saekit select
@@ -111,6 +111,10 @@ class RunDir:
     @property
     def absorption(self) -> Path:
         return self.path / "absorption.json"
+
+    @property
+    def steering_study_plot(self) -> Path:
+        return self.path / "steering-study.png"
 
     def steering_plot(self, hook: str) -> Path:
         return self.path / f"steering-{hook.replace(':', '_').replace('/', '_')}.png"

@@ -60,7 +60,7 @@ def test_eval_dashboard_steer_compare_and_select_show_progress(run_dir, tmp_path
 
     steer = ["--features", "1", "--prompts", "2", "--gen-tokens", "2", "--random", "1"]
     assert main(["steer", "compare", str(run_dir), *steer, "--kl", "0.01", "--no-diffmean"]) == 0
-    starts_with_the_model_load(capsys.readouterr().err, f"steering {HOOK}")
+    starts_with_the_model_load(capsys.readouterr().err, f"baseline {HOOK}")
 
     samples = [
         {"instruction": f"question {i} about {w}", "response": f"an answer on {w}"}

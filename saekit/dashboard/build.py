@@ -2,7 +2,9 @@
 missing). Layout under RUN_DIR/dashboard/:
 
     index.html          every dictionary: summary scores next to the shuffled/random controls,
-                        and the scorecard of report.json when `saekit eval` wrote one
+                        and the scorecard of report.json when `saekit eval` wrote one, and the
+                        steering study (Pareto areas, steering-study.png) when steering.json
+                        has one (`saekit steer compare`)
     NAME/index.html     the feature table (sortable, filterable; works without JS as a table)
     NAME/I.html         feature I: contexts, quantile samples, histogram, logits, neighbours,
                         and the steering curve when RUN_DIR/steering.json has one
@@ -103,7 +105,25 @@ def _scorecard_html(scorecard: dict[str, Any]) -> str:
     )
 
 
-def _index_page(interp: dict[str, Any], scorecard: dict[str, Any] | None = None) -> str:
+def _steering_study_html(study: dict[str, Any], plot: str) -> str:
+    """Each site's Pareto areas with intervals, linking the concept-vs-ΔCE figure."""
+    rows = []
+    for hook, site in study.items():
+        for method, m in site["methods"].items():
+            auc = m.get("pareto_auc")
+            cell = f"{fmt(auc['mean'])} [{fmt(auc['lo'])}, {fmt(auc['hi'])}]" if auc else "-"
+            rows.append([escape(hook), escape(method), fmt(m["directions"]), cell])
+    return (
+        "<h2>Steering study</h2><p class=muted>From steering.json (<code>saekit steer compare"
+        "</code>): area under each method's concept-gain-vs-ΔCE frontier, 95% interval over "
+        f'features. <a href="{escape(plot)}">Concept gain vs ΔCE with interval bands</a>.</p>'
+        + table(["hook", "method", "directions", "Pareto area [95% CI]"], rows)
+    )
+
+
+def _index_page(
+    interp: dict[str, Any], scorecard: dict[str, Any] | None = None, extra: str = ""
+) -> str:
     rows: list[list[str]] = []
     notes: list[str] = []
     for name, s in interp["saes"].items():
@@ -139,6 +159,7 @@ def _index_page(interp: dict[str, Any], scorecard: dict[str, Any] | None = None)
         + table(["dictionary", "hook", "d_sae", "alive", "scored", *SCORE_COLUMNS], rows)
         + "".join(f"<p>{n}</p>" for n in notes)
         + (_scorecard_html(scorecard) if scorecard else "")
+        + extra
     )
     return page("saekit dashboard", body, depth=0)
 
@@ -308,7 +329,12 @@ def build_dashboard(
             _write(dest / f"{feat['index']}.html", page_html)
     report = run.read_json(run.report)
     scorecard = report.get("scorecard") if isinstance(report, dict) else None
-    _write(site / "index.html", _index_page(interp, scorecard))
+    steering = run.read_json(run.steering)
+    extra = ""
+    if isinstance(steering, dict) and steering.get("study") and run.steering_study_plot.is_file():
+        shutil.copy(run.steering_study_plot, site / run.steering_study_plot.name)
+        extra = _steering_study_html(steering["study"], run.steering_study_plot.name)
+    _write(site / "index.html", _index_page(interp, scorecard, extra))
     return site / "index.html"
 
 

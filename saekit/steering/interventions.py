@@ -6,6 +6,7 @@ feeds one new position at a time and sets the offset (see generate.py), so "from
 means the same absolute tokens with or without a cache.
 
     AddDirection   h_t ← h_t + α v                    for t ≥ from_pos
+    RowDirections  h_bt ← h_bt + α_b v_b              one direction and strength per row b
     ClampFeature   h_t ← h_t + (value − z_i(h_t)) d_i  for t ≥ from_pos
 
 Clamping goes through the dictionary but keeps its error term: with x̂ = decode(z),
@@ -38,6 +39,9 @@ class PositionalEdit:
         self.offset = 0
         """Absolute position of row 0 of the next activation (set by the generator)."""
 
+    def select_rows(self, rows: list[int]) -> None:
+        """The sequences (by index) the next activations hold; per-row edits follow them."""
+
     def _mask_T(self, h_BTD: Tensor) -> Tensor:
         pos_T = torch.arange(h_BTD.shape[1], device=h_BTD.device) + self.offset
         return (pos_T >= self.from_pos).to(h_BTD.dtype)
@@ -66,6 +70,35 @@ class AddDirection(PositionalEdit):
             )
         v_D = self.vector_D.to(h_BTD)
         return h_BTD + self.alpha * self._mask_T(h_BTD)[None, :, None] * v_D
+
+
+class RowDirections(PositionalEdit):
+    """h_b ← h_b + α_b·v_b: sequence s of a batch run gets its own direction and strength.
+
+    Steering many directions on many prompts in one forward: sequence s = (direction, prompt)
+    pairs flattened, and `select_rows` (called by the generator per batch) picks the rows.
+    """
+
+    def __init__(self, vectors_SD: Tensor, alphas_S: Tensor, from_pos: int = 0) -> None:
+        super().__init__(from_pos)
+        if vectors_SD.ndim != 2 or alphas_S.shape != vectors_SD.shape[:1]:
+            raise SaekitError("RowDirections needs vectors [S, D] and one strength per row [S].")
+        if not bool(torch.isfinite(alphas_S).all()):
+            raise SaekitError("Steering strengths must be finite numbers.")
+        self.vectors_SD, self.alphas_S = vectors_SD.float(), alphas_S.float()
+        self._rows = list(range(vectors_SD.shape[0]))
+
+    def select_rows(self, rows: list[int]) -> None:
+        self._rows = list(rows)
+
+    def __call__(self, h_BTD: Tensor) -> Tensor:
+        if h_BTD.shape[0] != len(self._rows) or h_BTD.shape[-1] != self.vectors_SD.shape[1]:
+            raise SaekitError(
+                f"Per-row steering holds {len(self._rows)} rows of width "
+                f"{self.vectors_SD.shape[1]}, got an activation of shape {tuple(h_BTD.shape)}."
+            )
+        step_BD = (self.alphas_S[self._rows, None] * self.vectors_SD[self._rows]).to(h_BTD)
+        return h_BTD + self._mask_T(h_BTD)[None, :, None] * step_BD[:, None, :]
 
 
 class RecordInput(PositionalEdit):

@@ -126,3 +126,20 @@ def test_index_shows_the_scorecard_of_report_json(dash_run, dash_cfg):
     assert "explained_variance" in row and f"{ev.value:.3g}"[:4] in row
     assert f"{ev.controls['random']:.3g}"[:4] in row and ">yes<" in row
     assert "20 held-out windows" in row and "mse" not in index  # headline scores only
+
+
+def test_index_links_the_steering_study_when_present(dash_run, dash_cfg):
+    run_interp_eval(dash_run, cfg=dash_cfg, progress=False)
+    build_dashboard(dash_run)
+    assert "Steering study" not in (dash_run / "dashboard" / "index.html").read_text()
+    steering = json.loads((dash_run / "steering.json").read_text())
+    auc = {"mean": 0.4125, "lo": 0.25, "hi": 0.5}
+    topk = {"directions": 32, "pareto_auc": auc}
+    steering["study"] = {"blocks.0.hook_resid_post": {"methods": {"topk": topk}}}
+    (dash_run / "steering.json").write_text(json.dumps(steering))
+    (dash_run / "steering-study.png").write_bytes(b"\x89PNG fake")
+    build_dashboard(dash_run)
+    index = (dash_run / "dashboard" / "index.html").read_text()
+    assert "Steering study" in index and 'href="steering-study.png"' in index
+    assert (dash_run / "dashboard" / "steering-study.png").read_bytes() == b"\x89PNG fake"
+    assert "0.41" in index and "0.25" in index
