@@ -5,6 +5,8 @@ missing). Layout under RUN_DIR/dashboard/:
     NAME/index.html     the feature table (sortable, filterable; works without JS as a table)
     NAME/I.html         feature I: contexts, quantile samples, histogram, logits, neighbours,
                         and the steering curve when RUN_DIR/steering.json has one
+The index links the data-selection study (RUN_DIR/selection/selection.json and its plots) when
+`saekit select RUN_DIR --evaluate` has written one.
     assets/             style.css, table.js
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from html import escape
 from importlib import resources
@@ -56,7 +59,39 @@ def steering_curves(run_dir: str | Path, name: str) -> dict[str, dict[str, list[
     return out
 
 
-def _index_page(interp: dict[str, Any]) -> str:
+def selection_section(run: RunDir, site: Path) -> str:
+    """Links to the data-selection study of `saekit select --evaluate` (its JSON and plots) and
+    its precision per method, when the run has one; else ""."""
+    data = run.read_json(run.selection_json)
+    if not isinstance(data, dict):
+        return ""
+    files = [("selection.json", run.selection_json)]
+    files += [(f"{k} plot", run.selection / Path(v).name) for k, v in data.get("plots", {}).items()]
+    links = " · ".join(
+        f'<a href="{escape(os.path.relpath(path, site))}">{escape(label)}</a>'
+        for label, path in files
+        if path.is_file()
+    )
+    retrieval = data.get("retrieval", {})
+    rows = [
+        [escape(m), *(_ci(row.get(k, {})) for k in ("precision", "auc"))]
+        for m, row in retrieval.get("summary", {}).items()
+    ]
+    return (
+        f"<h2>Data selection</h2><p>{links}</p>"
+        f'<p class="muted">{len(retrieval.get("targets", {}))} targets, pool '
+        f"{fmt(retrieval.get('pool_size'))}; mean and 95% bootstrap CI over targets.</p>"
+        + table(["method", "precision@R", "ROC-AUC"], rows)
+    )
+
+
+def _ci(ci: dict[str, Any]) -> str:
+    if "mean" not in ci:
+        return "–"
+    return f"{fmt(ci['mean'])} <span class=muted>[{fmt(ci['lo'])}, {fmt(ci['hi'])}]</span>"
+
+
+def _index_page(interp: dict[str, Any], extra: str = "") -> str:
     rows: list[list[str]] = []
     notes: list[str] = []
     for name, s in interp["saes"].items():
@@ -91,6 +126,7 @@ def _index_page(interp: dict[str, Any]) -> str:
         "explainer). In brackets: the same scores on a feature subset and on null controls.</p>"
         + table(["dictionary", "hook", "d_sae", "alive", "scored", *SCORE_COLUMNS], rows)
         + "".join(f"<p>{n}</p>" for n in notes)
+        + extra
     )
     return page("saekit dashboard", body, depth=0)
 
@@ -253,7 +289,7 @@ def build_dashboard(
             feat = json.loads(f.read_text())
             page_html = _feature_page(name, feat, curves.get(str(feat["index"])))
             _write(dest / f"{feat['index']}.html", page_html)
-    _write(site / "index.html", _index_page(interp))
+    _write(site / "index.html", _index_page(interp, selection_section(run, site)))
     return site / "index.html"
 
 

@@ -104,3 +104,31 @@ def test_steering_curves_read_the_steer_layout(tmp_path):
     (tmp_path / "steering.json").write_text(json.dumps(report))
     assert steering_curves(tmp_path, SAE_NAME) == {"7": {"kl": [0.051, 0.1], "score": [0.2, 0.4]}}
     assert steering_curves(tmp_path / "missing", SAE_NAME) == {}
+
+
+def test_index_links_the_selection_study_when_present(tmp_path):
+    from saekit.dashboard.build import selection_section
+    from saekit.rundir import RunDir, write_json
+
+    run, site = RunDir(tmp_path), tmp_path / "dashboard"
+    assert selection_section(run, site) == ""
+    run.selection.mkdir()
+    (run.selection / "selection-retrieval.png").write_bytes(b"png")
+    ci = {"mean": 0.8125, "lo": 0.75, "hi": 0.875, "n": 30}
+    write_json(
+        run.selection_json,
+        {
+            "retrieval": {
+                "targets": {f"t{i}": {} for i in range(30)},
+                "pool_size": 5572,
+                "summary": {"mona": {"precision": ci, "auc": ci}},
+            },
+            # plots named by where the study wrote them; the downstream one is missing
+            "plots": {"retrieval": "elsewhere/selection-retrieval.png", "downstream": "x.png"},
+        },
+    )
+    html = selection_section(run, site)
+    assert 'href="../selection/selection.json"' in html
+    assert 'href="../selection/selection-retrieval.png"' in html
+    assert "downstream plot" not in html
+    assert "30 targets, pool 5572" in html and "0.812" in html and "[0.750, 0.875]" in html
