@@ -35,6 +35,13 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default=None, help="output dir (default RUN_DIR/selection)")
     p.add_argument("--sae", default=None, help="which dictionary of the run (default: the first)")
     p.add_argument("--model", default=None, help="override the model spec of the run")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="score MoNA with this run's dictionary too (e.g. an SNMF), as method mona_METHOD",
+    )
     p.add_argument("--pooling", choices=["max", "mean"], default="max", help=doc["pooling"])
     p.add_argument(
         "--part", choices=["instruction", "response", "both"], default="both", help=doc["part"]
@@ -132,6 +139,8 @@ def cmd_select(args: argparse.Namespace) -> None:
         from saekit.selection.report import downstream_table, run_selection_eval
 
         selector = load_selector(args.run_dir, args.sae, args.model)
+        for other in args.also:
+            selector.also(other)
         ft = FinetuneConfig(
             n_blocks=args.ft_blocks,
             steps=args.ft_steps,
@@ -162,6 +171,8 @@ def cmd_select(args: argparse.Namespace) -> None:
     pool = load_samples(args.pool, fields, "pool")
     target = load_samples(args.target, fields, "target")
     selector = load_selector(args.run_dir, args.sae, args.model)
+    for other in args.also:
+        selector.also(other)
     report = select_data(selector, pool, target, cfg, out, baselines=not args.no_baselines)
     print(
         f"selected {report['selected']} of {report['pool_after_dedup']} pool samples "

@@ -185,7 +185,7 @@ def run_selection_eval(
     ft_models = ft_models if ft_models is not None else {"last_blocks": selector.model}
     t0 = time.perf_counter()
     study = _study(pool_spec, fields, cfg, n_categories, per_category, n_target, n_heldout)
-    probes = build_probes(selector.model, selector.sae, selector.hook, cfg, baselines=True)
+    probes = build_probes(selector.model, selector.sae, selector.hook, cfg, True, selector.extra)
     emb = embed_sets(selector.model, probes, study.pool, study.exemplars, cfg, True, progress)
     t_embed = time.perf_counter() - t0
     retrieval = retrieval_eval(emb, study, cfg, ratio)
