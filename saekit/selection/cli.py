@@ -69,6 +69,9 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--per-category", type=int, default=120, help="pool samples per category at most"
     )
+    g.add_argument(
+        "--distractors", type=int, default=10, help="lexical distractors per target (offline)"
+    )
     g.add_argument("--n-target", type=int, default=5, help="target exemplars per category")
     g.add_argument("--n-heldout", type=int, default=20, help="held-out samples per category")
     g.add_argument("--downstream", type=int, default=6, help="targets fine-tuned (0: none)")
@@ -163,6 +166,7 @@ def cmd_select(args: argparse.Namespace) -> None:
             args.downstream,
             args.ratio,
             ft_models=_ft_models(args, selector.model),
+            distractors=args.distractors,
         )
         if result["downstream"]:
             print(downstream_table(result["downstream"]))

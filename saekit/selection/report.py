@@ -141,6 +141,7 @@ def _study(
     per_category: int,
     n_target: int,
     n_heldout: int,
+    distractors: int,
 ) -> StudyPool:
     if pool_spec == "offline":
         return build_study_pool(
@@ -148,6 +149,7 @@ def _study(
             per_category=per_category,
             n_target=n_target,
             n_heldout=n_heldout,
+            distractors=distractors,
             seed=cfg.seed,
         )
     by_cat: dict[str, list[Sample]] = {}
@@ -173,6 +175,7 @@ def run_selection_eval(
     ratio: float | None = None,
     progress: bool = True,
     ft_models: dict[str, HookedModel] | None = None,
+    distractors: int = 10,
 ) -> dict[str, Any]:
     """Retrieval metrics of every method over the study's targets, then the downstream check
     on `n_downstream` of them; writes OUT_DIR/selection.json and PNGs.
@@ -184,7 +187,9 @@ def run_selection_eval(
     cfg, ft_cfg = cfg or SelectConfig(), ft_cfg or FinetuneConfig()
     ft_models = ft_models if ft_models is not None else {"last_blocks": selector.model}
     t0 = time.perf_counter()
-    study = _study(pool_spec, fields, cfg, n_categories, per_category, n_target, n_heldout)
+    study = _study(
+        pool_spec, fields, cfg, n_categories, per_category, n_target, n_heldout, distractors
+    )
     probes = build_probes(selector.model, selector.sae, selector.hook, cfg, True, selector.extra)
     emb = embed_sets(selector.model, probes, study.pool, study.exemplars, cfg, True, progress)
     t_embed = time.perf_counter() - t0
