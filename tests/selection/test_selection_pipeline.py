@@ -194,7 +194,7 @@ def test_also_scores_mona_with_a_second_dictionary(tiny, sae_dir: Path, tmp_path
     assert both.also(snmf_dir) == "mona_snmf2"
     alone = load_selector(snmf_dir, model=tiny.hooked)
     out = select_data(both, pool, target, CFG, tmp_path / "both", baselines=False, progress=False)
-    ref = select_data(alone, pool, target, CFG, tmp_path / "alone", baselines=False, progress=False)
+    select_data(alone, pool, target, CFG, tmp_path / "alone", baselines=False, progress=False)
     assert out["methods"] == ["mona", "mona_snmf", "mona_snmf2"]
     rows = [json.loads(x) for x in (tmp_path / "both" / "ranking.jsonl").read_text().splitlines()]
     by_row = {r["row"]: r["mona_snmf"] for r in rows}
