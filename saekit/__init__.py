@@ -54,6 +54,9 @@ _EXPORTS = {
     "steer_generate": "saekit.steering.api",
     "run_steering_eval": "saekit.steering.evaluate",
     "SteeringConfig": "saekit.steering.protocol",
+    # attribution
+    "attribute": "saekit.attribution.attribute",
+    "AttributeConfig": "saekit.attribution.config",
     # data selection
     "Selector": "saekit.selection.select",
     "SelectConfig": "saekit.selection.config",
@@ -93,6 +96,8 @@ __all__ = [
     "steer_generate",
     "run_steering_eval",
     "SteeringConfig",
+    "attribute",
+    "AttributeConfig",
     "Selector",
     "SelectConfig",
     "load_samples",
@@ -118,6 +123,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from saekit.activations.cache import CacheConfig
     from saekit.activations.stream import StreamConfig
     from saekit.activations.tensors import TensorStream
+    from saekit.attribution.attribute import attribute
+    from saekit.attribution.config import AttributeConfig
     from saekit.data.text import DataConfig
     from saekit.dictionaries.base import Dictionary
     from saekit.dictionaries.config import SAEConfig

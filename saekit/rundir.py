@@ -9,9 +9,12 @@
     report.json, *.png every measured number, plots              saekit eval
     interp.json        interpretability scores per dictionary    saekit eval, saekit dashboard
     interp/NAME/       per-feature statistics (table.json, features/I.json)
-    steering.json      steering scores (+ steering-HOOK.png)     saekit eval --steering, compare
+    steering.json      steering scores (+ steering-*.png)        saekit eval --steering, compare
+    probing.json       sparse probing per task, controls         saekit eval --probing
+    absorption.json    first-letter absorption per letter        saekit eval --absorption
     selection/         ranking, subset, selection.json           saekit select
     dashboard/         the static feature site                   saekit dashboard
+    attribution/       attribution.json, index.html, validation.json   saekit attribute
     run.lock           pid of the run writing here (while it runs)
 
 A directory holding one saved dictionary (cfg.json) is also accepted wherever a run is read:
@@ -101,6 +104,18 @@ class RunDir:
     def steering(self) -> Path:
         return self.path / "steering.json"
 
+    @property
+    def probing(self) -> Path:
+        return self.path / "probing.json"
+
+    @property
+    def absorption(self) -> Path:
+        return self.path / "absorption.json"
+
+    @property
+    def steering_study_plot(self) -> Path:
+        return self.path / "steering-study.png"
+
     def steering_plot(self, hook: str) -> Path:
         return self.path / f"steering-{hook.replace(':', '_').replace('/', '_')}.png"
 
@@ -115,6 +130,10 @@ class RunDir:
     @property
     def dashboard(self) -> Path:
         return self.path / "dashboard"
+
+    @property
+    def attribution(self) -> Path:
+        return self.path / "attribution"
 
     # ---- reading -----------------------------------------------------------------------------
     def is_run(self) -> bool:

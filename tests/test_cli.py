@@ -186,3 +186,16 @@ def test_smollm2_cache_on_a_tiny_budget(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["provenance"]["model"]["name"] == (
         "smollm2-135m"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("-1e-3", "train.lr must be > 0, got -0.001"), ("-0.5", "train.lr must be > 0, got -0.5")],
+)
+def test_negative_number_flag_reaches_validation(tmp_path, capsys, value, message):
+    """argparse alone takes `-1e-3` for an option ("expected one argument")."""
+    recipe = tmp_path / "ok.yaml"
+    recipe.write_text(f"train: {{output_dir: {tmp_path / 'run'}}}\n")
+    assert main(["train", str(recipe), "--train.lr", value]) == 2
+    assert_one_line_error(capsys, message, only=True)
+    assert not (tmp_path / "run").exists()

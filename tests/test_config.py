@@ -194,3 +194,14 @@ def test_every_field_has_a_docstring_that_becomes_its_help():
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Recipe().stream.batch_size = 8  # type: ignore[misc]
+
+
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; users write learning rates that way."""
+    from saekit.train.config import TrainConfig
+
+    recipe = load_recipe(Recipe, write(tmp_path, "train: {lr: 1e-3, grad_clip_norm: 2E+1}"))
+    assert recipe.train.lr == 1e-3 and recipe.train.grad_clip_norm == 20.0
+    for text in ("nan", "inf", "1e", "e3", "0x10"):
+        with pytest.raises(SaekitError, match="expected float"):
+            from_dict(TrainConfig, {"lr": text})

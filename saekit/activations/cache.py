@@ -20,13 +20,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
+from saekit.activations.progress import TokenProgress
 from saekit.activations.stream import BaseStream
 from saekit.errors import SaekitError
 from saekit.files import follow_umask
@@ -44,6 +44,9 @@ class CacheConfig:
     is refused unless overwrite)."""
     n_tokens: int = 1_000_000
     """Tokens to cache per hook."""
+    split: Literal["train", "eval"] = "train"
+    """Documents to read: train, or eval for a held-out set (the held-out documents, as
+    `saekit eval` reads them)."""
     shard_tokens: int = 262_144
     """Rows per shard file (262k rows × 576 × fp32 = 604 MB)."""
     dtype: str = "float32"
@@ -222,12 +225,16 @@ def _fill(
     pending: dict[str, list[Tensor]] = {h: [] for h in hooks}
     n_pending = 0
     written = 0
-    with tqdm(total=cfg.n_tokens, desc="caching activations", unit="tok") as bar:
+    progress = TokenProgress(cfg.n_tokens, "caching activations")
+    progress.watch(stream)
+    try:
         while written < cfg.n_tokens:
             batch = stream.next_batch()
             for h in hooks:
                 pending[h].append(batch[h])
-            n_pending += next(iter(batch.values())).shape[0]
+            n_rows = next(iter(batch.values())).shape[0]
+            n_pending += n_rows
+            progress.consume(n_rows)
             while n_pending >= cfg.shard_tokens or (
                 n_pending and written + n_pending >= cfg.n_tokens
             ):
@@ -243,10 +250,11 @@ def _fill(
                     pending[h] = [joined[rows:]]
                 n_pending -= rows
                 written += rows
-                bar.update(rows)
                 if written >= cfg.n_tokens:
                     n_pending = 0
                     break
+    finally:
+        progress.close()
     manifest["norm_factors"] = stream.norm_factors
     text = json.dumps(manifest, indent=1)
     try:

@@ -15,7 +15,7 @@ whose norms here run 10-100x the median).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,6 +74,10 @@ class BaseStream:
     """Tokens skipped because an activation of theirs was NaN/inf."""
     n_tokens_seen: int = 0
     """Tokens read before that filter (the denominator of max_nonfinite_fraction)."""
+    on_capture: Callable[[int], None] | None = None
+    """Called with the rows each model forward adds to the buffer being filled (progress
+    bars use it: a buffer fill takes minutes on a CPU); streams that run no model never call
+    it."""
 
     def next_batch(self) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -163,6 +167,8 @@ class ActivationStream(BaseStream):
                     )
                 parts[name].append(act_BTD.reshape(-1, act_BTD.shape[-1]).to("cpu", dtype))
             masks.append(keep_BT.reshape(-1).cpu())
+            if self.on_capture is not None:
+                self.on_capture(int(masks[-1].sum()))
         keep_N = torch.cat(masks)
         rows = {n: torch.cat(p) for n, p in parts.items()}
         finite_N = torch.ones_like(keep_N)

@@ -8,5 +8,6 @@ BENCHES = {
     "snmf": "saekit.bench.snmf",
     "select": "saekit.bench.select",
     "kernels": "saekit.bench.kernels",
+    "quality": "saekit.bench.quality",
 }
 """`saekit bench NAME` → module with run(**kwargs) -> dict and table(dict) -> str."""

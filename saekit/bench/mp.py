@@ -40,9 +40,9 @@ from saekit.bench.protocol import (
     MIN_ROUNDS,
     Side,
     at_threads,
-    fastest,
     protocol_block,
     run_rounds,
+    versus_peers,
 )
 from saekit.bench.protocol import thread_counts as default_threads
 from saekit.bench.train import activations
@@ -130,7 +130,6 @@ def _per_threads(sides: dict[str, Side], rounds: int, k: int) -> dict[str, Any]:
         res = run_rounds(sides, rounds=rounds, desc=f"bench mp, {n} threads")
     ms, tps = res["median_ms"], res["tokens_per_s"]
     peers = [p for p in PEERS if p in sides]
-    best = fastest(tps, peers)
     gram_ms = min(ms[s] for s in ("gram_syrk", "gram_panels") if s in ms)
     floor_ms = ms["c0_gemm"] + gram_ms
     ceiling = ms["saelens_mp"] / floor_ms
@@ -143,9 +142,7 @@ def _per_threads(sides: dict[str, Side], rounds: int, k: int) -> dict[str, Any]:
     )
     return {
         **res,
-        "fastest_peer": best,
-        "ratio_vs_anchor": tps["saekit_mp"] / tps[best],
-        "ratio_vs_peer": {p: tps["saekit_mp"] / tps[p] for p in peers},
+        **versus_peers(tps, "saekit_mp", peers),
         "ratio_vs_saelens": ratio_saelens,
         "mp_vs_topk": ms["saekit_mp"] / ms["saekit_topk"],
         "floor_ms": {"c0_gemm": ms["c0_gemm"], "symmetric_gram": gram_ms, "total": floor_ms},

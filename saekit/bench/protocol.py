@@ -139,6 +139,18 @@ def fastest(tokens_per_s: Mapping[str, float], peers: Sequence[str]) -> str:
     return max(peers, key=lambda p: tokens_per_s[p])
 
 
+def versus_peers(
+    tokens_per_s: Mapping[str, float], ours: str, peers: Sequence[str]
+) -> dict[str, Any]:
+    """`ours` against every peer and against the fastest one (the anchor)."""
+    best = fastest(tokens_per_s, peers)
+    return {
+        "fastest_peer": best,
+        "ratio_vs_anchor": tokens_per_s[ours] / tokens_per_s[best],
+        "ratio_vs_peer": {p: tokens_per_s[ours] / tokens_per_s[p] for p in peers},
+    }
+
+
 def protocol_block(
     *,
     rounds: int,

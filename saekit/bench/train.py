@@ -133,13 +133,10 @@ def _per_threads(sides: dict[str, protocol.Side], rounds: int, shape: Shape) -> 
     )
     tps, ms = res["tokens_per_s"], res["median_ms"]
     peers = [p for p in PEERS if p in sides]
-    best = protocol.fastest(tps, peers)
     saelens = protocol.fastest(tps, [p for p in peers if p.startswith("saelens")])
     return {
         **res,
-        "fastest_peer": best,
-        "ratio_vs_anchor": tps["saekit"] / tps[best],
-        "ratio_vs_peer": {p: tps["saekit"] / tps[p] for p in peers},
+        **protocol.versus_peers(tps, "saekit", peers),
         "saelens_anchor": saelens,
         "saekit_step_vs_gemm": ms["saekit"] / ms["gemm"],
         "gemm_gflops": 2 * shape.batch * shape.d_in * shape.d_sae / (ms["gemm"] / 1e3) / 1e9,

@@ -1,13 +1,17 @@
 """`saekit dashboard RUN_DIR`: a static site from the run's interp data (computed first when
 missing). Layout under RUN_DIR/dashboard/:
 
-    index.html          every dictionary: summary scores next to the shuffled/random controls
+    index.html          every dictionary: summary scores next to the shuffled/random controls,
+                        and the scorecard of report.json when `saekit eval` wrote one, and the
+                        steering study (Pareto areas, steering-study.png) when steering.json
+                        has one (`saekit steer compare`)
     NAME/index.html     the feature table (sortable, filterable; works without JS as a table)
     NAME/I.html         feature I: contexts, quantile samples, histogram, logits, neighbours,
                         and the steering curve when RUN_DIR/steering.json has one
+    assets/             style.css, table.js
+
 The index links the data-selection study (RUN_DIR/selection/selection.json and its plots) when
 `saekit select RUN_DIR --evaluate` has written one.
-    assets/             style.css, table.js
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from tqdm import tqdm
 
 from saekit.dashboard.html import bar_chart, context, examples, fmt, line_chart, page, table
 from saekit.errors import SaekitError
+from saekit.eval.controls import CONTROLS
+from saekit.eval.scorecard import HEADLINE, Units, beats_controls
 from saekit.rundir import RunDir
 
 SCORE_COLUMNS = ("detection", "fuzzing", "simulation")
@@ -91,14 +97,76 @@ def _ci(ci: dict[str, Any]) -> str:
     return f"{fmt(ci['mean'])} <span class=muted>[{fmt(ci['lo'])}, {fmt(ci['hi'])}]</span>"
 
 
-def _index_page(interp: dict[str, Any], extra: str = "") -> str:
+def shown_hook(summary: dict[str, Any]) -> str:
+    """The hook a dictionary reads, and for a transcoder the one it writes (`in → out`)."""
+    out = summary.get("output_hook")
+    return f"{summary['hook']} → {out}" if out else str(summary["hook"])
+
+
+def n_units(score_json: dict[str, Any]) -> int:
+    """How many units a scorecard score's interval resampled."""
+    return len(Units.from_json(score_json["units"]))
+
+
+def _scorecard_html(scorecard: dict[str, Any]) -> str:
+    """The scorecard `saekit eval` wrote into report.json: each dictionary's headline scores
+    with their 95% intervals, both null controls and the margin over the stronger one."""
+    rows: list[list[str]] = []
+
+    def interval(ci: list[float] | None) -> str:
+        return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+
+    for name, card in scorecard.items():
+        for section, scores in card.items():
+            for metric in HEADLINE.get(section, tuple(scores)):
+                s = scores.get(metric)
+                if s is None:
+                    continue
+                m_ci = s.get("margin_ci")
+                rows.append([
+                    escape(name), escape(section), escape(metric),
+                    f"{fmt(s['value'])} <span class=muted>{interval(s['ci'])}</span>",
+                    *(fmt(s["controls"].get(c)) for c in CONTROLS),
+                    f"{fmt(s.get('margin'))} <span class=muted>{interval(m_ci)}</span>",
+                    beats_controls(tuple(m_ci) if m_ci else None, n_units(s)),
+                    escape(s["resampled"]),
+                ])  # fmt: skip
+    heads = ["dictionary", "section", "score", "value [95% CI]", *CONTROLS, "margin [95% CI]"]
+    return (
+        "<h2>Scorecard</h2><p class=muted>From report.json (<code>saekit eval</code>): margins "
+        "are over the stronger null control (random directions with the dictionary's norms, "
+        "the untrained dictionary), sign-adjusted so that &gt; 0 is better; intervals are "
+        "percentile bootstraps over the units named in the last column.</p>"
+        + table([*heads, "beats controls", "resampled"], rows)
+    )
+
+
+def _steering_study_html(study: dict[str, Any], plot: str) -> str:
+    """Each site's Pareto areas with intervals, linking the concept-vs-ΔCE figure."""
+    rows = []
+    for hook, site in study.items():
+        for method, m in site["methods"].items():
+            auc = m.get("pareto_auc")
+            cell = f"{fmt(auc['mean'])} [{fmt(auc['lo'])}, {fmt(auc['hi'])}]" if auc else "-"
+            rows.append([escape(hook), escape(method), fmt(m["directions"]), cell])
+    return (
+        "<h2>Steering study</h2><p class=muted>From steering.json (<code>saekit steer compare"
+        "</code>): area under each method's concept-gain-vs-ΔCE frontier, 95% interval over "
+        f'features. <a href="{escape(plot)}">Concept gain vs ΔCE with interval bands</a>.</p>'
+        + table(["hook", "method", "directions", "Pareto area [95% CI]"], rows)
+    )
+
+
+def _index_page(
+    interp: dict[str, Any], scorecard: dict[str, Any] | None = None, extra: str = ""
+) -> str:
     rows: list[list[str]] = []
     notes: list[str] = []
     for name, s in interp["saes"].items():
         ctrl = s.get("controls", {})
         cells = [
             f'<a href="{escape(name)}/index.html">{escape(name)}</a>',
-            escape(s["hook"]),
+            escape(shown_hook(s)),
             fmt(s["d_sae"]),
             fmt(s["alive"]),
             fmt(s["scored"]),
@@ -126,6 +194,7 @@ def _index_page(interp: dict[str, Any], extra: str = "") -> str:
         "explainer). In brackets: the same scores on a feature subset and on null controls.</p>"
         + table(["dictionary", "hook", "d_sae", "alive", "scored", *SCORE_COLUMNS], rows)
         + "".join(f"<p>{n}</p>" for n in notes)
+        + (_scorecard_html(scorecard) if scorecard else "")
         + extra
     )
     return page("saekit dashboard", body, depth=0)
@@ -178,7 +247,7 @@ def _table_page(name: str, summary: dict[str, Any], rows: list[dict[str, Any]]) 
     )
     body = (
         f'<p><a href="../index.html">all dictionaries</a></p><h1>{escape(name)}</h1>'
-        f'<p class="muted">hook {escape(summary["hook"])} · {summary["d_sae"]} features · '
+        f'<p class="muted">hook {escape(shown_hook(summary))} · {summary["d_sae"]} features · '
         f"{summary['alive']} fired on {summary['n_tokens']:,} held-out tokens · "
         f"{summary['scored']} scored. Click a header to sort.</p>{controls}"
         f'<table id="features" class="features"><thead><tr>{head}</tr></thead>'
@@ -254,6 +323,14 @@ def _feature_page(name: str, f: dict[str, Any], curve: dict[str, list[float]] | 
     return page(f"{name} feature {i}", "\n".join(parts), depth=1)
 
 
+def write_assets(site: Path) -> None:
+    """The stylesheet and table script under site/assets/ (pages link them relatively)."""
+    assets = resources.files("saekit.dashboard") / "assets"
+    (site / "assets").mkdir(parents=True, exist_ok=True)
+    for fname in ("style.css", "table.js"):
+        (site / "assets" / fname).write_text((assets / fname).read_text())
+
+
 def build_dashboard(
     run_dir: str | Path, out_dir: str | Path | None = None, **interp_kwargs: Any
 ) -> Path:
@@ -265,10 +342,7 @@ def build_dashboard(
         raise SaekitError(f"{run.path} is not a directory; pass a run directory of `saekit train`.")
     interp = load_interp(run.path) or run_interp_eval(run.path, **interp_kwargs)
     site = Path(out_dir) if out_dir is not None else run.dashboard
-    assets = resources.files("saekit.dashboard") / "assets"
-    (site / "assets").mkdir(parents=True, exist_ok=True)
-    for fname in ("style.css", "table.js"):
-        (site / "assets" / fname).write_text((assets / fname).read_text())
+    write_assets(site)
     for name, summary in interp["saes"].items():
         src = run.path / summary["features_dir"]
         if not (src / "table.json").is_file():
@@ -289,8 +363,16 @@ def build_dashboard(
             feat = json.loads(f.read_text())
             page_html = _feature_page(name, feat, curves.get(str(feat["index"])))
             _write(dest / f"{feat['index']}.html", page_html)
-    _write(site / "index.html", _index_page(interp, selection_section(run, site)))
+    report = run.read_json(run.report)
+    scorecard = report.get("scorecard") if isinstance(report, dict) else None
+    steering = run.read_json(run.steering)
+    extra = ""
+    if isinstance(steering, dict) and steering.get("study") and run.steering_study_plot.is_file():
+        shutil.copy(run.steering_study_plot, site / run.steering_study_plot.name)
+        extra = _steering_study_html(steering["study"], run.steering_study_plot.name)
+    extra += selection_section(run, site)
+    _write(site / "index.html", _index_page(interp, scorecard, extra))
     return site / "index.html"
 
 
-__all__ = ["build_dashboard", "context", "steering_curves"]
+__all__ = ["build_dashboard", "context", "steering_curves", "write_assets"]

@@ -172,7 +172,8 @@ class TokenWindows:
         return mask
 
 
-def _special_ids(tokenizer: Any) -> list[int]:
+def special_ids(tokenizer: Any) -> list[int]:
+    """Ids of every special token (BOS, EOS, pad, ...): positions never trained on."""
     return sorted({int(i) for i in getattr(tokenizer, "all_special_ids", []) if i is not None})
 
 
@@ -225,7 +226,7 @@ def build_windows(
             partial = path.with_suffix(".partial.npy")
             np.save(partial, array)
             partial.replace(path)
-    return TokenWindows(torch.from_numpy(array), _special_ids(tokenizer))
+    return TokenWindows(torch.from_numpy(array), special_ids(tokenizer))
 
 
 def _tokenize(cfg: DataConfig, tokenizer: Any, split: Split, max_tokens: int | None) -> np.ndarray:

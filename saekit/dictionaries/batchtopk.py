@@ -89,8 +89,8 @@ class BatchTopKSAE(TrainableDictionary):
 
     threshold: Tensor
 
-    def __init__(self, cfg: SAEConfig, d_in: int) -> None:
-        super().__init__(cfg, d_in)
+    def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
+        super().__init__(cfg, d_in, d_out)
         check_k(cfg)
         self.k = cfg.k
         self.k_aux = resolve_k_aux(cfg, d_in)
@@ -119,52 +119,56 @@ class BatchTopKSAE(TrainableDictionary):
     def sparse_entries(self, x_BD: Tensor, ops: CsrOps) -> tuple[CsrPattern, Tensor]:
         """The kept entries as CSR and their ReLU'd values, differentiable through the sparse
         encoder backward (selected without autograd and without a B×S buffer)."""
-        W_enc_DS, b_enc_S, b_dec_D = self.W_enc, self.b_enc, self.b_dec
+        W_enc_DS, b_enc_S, b_in_D = self.W_enc, self.b_enc, self.input_bias
         with torch.no_grad():
-            xc_BD = x_BD.to(W_enc_DS.dtype) - b_dec_D
+            xc_BD = self.centered(x_BD)
             flat_N, pre_N = batch_topk_entries(xc_BD, W_enc_DS, b_enc_S, self.k)
         p = CsrPattern.from_flat(flat_N, (x_BD.shape[0], self.d_sae))
-        pre_N = csr_pre_acts(pre_N, x_BD, W_enc_DS, b_enc_S, b_dec_D, p, ops)
+        pre_N = csr_pre_acts(pre_N, x_BD, W_enc_DS, b_enc_S, b_in_D, p, ops)
         return p, pre_N.relu()
 
-    def _aux_k_sparse(self, x_BD: Tensor, x_hat_BD: Tensor, ctx: TrainContext) -> Tensor:
+    def _aux_k_sparse(self, x_BD: Tensor, x_hat_BO: Tensor, ctx: TrainContext) -> Tensor:
         return aux_k_loss_gathered(
             x_BD,
-            x_hat_BD,
+            x_hat_BO,
             self.W_enc,
             self.b_enc,
             self.W_dec,
-            self.b_dec,
+            self.input_bias,
             ctx.dead_mask_S,
             self.k_aux,
             self.cfg.aux_k_coefficient,
+            self.target(x_BD, ctx),
         )
 
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
         ops = select_ops(x_BD.device, self.cfg.kernels)
+        target_BO = self.target(x_BD, ctx)
         if ops is not None:
             p, vals_N = self.sparse_entries(x_BD, ops)
             self.update_threshold(vals_N.detach())
-            x_hat_BD = csr_decode(vals_N, self.W_dec, self.b_dec, p, ops)
+            x_hat_BO = self.add_skip(x_BD, csr_decode(vals_N, self.W_dec, self.b_dec, p, ops))
             losses = {
-                "mse": sum_sq_error(x_hat_BD, x_BD),
-                "aux_k": self._aux_k_sparse(x_BD, x_hat_BD, ctx),
+                "mse": sum_sq_error(x_hat_BO, target_BO),
+                "aux_k": self._aux_k_sparse(x_BD, x_hat_BO, ctx),
             }
-            return TrainOutput(x_hat_BD, None, losses, CsrCodes(p, vals_N))
+            return TrainOutput(x_hat_BO, None, losses, CsrCodes(p, vals_N))
         pre_BS = self.pre_acts(x_BD)
         entries = self.select(pre_BS)
-        x_hat_BD = entries.decode(self.W_dec) + self.b_dec
+        x_hat_BO = self.add_skip(x_BD, entries.decode(self.W_dec) + self.b_dec)
         self.update_threshold(entries.vals_N)
         losses = {
-            "mse": sum_sq_error(x_hat_BD, x_BD),
-            "aux_k": self._aux_k(x_BD, x_hat_BD, pre_BS, ctx),
+            "mse": sum_sq_error(x_hat_BO, target_BO),
+            "aux_k": self._aux_k(target_BO, x_hat_BO, pre_BS, ctx),
         }
-        return TrainOutput(x_hat_BD, entries.dense(), losses)
+        return TrainOutput(x_hat_BO, entries.dense(), losses)
 
-    def _aux_k(self, x_BD: Tensor, x_hat_BD: Tensor, pre_BS: Tensor, ctx: TrainContext) -> Tensor:
+    def _aux_k(
+        self, target_BO: Tensor, x_hat_BO: Tensor, pre_BS: Tensor, ctx: TrainContext
+    ) -> Tensor:
         return aux_k_loss(
-            x_BD,
-            x_hat_BD,
+            target_BO,
+            x_hat_BO,
             pre_BS,
             self.W_dec,
             ctx.dead_mask_S,

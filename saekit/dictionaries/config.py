@@ -25,6 +25,7 @@ from saekit.dictionaries.matryoshka import MatryoshkaConfig
 from saekit.dictionaries.mp import MPConfig
 from saekit.dictionaries.relu import ReLUConfig
 from saekit.dictionaries.snmf import SNMFConfig
+from saekit.dictionaries.transcoder import check_transcoder
 from saekit.errors import SaekitDeprecation, SaekitError
 from saekit.kernels.csr import KernelMode
 
@@ -42,6 +43,13 @@ class SAEConfig:
     """Architecture: relu (L1), topk, batchtopk, jumprelu, matryoshka (BatchTopK), mp, snmf."""
     hook: str = ""
     """Hook point this dictionary reads; empty = the first hook of the stream."""
+    output_hook: str = ""
+    """Hook the decoder predicts, making a transcoder (relu, topk, batchtopk, jumprelu,
+    matryoshka): e.g. hook blocks.6.ln2.hook_normalized, output_hook blocks.6.hook_mlp_out
+    (HF: model.layers.6.mlp:in → model.layers.6.mlp). Both must be streamed. Empty = an SAE."""
+    skip_connection: bool = False
+    """Transcoders: add a linear path x·W_skipᵀ from hook to output_hook (zero at init,
+    trained jointly): a skip transcoder."""
     d_sae: int = 9216
     """Number of latents (dictionary width)."""
     k: int = 32
@@ -74,6 +82,7 @@ class SAEConfig:
                 f"Section {given[0]!r} holds options of method {given[0]}, but this entry's "
                 f"method is {self.method!r}: remove the section or change the method."
             )
+        check_transcoder(self)
         if self.aux_k is not None and self.aux_k < 1:
             raise SaekitError(f"aux_k must be >= 1 or null (= d_in // 2), got {self.aux_k}.")
 

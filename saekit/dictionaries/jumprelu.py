@@ -126,8 +126,8 @@ class JumpReLUSAE(TrainableDictionary):
 
     threshold: nn.Parameter
 
-    def __init__(self, cfg: SAEConfig, d_in: int) -> None:
-        super().__init__(cfg, d_in)
+    def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
+        super().__init__(cfg, d_in, d_out)
         options: JumpReLUConfig = cfg.options()
         self.init_tied_weights()
         self.threshold = nn.Parameter(
@@ -148,12 +148,12 @@ class JumpReLUSAE(TrainableDictionary):
         pre_BS = self.pre_acts(x_BD)
         theta_S = self.threshold.to(pre_BS.dtype)
         z_BS = JumpReLUSTE.apply(pre_BS, theta_S, self.bandwidth)
-        x_hat_BD = self.decode(z_BS)
+        x_hat_BD = self.reconstruct(x_BD, z_BS)
         # pre is detached so the L0 gradient reaches θ only (DeepMind's estimator).
         l0_B = StepSTE.apply(pre_BS.detach(), theta_S, self.bandwidth).float().sum(dim=-1)
         coefficient = self.sparsity_coefficient or 0.0
         losses = {
-            "mse": sum_sq_error(x_hat_BD, x_BD),
+            "mse": sum_sq_error(x_hat_BD, self.target(x_BD, ctx)),
             "l0": coefficient * ctx.sparsity_scale * l0_B.mean(),
         }
         return TrainOutput(x_hat_BD, z_BS, losses)
@@ -166,15 +166,15 @@ class JumpReLUSAE(TrainableDictionary):
             # Written as the STE's own test (|u − θ| < ε/2 for u < θ): the same entries, bit
             # for bit, as the dense path's rectangle.
             flat_N = ((pre_BS - theta_S) > -self.bandwidth / 2).flatten().nonzero().squeeze(1)
-        W_enc_DS, b_enc_S, b_dec_D = self.W_enc, self.b_enc, self.b_dec
-        p, pre_N = gathered_pre_acts(pre_BS, flat_N, x_BD, W_enc_DS, b_enc_S, b_dec_D, ops)
+        W_enc_DS, b_enc_S, b_in_D = self.W_enc, self.b_enc, self.input_bias
+        p, pre_N = gathered_pre_acts(pre_BS, flat_N, x_BD, W_enc_DS, b_enc_S, b_in_D, ops)
         theta_N = theta_S.index_select(0, p.col_N)
         z_N = JumpReLUSTE.apply(pre_N, theta_N, self.bandwidth)
-        x_hat_BD = csr_decode(z_N, self.W_dec, b_dec_D, p, ops)
+        x_hat_BD = self.add_skip(x_BD, csr_decode(z_N, self.W_dec, self.b_dec, p, ops))
         l0 = StepSTE.apply(pre_N.detach(), theta_N, self.bandwidth).float().sum() / p.B
         coefficient = self.sparsity_coefficient or 0.0
         losses = {
-            "mse": sum_sq_error(x_hat_BD, x_BD),
+            "mse": sum_sq_error(x_hat_BD, self.target(x_BD, ctx)),
             "l0": coefficient * ctx.sparsity_scale * l0,
         }
         return TrainOutput(x_hat_BD, None, losses, CsrCodes(p, z_N))

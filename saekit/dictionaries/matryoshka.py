@@ -70,8 +70,8 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     method = "matryoshka"
 
-    def __init__(self, cfg: SAEConfig, d_in: int) -> None:
-        super().__init__(cfg, d_in)
+    def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
+        super().__init__(cfg, d_in, d_out)
         self.widths = resolve_widths(cfg)
 
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
@@ -95,17 +95,19 @@ class MatryoshkaSAE(BatchTopKSAE):
 
         self.update_threshold(vals_N.detach())
         losses: dict[str, Tensor] = {}
-        x_hat_BD = self.b_dec.expand_as(x_BD).to(self.W_enc.dtype)
+        target_BO = self.target(x_BD, ctx)
+        # Every level starts from b_dec (and a skip transcoder's linear path).
+        x_hat_BD = self.add_skip(x_BD, self.b_dec.expand_as(target_BO).to(self.W_enc.dtype))
         start = 0
         for width in self.widths:
             # Decode only this band of latents and accumulate: level w sees latents [0, w).
             in_band_N = (idx_N >= start) & (idx_N < width)
             x_hat_BD = x_hat_BD + decode(in_band_N)
             name = "mse" if width == self.d_sae else f"mse_{width}"
-            losses[name] = sum_sq_error(x_hat_BD, x_BD)
+            losses[name] = sum_sq_error(x_hat_BD, target_BO)
             start = width
         if ops is None:
-            losses["aux_k"] = self._aux_k(x_BD, x_hat_BD, pre_BS, ctx)
+            losses["aux_k"] = self._aux_k(target_BO, x_hat_BD, pre_BS, ctx)
             return TrainOutput(x_hat_BD, entries.dense(), losses)
         losses["aux_k"] = self._aux_k_sparse(x_BD, x_hat_BD, ctx)
         return TrainOutput(x_hat_BD, None, losses, CsrCodes(p, vals_N))

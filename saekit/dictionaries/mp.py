@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import check_factor
+from saekit.dictionaries.base import random_like
 from saekit.dictionaries.trainable import TrainableDictionary, TrainContext, TrainOutput, check_k
 from saekit.errors import SaekitError
 from saekit.kernels.gram import GramCache
@@ -232,12 +232,19 @@ class MatchingPursuitSAE(TrainableDictionary):
         r_mean_D = r_BD.detach().mean(dim=0)
         return -self.options.revival_coefficient * torch.dot(r_mean_D, mean_dead_D).float()
 
+    @torch.no_grad()
+    def randomize_directions(self, gen: torch.Generator) -> None:
+        """Random atoms (and selector rows, untied) of the same norms; W_enc is derived."""
+        self.W_dec.copy_(random_like(self.W_dec, 1, gen))
+        if not self.tied:
+            self.W_sel.copy_(random_like(self.W_sel, 1, gen))
+
     # -- folding and saving ----------------------------------------------------------------
 
     @torch.no_grad()
-    def fold_normalization(self, factor: float) -> None:
+    def fold_normalization(self, factor: float, out_factor: float | None = None) -> None:
         """Trained on f·x: MP(f·x − b) = f·MP(x − b/f), so b_dec ← b_dec/f; atoms stay unit."""
-        check_factor(factor)
+        self.check_factors(factor, out_factor)
         self.b_dec.data /= factor
         self.folded_norm_factor *= factor
 

@@ -40,6 +40,8 @@ def dictionary_class(method: str) -> type[Dictionary]:
     return cls
 
 
-def build_dictionary(cfg: SAEConfig, d_in: int) -> Dictionary:
-    """A freshly initialized dictionary of method `cfg.method` reading d_in-wide activations."""
-    return dictionary_class(cfg.method)(cfg, d_in)
+def build_dictionary(cfg: SAEConfig, d_in: int, d_out: int | None = None) -> Dictionary:
+    """A freshly initialized dictionary of method `cfg.method` reading d_in-wide activations
+    (and, for a transcoder, writing d_out-wide ones; default d_in)."""
+    cls = dictionary_class(cfg.method)
+    return cls(cfg, d_in) if d_out is None else cls(cfg, d_in, d_out)  # type: ignore[call-arg]

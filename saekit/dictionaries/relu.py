@@ -7,7 +7,8 @@
 The penalty multiplies each code by its decoder-row norm, so shrinking z while growing W_dec
 buys nothing; that is why the decoder is NOT renormalized (`unit_norm_decoder = False`). λ
 lives in `self.sparsity_coefficient` (initial value relu.l1_coefficient) so a target-L0
-controller can move it between steps. Saved as SAELens "standard".
+controller can move it between steps. Saved as SAELens "standard" ("transcoder" or
+"skip_transcoder" as a transcoder).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class ReLUSAE(TrainableDictionary):
     unit_norm_decoder = False
     saelens_architecture = "standard"
 
-    def __init__(self, cfg: SAEConfig, d_in: int) -> None:
-        super().__init__(cfg, d_in)
+    def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
+        super().__init__(cfg, d_in, d_out)
         options: ReLUConfig = cfg.options()
         self.init_tied_weights()
         self.sparsity_coefficient = options.l1_coefficient
@@ -62,11 +63,11 @@ class ReLUSAE(TrainableDictionary):
 
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
         z_BS = self.encode(x_BD)
-        x_hat_BD = self.decode(z_BS)
+        x_hat_BD = self.reconstruct(x_BD, z_BS)
         coefficient = self.sparsity_coefficient or 0.0
         weighted_l1 = (z_BS.float() * self.W_dec.float().norm(dim=1)).sum(dim=-1).mean()
         losses = {
-            "mse": sum_sq_error(x_hat_BD, x_BD),
+            "mse": sum_sq_error(x_hat_BD, self.target(x_BD, ctx)),
             "l1": coefficient * ctx.sparsity_scale * weighted_l1,
         }
         return TrainOutput(x_hat_BD, z_BS, losses)

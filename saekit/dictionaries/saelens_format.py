@@ -29,6 +29,7 @@ from saekit.dictionaries.save import (
     SPARSITY_FILE,
     WEIGHTS_FILE,
 )
+from saekit.dictionaries.transcoder import SAELENS_TRANSCODERS
 from saekit.errors import SaekitError
 
 SAELENS_METHODS = {
@@ -88,7 +89,8 @@ def load_log10_density(path: str | Path) -> Tensor | None:
 
 def load_dictionary(path: str | Path) -> Dictionary:
     """Load a saekit save, or import a SAELens-saved SAE (standard, topk, jumprelu, batchtopk,
-    matryoshka_batchtopk) into the saekit dictionary with identical encode/decode."""
+    matryoshka_batchtopk) or transcoder (transcoder, skip_transcoder, jumprelu_transcoder,
+    jumprelu_skip_transcoder) into the saekit dictionary with identical encode/decode."""
     root = Path(path)
     cfg_json = _read_cfg(root)
     tensors = _read_tensors(root / WEIGHTS_FILE)
@@ -102,10 +104,12 @@ def load_dictionary(path: str | Path) -> Dictionary:
         ) from None
 
 
-def _build(cfg: SAEConfig, d_in: int, dtype_name: str, root: Path) -> Dictionary:
+def _build(
+    cfg: SAEConfig, d_in: int, dtype_name: str, root: Path, d_out: int | None = None
+) -> Dictionary:
     if dtype_name not in _DTYPES:
         raise SaekitError(f"{root / CFG_FILE}: unknown dtype {dtype_name!r}; use {list(_DTYPES)}.")
-    return build_dictionary(cfg, d_in).to(_DTYPES[dtype_name])
+    return build_dictionary(cfg, d_in, d_out).to(_DTYPES[dtype_name])
 
 
 def _check_shapes(d: Dictionary, tensors: dict[str, Tensor], root: Path) -> None:
@@ -128,9 +132,11 @@ def _load_saekit(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: Pat
             "Upgrade saekit to load it."
         )
     cfg = saved_config(dict(sk["config"]), str(sk["method"]), int(sk.get("format", 1)))
-    d = _build(cfg, int(sk["d_in"]), str(cfg_json.get("dtype", "float32")), root)
+    d_out = int(sk["d_out"]) if "d_out" in sk else None
+    d = _build(cfg, int(sk["d_in"]), str(cfg_json.get("dtype", "float32")), root, d_out)
     _check_shapes(d, tensors, root)
-    for key in ("d_in", "d_sae"):  # the fields SAELens builds from: they must agree too
+    widths = ("d_in", "d_out", "d_sae") if d.is_transcoder else ("d_in", "d_sae")
+    for key in widths:  # the fields SAELens builds from: they must agree too
         width = getattr(d, key)
         if key in cfg_json and cfg_json[key] != width:
             raise SaekitError(
@@ -140,6 +146,7 @@ def _load_saekit(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: Pat
             )
     d.import_tensors(tensors, dict(sk.get("state") or {}))
     d.folded_norm_factor = float(sk.get("folded_norm_factor", 1.0))
+    d.folded_out_norm_factor = float(sk.get("folded_out_norm_factor", 1.0))
     d.provenance = dict(sk.get("provenance") or {})
     return d
 
@@ -149,10 +156,19 @@ def _import_saelens(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: 
     if arch is None:  # SAELens < 6 configs: standard unless activation_fn says topk
         arch = "topk" if cfg_json.get("activation_fn") == "topk" else "standard"
         cfg_json.setdefault("k", (cfg_json.get("activation_fn_kwargs") or {}).get("k"))
-    if arch not in SAELENS_METHODS:
+    if arch not in SAELENS_METHODS and arch not in SAELENS_TRANSCODERS:
+        known = ", ".join([*SAELENS_METHODS, *SAELENS_TRANSCODERS])
         raise SaekitError(
             f"{root}: SAELens architecture {arch!r} has no saekit equivalent (saekit imports "
-            f"{', '.join(SAELENS_METHODS)}). Load it with sae_lens.SAE.load_from_disk instead."
+            f"{known}). Load it with sae_lens.SAE.load_from_disk instead."
+        )
+    metadata = cfg_json.get("metadata") or {}
+    hook = metadata.get("hook_name") or cfg_json.get("hook_name") or cfg_json.get("hook_point")
+    hook_out = metadata.get("hook_name_out") or cfg_json.get("hook_name_out")
+    if arch in SAELENS_TRANSCODERS and not hook_out:
+        raise SaekitError(
+            f"{root / CFG_FILE}: this {arch} names no output hook; add "
+            '"hook_name_out": "HOOK" (e.g. blocks.L.hook_mlp_out) to its "metadata".'
         )
     norm = cfg_json.get("normalize_activations") or "none"
     # SAELens applies "expected_average_only_in" only while training (folded at save).
@@ -174,19 +190,32 @@ def _import_saelens(cfg_json: dict[str, Any], tensors: dict[str, Tensor], root: 
         # gives the same codes with a plain decoder (SAELens does this at inference save).
         n_S = W_dec.norm(dim=1).clamp_min(1e-8)
         W_enc, b_enc, W_dec = W_enc * n_S, b_enc * n_S, W_dec / n_S[:, None]
-    if not cfg_json.get("apply_b_dec_to_input", True):
+    # A transcoder: SAELens' own classes, or a topk save that names an output hook (saekit
+    # writes TopK transcoders so; transcoder.py). Transcoders never centre their input.
+    transcoder = arch in SAELENS_TRANSCODERS or (bool(hook_out) and hook_out != hook)
+    method, skip = SAELENS_TRANSCODERS.get(arch, (SAELENS_METHODS.get(arch, ""), False))
+    if not transcoder and not cfg_json.get("apply_b_dec_to_input", True):
         # x W_enc + b_enc = (x − b_dec) W_enc + (b_enc + b_dec W_enc)
         b_enc = b_enc + b_dec @ W_enc
-    method = SAELENS_METHODS[arch]
     imported = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+    if skip:
+        if "W_skip" not in f64:
+            raise SaekitError(f"{root / WEIGHTS_FILE} has no W_skip for its skip connection.")
+        imported["W_skip"] = f64["W_skip"]
     if method == "jumprelu":
         imported["threshold"] = _saelens_threshold(f64, int(cfg_json["d_sae"]), root)
-    metadata = cfg_json.get("metadata") or {}
-    hook = metadata.get("hook_name") or cfg_json.get("hook_name") or cfg_json.get("hook_point")
     k = int(cfg_json["k"]) if method == "topk" else SAEConfig.k
     d_sae = int(cfg_json["d_sae"])
-    cfg = SAEConfig(method=method, hook=hook or "", d_sae=d_sae, k=k)  # type: ignore[arg-type]
-    d = _build(cfg, int(cfg_json["d_in"]), str(cfg_json.get("dtype", "float32")), root)
+    cfg = SAEConfig(
+        method=method,  # type: ignore[arg-type]
+        hook=hook or "",
+        d_sae=d_sae,
+        k=k,
+        output_hook=str(hook_out) if transcoder else "",
+        skip_connection=skip,
+    )
+    d_out = int(W_dec.shape[1]) if transcoder else None
+    d = _build(cfg, int(cfg_json["d_in"]), str(cfg_json.get("dtype", "float32")), root, d_out)
     _check_shapes(d, imported, root)
     d.import_tensors(imported, {})
     d.provenance = {

@@ -13,7 +13,9 @@ which only saekit's `load_dictionary` reads (it dispatches on the saved method).
 
 Weights are always written with apply_b_dec_to_input = True, normalize_activations = "none"
 (the trainer folds its input scale first) and, for topk, rescale_acts_by_decoder_norm = False,
-which are exactly saekit's forward semantics.
+which are exactly saekit's forward semantics. Transcoders (transcoder.py) are written as
+SAELens' transcoder classes: apply_b_dec_to_input = False, d_out, W_skip for skip
+transcoders, and metadata.hook_name_out, the hook SAELens splices their output into.
 
 Writes go to a temporary directory next to the target and are renamed into place, cfg.json
 last, so a crash never leaves a cfg.json describing weights that were not written.
@@ -64,14 +66,18 @@ def save_dictionary(d: Dictionary, path: str | Path, log10_density_S: Tensor | N
     tensors = {n: t.detach().cpu().contiguous() for n, t in d.export_tensors().items()}
     dtype_name = str(d.W_enc.dtype).removeprefix("torch.")
     meta = {k: d.provenance[k] for k in METADATA_FROM_PROVENANCE if k in d.provenance}
+    transcoder = {"d_out": d.d_out} if d.is_transcoder else {}
+    if d.is_transcoder:
+        meta["hook_name_out"] = d.cfg.output_hook
     cfg_json: dict[str, Any] = {
         # No SAELens equivalent (snmf): same layout, an architecture only saekit loads.
-        "architecture": d.saelens_architecture or f"saekit-{d.method}",
+        "architecture": d.saelens_name() or f"saekit-{d.method}",
         "d_in": d.d_in,
+        **transcoder,
         "d_sae": d.d_sae,
         "dtype": dtype_name,
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not d.is_transcoder,
         "normalize_activations": "none",
         "reshape_activations": "none",
         **d.saelens_config(),
@@ -86,8 +92,10 @@ def save_dictionary(d: Dictionary, path: str | Path, log10_density_S: Tensor | N
             "format": FORMAT_VERSION,
             "method": d.method,
             "d_in": d.d_in,
+            **transcoder,
             "config": {**to_dict(d.cfg), "method": d.method},
             "folded_norm_factor": d.folded_norm_factor,
+            **({"folded_out_norm_factor": d.folded_out_norm_factor} if d.is_transcoder else {}),
             "state": d.export_state(),
             "provenance": d.provenance,
         },

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import check_factor
+from saekit.dictionaries.base import random_like
 from saekit.dictionaries.fitted import Fit, FitData, FittedDictionary
 from saekit.dictionaries.snmf_fit import RIDGE, Init, SNMFFit, fit_snmf, keep_count
 from saekit.dictionaries.snmf_stream import fit_snmf_stream
@@ -123,6 +123,12 @@ class SNMFDictionary(FittedDictionary):
         W_enc_SD = torch.linalg.solve(W_SD @ W_SD.T + RIDGE * eye_SS, W_SD)
         self.W_enc.data.copy_(W_enc_SD.T.to(self.W_enc.dtype))
 
+    @torch.no_grad()
+    def randomize_directions(self, gen: torch.Generator) -> None:
+        """Random unit atoms, with their least-squares encoder (W_enc is derived from them)."""
+        self.W_dec.copy_(random_like(self.W_dec, 1, gen))
+        self.refresh_encoder()
+
     def levels(self) -> list[tuple[Tensor, Tensor]]:
         """(atoms W_dec_l (r_l, D), mixing G_l (r_{l−1}, r_l) ≥ 0) for levels 2..L."""
         return [
@@ -166,9 +172,9 @@ class SNMFDictionary(FittedDictionary):
         return levels[0][1].argmax(dim=1).tolist() if levels else None
 
     @torch.no_grad()
-    def fold_normalization(self, factor: float) -> None:
+    def fold_normalization(self, factor: float, out_factor: float | None = None) -> None:
         """Nothing to fold: atoms are unit norm and NNLS codes scale with x (z(f·x) = f·z(x))."""
-        check_factor(factor)
+        self.check_factors(factor, out_factor)
         self.folded_norm_factor *= factor
 
     # ---- fitting -----------------------------------------------------------------------------

@@ -16,7 +16,9 @@ the fused autograd function above; with Triton (CUDA), or in bf16/fp16 (which to
 sparse kernels lack), the CSR kernels of `saekit.kernels.sparse_ops`; "dense" runs
 `training_forward_dense` (plain autograd, the reference; same results).
 Saved as SAELens "topk" with rescale_acts_by_decoder_norm = False: our selection is on the raw
-pre-activations, which is what SAELens does when that flag is off.
+pre-activations, which is what SAELens does when that flag is off. As a transcoder
+(transcoder.py) training runs the CSR path, since the fused function ties input centering
+and output bias.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class TopKSAE(TrainableDictionary):
     unit_norm_decoder = True
     saelens_architecture = "topk"
 
-    def __init__(self, cfg: SAEConfig, d_in: int) -> None:
-        super().__init__(cfg, d_in)
+    def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
+        super().__init__(cfg, d_in, d_out)
         check_k(cfg)
         self.k = cfg.k
         self.k_aux = resolve_k_aux(cfg, d_in)
@@ -73,7 +75,8 @@ class TopKSAE(TrainableDictionary):
         return SparseCodes(vals_BK, idx_BK, self.d_sae).dense()
 
     def decode_sparse(self, vals_BK: Tensor, idx_BK: Tensor) -> Tensor:
-        """x̂ = Σ_k vals_k · W_dec[idx_k] + b_dec, touching only the selected decoder rows."""
+        """x̂ = Σ_k vals_k · W_dec[idx_k] + b_dec, touching only the selected decoder rows
+        (without a skip transcoder's skip path)."""
         W_dec_SD = self.W_dec
         out_BD = F.embedding_bag(
             idx_BK, W_dec_SD, per_sample_weights=vals_BK.to(W_dec_SD.dtype), mode="sum"
@@ -84,7 +87,10 @@ class TopKSAE(TrainableDictionary):
         ops = select_ops(x_BD.device, self.cfg.kernels)
         if ops is None:
             return self.training_forward_dense(x_BD, ctx)
-        if ops.name != "torch" or self.W_enc.dtype not in SPARSE_DTYPES:
+        # The fused function ties the input centering to the output bias (both b_dec): a
+        # transcoder, which has no input centering, runs the CSR kernels.
+        fused = ops.name == "torch" and self.W_enc.dtype in SPARSE_DTYPES
+        if not fused or self.is_transcoder:
             return self.training_forward_csr(x_BD, ctx, ops)
         dead_N = None
         if ctx.dead_mask_S is not None and self.cfg.aux_k_coefficient != 0:
@@ -110,40 +116,43 @@ class TopKSAE(TrainableDictionary):
 
     def training_forward_csr(self, x_BD: Tensor, ctx: TrainContext, ops: CsrOps) -> TrainOutput:
         """The same forward on the CSR kernels (`ops`): sparse decode and encoder backward."""
-        W_enc_DS, b_enc_S, b_dec_D = self.W_enc, self.b_enc, self.b_dec
+        W_enc_DS, b_enc_S, b_in_D = self.W_enc, self.b_enc, self.input_bias
         with torch.no_grad():
-            xc_BD = x_BD.to(W_enc_DS.dtype) - b_dec_D
+            xc_BD = self.centered(x_BD)
             no_dead = torch.zeros(0, dtype=torch.long, device=x_BD.device)
             # ReLU'd values stand in for pre: where they differ both are ≤ 0, ReLU's grad 0.
             vals_BK, idx_BK, _ = encode_topk(xc_BD, W_enc_DS, b_enc_S, self.k, no_dead)
         p = CsrPattern.fixed_k(idx_BK, self.d_sae)
-        pre_N = csr_pre_acts(vals_BK.flatten(), x_BD, W_enc_DS, b_enc_S, b_dec_D, p, ops)
+        pre_N = csr_pre_acts(vals_BK.flatten(), x_BD, W_enc_DS, b_enc_S, b_in_D, p, ops)
         vals_N = pre_N.relu()
-        x_hat_BD = csr_decode(vals_N, self.W_dec, b_dec_D, p, ops)
+        x_hat_BO = self.add_skip(x_BD, csr_decode(vals_N, self.W_dec, self.b_dec, p, ops))
+        target_BO = self.target(x_BD, ctx)
         aux_k = aux_k_loss_gathered(
             x_BD,
-            x_hat_BD,
+            x_hat_BO,
             W_enc_DS,
             b_enc_S,
             self.W_dec,
-            b_dec_D,
+            b_in_D,
             ctx.dead_mask_S,
             self.k_aux,
             self.cfg.aux_k_coefficient,
+            target_BO,
         )
-        losses = {"mse": sum_sq_error(x_hat_BD, x_BD), "aux_k": aux_k}
+        losses = {"mse": sum_sq_error(x_hat_BO, target_BO), "aux_k": aux_k}
         codes = SparseCodes(vals_N.view_as(vals_BK), idx_BK, self.d_sae)
-        return TrainOutput(x_hat_BD, None, losses, codes)
+        return TrainOutput(x_hat_BO, None, losses, codes)
 
     def training_forward_dense(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
         """The same forward through plain autograd (dense pre-activation gradients)."""
         pre_BS = self.pre_acts(x_BD)
         vals_BK, idx_BK = sorted_topk(pre_BS, self.k)
-        x_hat_BD = self.decode_sparse(vals_BK, idx_BK)
+        x_hat_BD = self.add_skip(x_BD, self.decode_sparse(vals_BK, idx_BK))
+        target_BO = self.target(x_BD, ctx)
         losses = {
-            "mse": sum_sq_error(x_hat_BD, x_BD),
+            "mse": sum_sq_error(x_hat_BD, target_BO),
             "aux_k": aux_k_loss(
-                x_BD,
+                target_BO,
                 x_hat_BD,
                 pre_BS,
                 self.W_dec,

@@ -8,6 +8,7 @@
 The trainer owns optimization; a dictionary owns its forward and its named loss terms. The
 trainer sums `losses` for the backward pass and logs each term. Each loss term already
 carries its coefficient; coefficients a controller may steer live in `sparsity_coefficient`.
+A transcoder's forward predicts `ctx.target_BO` (the output hook's rows) instead of x.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class TrainContext:
     """Latents that have not fired in the dead window (for AuxK)."""
     sparsity_scale: float = 1.0
     """Sparsity-warmup multiplier on the sparsity penalty (0 → 1 over warmup)."""
+    target_BO: Tensor | None = None
+    """What the decoder must reproduce when it is not the input: a transcoder's output-hook
+    activations, row for row with x (None: reconstruct x)."""
     extras: dict[str, float] = field(default_factory=dict)
 
 
@@ -72,26 +76,50 @@ class TrainableDictionary(Dictionary):
     unit_norm_decoder: ClassVar[bool] = True
     """Whether the trainer keeps decoder rows at unit norm and projects their gradients."""
 
-    def __init__(self, cfg: SAEConfig, d_in: int) -> None:
-        super().__init__(cfg, d_in)
+    def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
+        super().__init__(cfg, d_in, d_out)
         self.sparsity_coefficient: float | None = None
         """Mutable sparsity weight (relu: L1, jumprelu: L0) a target-L0 controller may steer."""
         self.target_l0: float | None = None
         """The L0 a controller steers `sparsity_coefficient` toward (None: no controller)."""
 
     def init_tied_weights(self) -> None:
-        """Unit-norm random decoder rows (seeded), W_enc = W_decᵀ, zero biases."""
+        """Unit-norm random decoder rows (seeded), W_enc = W_decᵀ, zero biases.
+
+        A transcoder's encoder reads another space than its decoder writes, so tying means
+        nothing there: its W_enc gets unit-norm random columns of its own (the same scale), and
+        a skip transcoder's W_skip starts at zero (the sparse path learns first).
+        """
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        W_dec_SD = torch.randn(self.d_sae, self.d_in, generator=gen)
-        W_dec_SD /= W_dec_SD.norm(dim=1, keepdim=True)
-        self.W_dec = nn.Parameter(W_dec_SD)
-        self.W_enc = nn.Parameter(W_dec_SD.T.clone())
+        W_dec_SO = torch.randn(self.d_sae, self.d_out, generator=gen)
+        W_dec_SO /= W_dec_SO.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec_SO)
+        if self.is_transcoder:
+            W_enc_DS = torch.randn(self.d_in, self.d_sae, generator=gen)
+            self.W_enc = nn.Parameter(W_enc_DS / W_enc_DS.norm(dim=0, keepdim=True))
+        else:
+            # Row-major D×S, not a transposed view of W_dec's layout: the fused Adam step
+            # copies a non-contiguous parameter, its gradient and both moments in and out.
+            self.W_enc = nn.Parameter(W_dec_SO.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         # The trainer overwrites b_dec with the geometric median of a sample before step 0.
-        self.b_dec = nn.Parameter(torch.zeros(self.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_out))
+        if self.cfg.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(self.d_out, self.d_in))
 
     def training_forward(self, x_BD: Tensor, ctx: TrainContext) -> TrainOutput:
         raise NotImplementedError
+
+    def target(self, x_BD: Tensor, ctx: TrainContext) -> Tensor:
+        """The rows the output must match: ctx.target_BO for a transcoder, else x."""
+        if not self.is_transcoder:
+            return x_BD
+        if ctx.target_BO is None:
+            raise SaekitError(
+                f"This transcoder predicts {self.cfg.output_hook!r} from {self.cfg.hook!r}: "
+                "train it on a stream of both hooks."
+            )
+        return ctx.target_BO
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -1,4 +1,4 @@
-"""Evaluation of one dictionary; `saekit/report.py` aggregates a run's results above it.
+"""Evaluation of one dictionary; `saekit/report/` aggregates a run's results above it.
 
 evaluate           `saekit.evaluate`: the core metrics on tensors, or on a model's text
 core               reconstruction, sparsity and CE/KL with the dictionary spliced in

@@ -203,3 +203,38 @@ def hierarchy_consistency(
         parent_off += int((on_B & ~fires_BS[:, p_atom]).sum())
     implication = parent_off / child_fires if child_fires else 0.0
     return HierarchyConsistency(n_sib_B.double().mean().item(), implication)
+
+
+class TranscoderRecovery(NamedTuple):
+    """How well a transcoder recovers a known sparse map (activations/synthetic_map.py)."""
+
+    input_mmcs: float
+    """M1 on the input side: mean over input features e_i of the best cosine with any encoder
+    column (W_enc[:, s], the direction latent s reads)."""
+    output_mmcs: float
+    """M1 on the output side: mean over effects u_i of the best cosine with any decoder row."""
+    paired_input: float
+    """Mean cos(e_i, W_enc[:, s_i]) where s_i is the latent matched to u_i on the output side
+    (Hungarian): the same latent must read e_i and write u_i."""
+    paired_recovered: float
+    """Fraction of features whose matched latent has both cosines ≥ 0.9."""
+
+
+def transcoder_recovery(
+    features_FD: Tensor, effects_FO: Tensor, W_enc_DS: Tensor, W_dec_SO: Tensor
+) -> TranscoderRecovery:
+    """Input-side and output-side recovery of a map whose input feature i (row of features_FD)
+    writes effects_FO[i], by a transcoder with encoder W_enc_DS and decoder W_dec_SO."""
+    W_enc_DS, W_dec_SO = W_enc_DS.detach(), W_dec_SO.detach()
+    out = match_features(effects_FO, W_dec_SO)
+    cos_in_FS = cosine_matrix(features_FD, W_enc_DS.T)
+    matched = out.atom_F >= 0
+    paired_F = torch.zeros_like(out.cosine_F)
+    paired_F[matched] = cos_in_FS[matched.nonzero().flatten(), out.atom_F[matched]]
+    both_F = (paired_F >= 0.9) & (out.cosine_F >= 0.9)
+    return TranscoderRecovery(
+        input_mmcs=cos_in_FS.max(dim=1).values.mean().item(),
+        output_mmcs=mmcs(effects_FO, W_dec_SO),
+        paired_input=paired_F.mean().item(),
+        paired_recovered=both_F.double().mean().item(),
+    )

@@ -11,7 +11,9 @@ of codes z [B, T, S] the collector updates, for every feature at once:
 - the max activation of every example [C, S] in fp16 (labels for explainer and detection; 4096
   examples x 4608 features = 38 MB);
 - on the train split, the sum of each feature's activations per token id (sparse; the lookup
-  simulator reads it).
+  simulator reads it);
+- with token embeddings (interp/embed.py), on the train split, the activation-weighted sum of
+  the embeddings of the tokens each feature fires on [S, E] (its embedding explanation).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class FeatureData:
     """Sparse COO: summed activation per (token id, feature) over the train split."""
     token_counts_V: Tensor
     """Occurrences of each token id at ordinary train positions."""
+    emb_sum_SE: Tensor | None = None
+    """Σ over train tokens of activation x token embedding (None without an embedder)."""
+    ex_emb_CLE: Tensor | None = None
+    """Token embeddings of every example (fp16; shared by the variants of one pass)."""
 
 
 def _keep_top(
@@ -113,10 +119,18 @@ class FeatureCollector:
             check_invariants=False,
         )
         self.token_counts_V = torch.zeros(vocab_size, dtype=torch.long)
+        self.emb_sum_SE: Tensor | None = None
         self.sizes = (K, R, N)
 
     @torch.no_grad()
-    def update(self, tokens_BT: Tensor, mask_BT: Tensor, z_BTS: Tensor, first_window: int) -> None:
+    def update(
+        self,
+        tokens_BT: Tensor,
+        mask_BT: Tensor,
+        z_BTS: Tensor,
+        first_window: int,
+        emb_BTE: Tensor | None = None,
+    ) -> None:
         K, R, N = self.sizes
         B, T, S = z_BTS.shape
         L = self.L
@@ -179,6 +193,11 @@ class FeatureCollector:
             R,
         )
         self._lookup(tokens_BT, mask_BT, z_BTS, ~test_B)
+        if emb_BTE is not None:
+            keep_BT = mask_BT & ~test_B.unsqueeze(1)
+            if self.emb_sum_SE is None:
+                self.emb_sum_SE = torch.zeros(S, emb_BTE.shape[-1], dtype=torch.float64)
+            self.emb_sum_SE += (z_BTS[keep_BT].T @ emb_BTE.cpu().float()[keep_BT]).double()
 
     def _histogram(self, z_BTS: Tensor) -> None:
         nz = z_BTS > 0
@@ -227,4 +246,5 @@ class FeatureCollector:
             ex_test_C=torch.cat(self.ex_test),
             lookup_sum_VS=self.lookup_VS.coalesce(),
             token_counts_V=self.token_counts_V,
+            emb_sum_SE=self.emb_sum_SE,
         )

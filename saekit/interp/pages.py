@@ -71,7 +71,7 @@ def feature_records(
     dec_ids, dec_vals = decoder_neighbours(W_dec, n)
     W_U = unembedding(model)
     proj = None
-    if W_U is not None and W_U.shape[0] == sae.d_in:
+    if W_U is not None and W_U.shape[0] == sae.d_out:  # the space the decoder writes
         proj = vocab_projection(W_dec, W_U.cpu(), cfg.n_logits)
     if out_dir.exists():
         shutil.rmtree(out_dir)  # stale pages of an earlier, wider dictionary must not survive

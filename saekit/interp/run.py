@@ -4,7 +4,6 @@ one JSON per feature, read by the dashboard)."""
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -18,25 +17,15 @@ from tqdm import tqdm
 from saekit.data.text import build_windows
 from saekit.dictionaries import Dictionary, load_dictionary
 from saekit.errors import SaekitError
+from saekit.eval.controls import CONTROLS, control_dictionaries
 from saekit.interp.collect import FeatureCollector, FeatureData
 from saekit.interp.config import InterpConfig
+from saekit.interp.embed import MiniLMEmbedder, TokenEmbedder
 from saekit.interp.pages import TokenText, feature_records
-from saekit.interp.scores import Scorer, score_features, summarize
+from saekit.interp.scores import Scorer, feature_scores, score_features, summarize
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import load_run
 from saekit.rundir import RunDir, write_json
-
-
-def random_control(sae: Dictionary, seed: int) -> Dictionary:
-    """The dictionary with random directions of the same per-latent norms (a null baseline)."""
-    rand = copy.deepcopy(sae)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, dim in (("W_enc", 0), ("W_dec", 1)):
-            w = getattr(rand, name)
-            r = torch.randn(w.shape, generator=gen).to(w.dtype)
-            w.copy_(r / r.norm(dim=dim, keepdim=True) * w.norm(dim=dim, keepdim=True))
-    return rand
 
 
 def _codes(sae: Dictionary, x_BTD: Tensor, mask_BT: Tensor) -> Tensor:
@@ -58,17 +47,29 @@ def collect_codes(
     d_sae: int,
     vocab: int,
     cfg: InterpConfig,
+    embedder: TokenEmbedder | None = None,
 ) -> dict[str, FeatureData]:
-    """Run one collector per code variant over (tokens, mask, {variant: z}, first_window)."""
+    """Run one collector per code variant over (tokens, mask, {variant: z}, first_window).
+
+    With an embedder, every batch's tokens are embedded once (shared by the variants): the
+    collectors sum them per feature and the examples keep theirs for the embedding scores.
+    """
     collectors: dict[str, FeatureCollector] = {}
+    ex_emb: list[Tensor] = []
+    L = cfg.example_len
     for tokens_BT, mask_BT, codes, first in batches:
+        emb_BTE = embedder(tokens_BT, mask_BT) if embedder is not None else None
+        if emb_BTE is not None:
+            nc = tokens_BT.shape[1] // L
+            ex_emb.append(emb_BTE[:, : nc * L].reshape(-1, L, emb_BTE.shape[-1]).half())
         for name, z_BTS in codes.items():
             if name not in collectors:
                 collectors[name] = FeatureCollector(d_sae, vocab, cfg)
-            collectors[name].update(tokens_BT, mask_BT, z_BTS, first)
+            collectors[name].update(tokens_BT, mask_BT, z_BTS, first, emb_BTE)
     if not collectors:
         raise SaekitError("No held-out windows to compute feature statistics on.")
-    return {name: c.finish() for name, c in collectors.items()}
+    shared = torch.cat(ex_emb) if ex_emb else None
+    return {name: replace(c.finish(), ex_emb_CLE=shared) for name, c in collectors.items()}
 
 
 def _model_batches(
@@ -81,9 +82,8 @@ def _model_batches(
     progress: bool,
 ) -> Iterator[tuple[Tensor, Tensor, dict[str, Tensor], int]]:
     gen = torch.Generator().manual_seed(cfg.seed)
-    variants = {"dictionary": sae}
-    if "random" in cfg.controls:
-        variants["random"] = random_control(sae, cfg.seed + 1)
+    built = tuple(c for c in CONTROLS if c in cfg.controls)
+    variants = {"dictionary": sae, **control_dictionaries(sae, cfg.seed + 1, built)}
     for start in tqdm(
         range(0, n, cfg.model_batch_size), desc=f"interp {hook}", disable=not progress
     ):
@@ -115,23 +115,34 @@ def interp_dictionary(
         )
     n = min(cfg.n_windows, len(windows))
     vocab = int(windows.windows_NT[:n].max()) + 1
+    embedder = MiniLMEmbedder(model.tokenizer) if cfg.embedding else None
     with torch.no_grad():
         data = collect_codes(
-            _model_batches(model, sae, hook, windows, n, cfg, progress), sae.d_sae, vocab, cfg
+            _model_batches(model, sae, hook, windows, n, cfg, progress),
+            sae.d_sae,
+            vocab,
+            cfg,
+            embedder,
         )
     main = data.pop("dictionary")
     scorer = Scorer(main, cfg, vocab)
     scores = scorer.score(list(range(sae.d_sae)), progress)
     summary: dict[str, Any] = {"hook": hook, "d_sae": sae.d_sae, "n_tokens": main.n_tokens}
+    if sae.is_transcoder:  # latents read `hook` and write the MLP output at output_hook
+        summary["output_hook"] = sae.cfg.output_hook
     alive = int((main.counts_S > 0).sum())
     summary |= {"alive": alive, "dead_fraction": 1 - alive / sae.d_sae} | summarize(scores)
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(sae.d_sae, generator=gen).tolist()
     subset = order[: cfg.control_features]
-    summary["controls"] = {
-        name: summarize(score_features(d, cfg, vocab, subset, progress)) for name, d in data.items()
+    control_scores = {
+        name: score_features(d, cfg, vocab, subset, progress) for name, d in data.items()
     }
+    summary["controls"] = {name: summarize(sc) for name, sc in control_scores.items()}
     summary["dictionary_subset"] = summarize({s: scores[s] for s in subset})
+    summary["scores"] = {
+        k: v.to_json() for k, v in feature_scores(scores, control_scores, cfg.seed).items()
+    }
     if cfg.llm:
         from saekit.interp.llm import make_client, score_with_llm
 

@@ -7,8 +7,12 @@
   >= 0.3 x the example's max" on the same examples;
 - simulation: Pearson correlation between a lookup simulator (mean train activation of the token,
   0 for unseen tokens) and the true activations over the 5 top + 5 random held-out examples
-  (Bills et al.'s "top-and-random").
-Balanced accuracy = (TP/P + TN/N) / 2: 0.5 is chance, 1 is perfect.
+  (Bills et al.'s "top-and-random");
+- embedding detection / fuzzing (with token embeddings, interp/embed.py): the explanation is
+  the activation-weighted mean embedding of the train tokens the feature fires on; a held-out
+  token's prediction is its cosine to it. Detection: ROC-AUC of each example's best token on
+  the detection examples; fuzzing: ROC-AUC over their tokens, active as in fuzzing.
+Balanced accuracy = (TP/P + TN/N) / 2 and ROC-AUC: 0.5 is chance, 1 is perfect.
 """
 
 from __future__ import annotations
@@ -20,11 +24,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from saekit.eval.scorecard import Score, Units, score
 from saekit.interp.collect import FeatureData
 from saekit.interp.config import InterpConfig
 from saekit.interp.explain import Incidence, explain_feature, ngram_keys
 
-SCORE_NAMES = ("detection", "fuzzing", "simulation")
+SCORE_NAMES = (
+    "detection",
+    "fuzzing",
+    "simulation",
+    "embedding_detection",
+    "embedding_fuzzing",
+)
 FEATURE_BLOCK = 512
 """Features per sparse-dense product when counting n-gram hits ([U, 512] fp32 at a time)."""
 
@@ -34,6 +45,16 @@ def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
     if not pos or not neg:
         raise ValueError("balanced accuracy needs both classes")
     return 0.5 * float((pred & truth).sum() / pos + (~pred & ~truth).sum() / neg)
+
+
+def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted 1/2 (Mann-Whitney U)."""
+    pos, neg = int(truth.sum()), int((~truth).sum())
+    if not pos or not neg:
+        raise ValueError("ROC-AUC needs both classes")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average 1-based ranks
+    return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -161,7 +182,24 @@ class Scorer:
         tok_pred = np.concatenate([pos_hits, neg_hits])
         info["fuzzing"] = balanced_accuracy(tok_pred[tok_mask], tok_truth[tok_mask])
         info["simulation"] = self._simulation(s, ts.rng, ts.reservoir, ts.res_acts)
+        info |= self._embedding_scores(s, ts, tok_truth, tok_mask)
         return info
+
+    def _embedding_scores(
+        self, s: int, ts: TestSet, tok_truth: np.ndarray, tok_mask: np.ndarray
+    ) -> dict[str, float | None]:
+        d = self.data
+        if d.emb_sum_SE is None or d.ex_emb_CLE is None:
+            return {"embedding_detection": None, "embedding_fuzzing": None}
+        mu_E = torch.nn.functional.normalize(d.emb_sum_SE[s].float(), dim=0)
+        ids = np.concatenate([ts.pos_ids, ts.neg_ids])
+        cos_CL = (d.ex_emb_CLE[torch.from_numpy(ids)].float() @ mu_E).numpy()
+        best_C = np.where(tok_mask, cos_CL, -np.inf).max(axis=1)
+        truth = np.arange(len(ids)) < len(ts.pos_ids)
+        return {
+            "embedding_detection": roc_auc(best_C, truth),
+            "embedding_fuzzing": roc_auc(cos_CL[tok_mask], tok_truth[tok_mask]),
+        }
 
     def _simulation(
         self, s: int, rng: np.random.Generator, res: list, res_acts: np.ndarray
@@ -195,6 +233,32 @@ def summarize(scores: dict[int, dict[str, Any]]) -> dict[str, Any]:
         vals = np.array([v[name] for v in scores.values() if v.get(name) is not None])
         out[f"{name}_mean"] = float(vals.mean()) if len(vals) else None
         out[f"{name}_median"] = float(np.median(vals)) if len(vals) else None
+    return out
+
+
+def feature_scores(
+    scores: dict[int, dict[str, Any]],
+    controls: dict[str, dict[int, dict[str, Any]]],
+    seed: int = 0,
+) -> dict[str, Score]:
+    """Each score's mean over the scored features, its 95% interval (features resampled) and
+    its margin over the strongest control (the controls' features resampled independently).
+
+    The `shuffled` control is left out of the margin: it breaks the tie between codes and
+    text, so it bounds chance, not what an untrained or random dictionary reaches; its
+    value is in the summary's `controls`.
+    """
+    out: dict[str, Score] = {}
+    for name in SCORE_NAMES:
+        units = Units.mean_of((v.get(name) for v in scores.values()), "features")
+        if not len(units):
+            continue
+        ctrl = {
+            c: Units.mean_of((v.get(name) for v in sc.values()), "features")
+            for c, sc in controls.items()
+            if c != "shuffled"
+        }
+        out[name] = score(units, ctrl, higher_is_better=True, seed=seed)
     return out
 
 

@@ -92,19 +92,24 @@ def aux_k_loss_gathered(
     W_enc_DS: Tensor,
     b_enc_S: Tensor,
     W_dec_SD: Tensor,
-    b_dec_D: Tensor,
+    b_in_D: Tensor | None,
     dead_mask_S: Tensor | None,
     k_aux: int,
     coefficient: float,
+    target_BO: Tensor | None = None,
 ) -> Tensor:
     """`aux_k_loss_dead` for a sparse training path that kept no differentiable B×S
-    pre-activations: recomputes pre[:, dead] by a B×D×n_dead product (nothing while no
-    latent is dead). Finding the dead indices is a host sync on GPU."""
+    pre-activations: recomputes pre[:, dead] = ((x − b_in) W_enc + b_enc)[:, dead] by a
+    B×D×n_dead product (nothing while no latent is dead). Finding the dead indices is a host
+    sync on GPU. The residual is target − x̂ (a transcoder's output rows; default x)."""
     if dead_mask_S is None or coefficient == 0:
         return x_hat_BD.new_zeros((), dtype=torch.float32)
     dead_N = dead_mask_S.nonzero().squeeze(1)
     if dead_N.numel() == 0:
         return x_hat_BD.new_zeros((), dtype=torch.float32)
-    xc_BD = x_BD.to(W_enc_DS.dtype) - b_dec_D
+    xc_BD = x_BD.to(W_enc_DS.dtype)
+    if b_in_D is not None:
+        xc_BD = xc_BD - b_in_D
     pre_dead_BN = F.linear(xc_BD, W_enc_DS.index_select(1, dead_N).t(), b_enc_S[dead_N])
-    return aux_k_loss_dead(x_BD, x_hat_BD, pre_dead_BN, dead_N, W_dec_SD, k_aux, coefficient)
+    target = x_BD if target_BO is None else target_BO
+    return aux_k_loss_dead(target, x_hat_BD, pre_dead_BN, dead_N, W_dec_SD, k_aux, coefficient)

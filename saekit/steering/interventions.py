@@ -6,11 +6,16 @@ feeds one new position at a time and sets the offset (see generate.py), so "from
 means the same absolute tokens with or without a cache.
 
     AddDirection   h_t ← h_t + α v                    for t ≥ from_pos
+    RowDirections  h_bt ← h_bt + α_b v_b              one direction and strength per row b
     ClampFeature   h_t ← h_t + (value − z_i(h_t)) d_i  for t ≥ from_pos
 
 Clamping goes through the dictionary but keeps its error term: with x̂ = decode(z),
 h' = decode(z') + (h − x̂) = h + (z'_i − z_i) d_i when only latent i changes, so nothing the
 dictionary fails to reconstruct is lost.
+
+A transcoder's feature reads one hook (an MLP's input) and writes another (its output): its
+direction d_i is added at the output hook, and its clamp reads z_i from the input recorded by
+`RecordInput` earlier in the same forward, then adds (value − z_i) d_i to the MLP's own output.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class PositionalEdit:
         self.from_pos = from_pos
         self.offset = 0
         """Absolute position of row 0 of the next activation (set by the generator)."""
+
+    def select_rows(self, rows: list[int]) -> None:
+        """The sequences (by index) the next activations hold; per-row edits follow them."""
 
     def _mask_T(self, h_BTD: Tensor) -> Tensor:
         pos_T = torch.arange(h_BTD.shape[1], device=h_BTD.device) + self.offset
@@ -64,25 +72,79 @@ class AddDirection(PositionalEdit):
         return h_BTD + self.alpha * self._mask_T(h_BTD)[None, :, None] * v_D
 
 
-class ClampFeature(PositionalEdit):
-    """Set latent `index` of `sae` to `value` at positions ≥ from_pos, keeping the error term."""
+class RowDirections(PositionalEdit):
+    """h_b ← h_b + α_b·v_b: sequence s of a batch run gets its own direction and strength.
 
-    def __init__(self, sae: Dictionary, index: int, value: float, from_pos: int = 0) -> None:
+    Steering many directions on many prompts in one forward: sequence s = (direction, prompt)
+    pairs flattened, and `select_rows` (called by the generator per batch) picks the rows.
+    """
+
+    def __init__(self, vectors_SD: Tensor, alphas_S: Tensor, from_pos: int = 0) -> None:
+        super().__init__(from_pos)
+        if vectors_SD.ndim != 2 or alphas_S.shape != vectors_SD.shape[:1]:
+            raise SaekitError("RowDirections needs vectors [S, D] and one strength per row [S].")
+        if not bool(torch.isfinite(alphas_S).all()):
+            raise SaekitError("Steering strengths must be finite numbers.")
+        self.vectors_SD, self.alphas_S = vectors_SD.float(), alphas_S.float()
+        self._rows = list(range(vectors_SD.shape[0]))
+
+    def select_rows(self, rows: list[int]) -> None:
+        self._rows = list(rows)
+
+    def __call__(self, h_BTD: Tensor) -> Tensor:
+        if h_BTD.shape[0] != len(self._rows) or h_BTD.shape[-1] != self.vectors_SD.shape[1]:
+            raise SaekitError(
+                f"Per-row steering holds {len(self._rows)} rows of width "
+                f"{self.vectors_SD.shape[1]}, got an activation of shape {tuple(h_BTD.shape)}."
+            )
+        step_BD = (self.alphas_S[self._rows, None] * self.vectors_SD[self._rows]).to(h_BTD)
+        return h_BTD + self._mask_T(h_BTD)[None, :, None] * step_BD[:, None, :]
+
+
+class RecordInput(PositionalEdit):
+    """Passes a transcoder's input hook on unchanged, keeping it for `ClampFeature`."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.last: Tensor | None = None
+
+    def __call__(self, h_BTD: Tensor) -> Tensor:
+        self.last = h_BTD
+        return h_BTD
+
+
+class ClampFeature(PositionalEdit):
+    """Set latent `index` of `sae` to `value` at positions ≥ from_pos, keeping the error term
+    (a transcoder: z from the input `source` recorded, the edit at its output hook)."""
+
+    def __init__(
+        self,
+        sae: Dictionary,
+        index: int,
+        value: float,
+        from_pos: int = 0,
+        source: RecordInput | None = None,
+    ) -> None:
         super().__init__(from_pos)
         check_feature(index, sae.d_sae)
         if not math.isfinite(value):
             raise SaekitError(f"Clamp value must be a finite number, got {value}.")
-        self.sae, self.index, self.value = sae, index, float(value)
+        if sae.is_transcoder and source is None:
+            raise SaekitError("A transcoder's clamp reads its input hook: pass a RecordInput.")
+        self.sae, self.index, self.value, self.source = sae, index, float(value), source
 
     @torch.no_grad()
     def __call__(self, h_BTD: Tensor) -> Tensor:
-        B, T, D = h_BTD.shape
+        x_BTD = h_BTD if self.source is None else self.source.last
+        if x_BTD is None:
+            raise SaekitError("The transcoder's input hook did not run before its output hook.")
+        B, T, D = x_BTD.shape
         if self.sae.d_in != D:
             raise SaekitError(
                 f"The dictionary reads width {self.sae.d_in} but the hook has width {D}; "
                 "clamp at the hook the dictionary was trained on."
             )
-        z_N = self.sae.encode(h_BTD.reshape(B * T, D).float())[:, self.index]
+        z_N = self.sae.encode(x_BTD.reshape(B * T, D).float())[:, self.index]
         delta_BT = (self.value - z_N).reshape(B, T) * self._mask_T(h_BTD)[None, :]
         d_D = self.sae.W_dec[self.index].to(h_BTD)
         return h_BTD + delta_BT[..., None].to(h_BTD) * d_D

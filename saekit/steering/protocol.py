@@ -1,11 +1,14 @@
-"""The judge-free steering protocol at one hook (docs/steering.md): measure, then score.
+"""The judge-free steering protocol at one hook (docs/steering.md): calibrate, then measure.
 
 `SiteStudy` holds what every direction at one hook shares: the neutral prompts (split into a
 selection half P_sel and an evaluation half P_eval), the unsteered baseline and the target
-token sets of every direction studied together. `measure` runs one (direction, α): next-token
-log-probabilities on all prompts, a continuation per prompt and its NLL under the unsteered
-model, and the reference CE. Every target set is scored from the same run, so random
-directions (the null) and other features (specificity) cost no extra forward passes.
+token sets of every direction studied together. Work is batched over directions: one forward
+steers many (direction, prompt) rows, each with its own vector and strength. `calibrate_all`
+finds every direction's strength for every KL budget (and sign) in lockstep; `measure_all`
+runs each (direction, α): next-token log-probabilities on all prompts, and with `full` a
+continuation per prompt with its NLL under the unsteered model and the reference CE. Every
+target set is scored from the same rows, so random directions (the null) and other features
+(specificity) cost no extra forward passes.
 """
 
 from __future__ import annotations
@@ -16,19 +19,21 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel
-from saekit.steering.calibrate import Calibration, calibrate
+from saekit.steering.calibrate import Calibration, calibrate_many
 from saekit.steering.directions import Direction
 from saekit.steering.generate import (
+    Prefix,
     continuation_nll,
     encode_prompts,
     generate,
     last_logprobs,
-    reference_ce,
+    window_ce,
 )
-from saekit.steering.interventions import AddDirection
+from saekit.steering.interventions import RowDirections
 from saekit.steering.metrics import concept_mass, hit_at, kl_last, rep3, target_rate
 
 DEFAULT_PROMPTS = (
@@ -48,8 +53,25 @@ DEFAULT_PROMPTS = (
     "The most interesting",
     "After dinner we",
     "There was a time",
+    "We talked about",
+    "He looked at the",
+    "Last week, my friend",
+    "The reason is",
+    "Everyone knows that",
+    "On the way home",
+    "This is a story about",
+    "I would like to",
+    "At the end of the day",
+    "They decided to",
+    "You should never",
+    "The first thing",
+    "It was late when",
+    "My neighbour said",
+    "In my opinion,",
+    "Before we begin,",
 )
-"""Neutral stems; even indices form the selection split, odd ones the evaluation split."""
+"""Neutral stems written for steering (no text that chooses features or targets contains
+them); even indices form the selection split, odd ones the evaluation split."""
 
 
 @dataclass(frozen=True)
@@ -71,17 +93,19 @@ class SteeringConfig:
     n_random: int = 8
     """Random directions at the same hook and KL: the null distribution of each score."""
     alpha_max_multiple: float = 8.0
-    """Bisection upper bound: this many times the median activation norm at the hook."""
+    """Upper end of the strength search: this many times the median activation norm."""
     rel_tol: float = 0.05
     """A KL target counts as reached within rel_tol·κ."""
     max_bisection_steps: int = 24
-    """Bisection steps per KL target at most."""
-    reference_windows: int = 4
-    """Held-out windows for ΔCE_ref (collateral damage on ordinary text; 0 = skip)."""
+    """KL evaluations per target at most."""
+    reference_windows: int = 8
+    """Held-out 64-token windows for ΔCE_ref (collateral damage on ordinary text; 0 = skip)."""
     sign_flip: bool = True
-    """Also score −α at the selected KL (a control: it should not produce the concept)."""
+    """Also measure −α at every KL budget (a control: it should not produce the concept)."""
+    n_boot: int = 2000
+    """Bootstrap resamples behind every 95% interval (stats.py)."""
     seed: int = 0
-    """Seed of the random directions and of sampling."""
+    """Seed of the random directions, of sampling and of the bootstrap."""
 
     def __post_init__(self) -> None:
         if len(self.prompts) < 2:
@@ -90,6 +114,8 @@ class SteeringConfig:
             raise SaekitError(f"kl_targets must be positive numbers, got {self.kl_targets}.")
         if self.target_tokens < 1 or self.gen_tokens < 1 or self.n_random < 0:
             raise SaekitError("target_tokens and gen_tokens must be ≥ 1 and n_random ≥ 0.")
+        if self.n_boot < 100:
+            raise SaekitError(f"n_boot must be ≥ 100 for a 95% interval, got {self.n_boot}.")
 
 
 @dataclass
@@ -100,16 +126,20 @@ class Setting:
     mass_PN: Tensor
     """log Σ_{t∈T_n} p(t) at the last prompt position, per prompt and target set."""
     hit_PN: Tensor
-    rate_PN: Tensor
-    """Fraction of generated tokens in each target set."""
-    nll_P: Tensor
+    raised: list[int]
+    """The target_tokens tokens whose log-probability rises most (mean over P_eval)."""
+    rate_PN: Tensor | None = None
+    """Fraction of generated tokens in each target set (None: not generated)."""
+    nll_P: Tensor | None = None
     """NLL of the steered continuation under the unsteered model."""
-    rep3_P: Tensor
-    ce_ref: float | None
-    logit_gain_V: Tensor
-    """Mean change of next-token log-probabilities over the evaluation prompts."""
+    rep3_P: Tensor | None = None
+    ce_ref: float | None = None
     samples: list[tuple[str, str]] = field(default_factory=list)
     """(prompt, continuation) for each evaluation prompt."""
+
+
+ITEMS_PER_BATCH = 8
+"""(direction, α) settings measured together: 8 × 32 prompts = 256 rows per generation."""
 
 
 class SiteStudy:
@@ -139,8 +169,15 @@ class SiteStudy:
                     f"Direction {d.name} has width {d.vector_D.shape[0]} but {hook} has width "
                     f"{width}; steer at the hook the direction was learned at."
                 )
-        self.alpha_max = cfg.alpha_max_multiple * self._median_norm()
-        self.base = self._measure(None, Calibration(0.0, 0.0, 0.0, True))
+        self.prefix = Prefix(model, [hook])
+        # Norms, next-token log-probs, continuations: the unsteered baseline every score needs.
+        with tqdm(total=3, desc=f"baseline {hook}", unit="stage") as bar:
+            self.alpha_max = cfg.alpha_max_multiple * self._median_norm()
+            bar.update(1)
+            self.base_logp_PV = last_logprobs(model, self.prompts, None, self.prefix)
+            bar.update(1)
+            self.base = self._settings([], full=True, base=True)[0]
+            bar.update(1)
 
     def _median_norm(self) -> float:
         norms = []
@@ -152,61 +189,131 @@ class SiteStudy:
             raise SaekitError("Prompts are too short to measure activation norms; lengthen them.")
         return float(flat.median())
 
+    def _edit(self, items: Sequence[tuple[int, float]], n_rows: int) -> dict[str, RowDirections]:
+        """Row r = item r // n_rows: direction index and signed strength per item."""
+        v_SD = torch.stack([self.directions[i].vector_D for i, _ in items])
+        a_S = torch.tensor([a for _, a in items])
+        return {self.hook: RowDirections(v_SD.repeat_interleave(n_rows, 0),
+                                         a_S.repeat_interleave(n_rows, 0))}
+
     def kl_sel(self, direction: Direction, alpha: float) -> float:
         """Mean next-token KL(p_0 ‖ p_α) over the selection prompts."""
+        return self.kl_many([(self.directions.index(direction), alpha)])[0]
+
+    def kl_many(self, items: Sequence[tuple[int, float]]) -> list[float]:
+        """Mean selection-prompt KL for each (direction index, signed α), batched."""
         seqs = [self.prompts[i] for i in self.sel]
-        edit = {self.hook: AddDirection(direction.vector_D, alpha)}
-        logp_PV = last_logprobs(self.model, seqs, edit)
-        return float(kl_last(self.base_logp_PV[self.sel], logp_PV).mean())
+        unique = list(dict.fromkeys(items))
+        found: dict[tuple[int, float], float] = {}
+        for start in range(0, len(unique), 4 * ITEMS_PER_BATCH):
+            part = unique[start : start + 4 * ITEMS_PER_BATCH]
+            logp_RV = last_logprobs(
+                self.model, seqs * len(part), self._edit(part, len(seqs)), self.prefix
+            )
+            base_RV = self.base_logp_PV[self.sel].repeat(len(part), 1)
+            kl_IP = kl_last(base_RV, logp_RV).reshape(len(part), len(seqs))
+            found.update(zip(part, kl_IP.mean(dim=1).tolist()))
+        return [found[it] for it in items]
 
     def calibrate(
         self, direction: Direction, kappas: Sequence[float], sign: float = 1.0
     ) -> list[Calibration]:
-        return calibrate(
-            lambda a: self.kl_sel(direction, a),
-            kappas,
+        n = self.directions.index(direction)
+        return self.calibrate_all([(n, sign)], sorted(kappas))[n, sign]
+
+    def calibrate_all(
+        self, pairs: Sequence[tuple[int, float]], kappas: Sequence[float]
+    ) -> dict[tuple[int, float], list[Calibration]]:
+        """{(direction index, sign): one Calibration per κ}, all problems in lockstep."""
+        problems = [(n, s, k) for n, s in pairs for k in kappas]
+        bar = tqdm(total=self.cfg.max_bisection_steps, desc=f"calibrating {self.hook}",
+                   unit="step")
+
+        def kl_many(ks: list[int], alphas: list[float]) -> list[float]:
+            bar.set_postfix(targets=len(ks))
+            out = self.kl_many([(problems[k][0], a) for k, a in zip(ks, alphas)])
+            bar.update(1)
+            return out
+
+        cals = calibrate_many(
+            kl_many,
+            [k for _, _, k in problems],
             self.alpha_max,
-            sign=sign,
-            rel_tol=self.cfg.rel_tol,
-            max_steps=self.cfg.max_bisection_steps,
+            [s for _, s, _ in problems],
+            self.cfg.rel_tol,
+            self.cfg.max_bisection_steps,
         )
+        bar.close()
+        out: dict[tuple[int, float], list[Calibration]] = {}
+        for (n, s, _), cal in zip(problems, cals):
+            out.setdefault((n, s), []).append(cal)
+        return out
 
     def measure(self, direction: Direction, calibration: Calibration) -> Setting:
-        return self._measure(direction, calibration)
+        return self.measure_all([(self.directions.index(direction), calibration)])[0]
 
-    def _measure(self, direction: Direction | None, calibration: Calibration) -> Setting:
-        cfg, model = self.cfg, self.model
-        edit = (
-            {self.hook: AddDirection(direction.vector_D, calibration.alpha)}
-            if direction is not None
-            else None
-        )
-        logp_PV = last_logprobs(model, self.prompts, edit)
-        if direction is None:
-            self.base_logp_PV = logp_PV
-        conts = generate(model, self.prompts, cfg.gen_tokens, edit, cfg.temperature, cfg.seed)
-        nll_P = continuation_nll(model, self.prompts, conts)  # unsteered model judges fluency
+    def measure_all(
+        self, items: Sequence[tuple[int, Calibration]], full: bool = True, desc: str = ""
+    ) -> list[Setting]:
+        """One Setting per (direction index, calibration); `full` adds generation and ΔCE."""
+        out: list[Setting] = []
+        bar = tqdm(total=len(items), desc=desc or f"measuring {self.hook}", unit="setting")
+        for start in range(0, len(items), ITEMS_PER_BATCH):
+            part = list(items[start : start + ITEMS_PER_BATCH])
+            out += self._settings(part, full)
+            bar.update(len(part))
+        bar.close()
+        return out
+
+    def _settings(
+        self, items: list[tuple[int, Calibration]], full: bool, base: bool = False
+    ) -> list[Setting]:
+        cfg, model, P = self.cfg, self.model, len(self.prompts)
+        cals = [Calibration(0.0, 0.0, 0.0, True)] if base else [c for _, c in items]
+        edit = None if base else self._edit([(n, c.alpha) for n, c in items], P)
+        seqs = self.prompts * len(cals)
+        logp_RV = self.base_logp_PV if base else last_logprobs(model, seqs, edit, self.prefix)
+        settings = []
+        for i, cal in enumerate(cals):
+            logp_PV = logp_RV[i * P : (i + 1) * P]
+            gain_V = (logp_PV[self.eval] - self.base_logp_PV[self.eval]).mean(dim=0)
+            settings.append(
+                Setting(
+                    calibration=cal,
+                    mass_PN=torch.stack([concept_mass(logp_PV, t) for t in self.targets_N], 1)
+                    if self.targets_N else torch.zeros(P, 0),
+                    hit_PN=torch.stack([hit_at(logp_PV, t, 10) for t in self.targets_N], 1)
+                    if self.targets_N else torch.zeros(P, 0),
+                    raised=gain_V.topk(cfg.target_tokens).indices.tolist(),
+                )
+            )
+        if not full:
+            return settings
+        conts = generate(model, seqs, cfg.gen_tokens, edit, cfg.temperature, cfg.seed)
+        nll_R = continuation_nll(model, seqs, conts)  # the unsteered model judges fluency
+        ce_I = self._reference_ce([(n, c.alpha) for n, c in items], base)
         sets = [set(t.tolist()) for t in self.targets_N]
-        N = len(self.targets_N)
-        mass_PN = torch.zeros(len(self.prompts), N)
-        hit_PN = torch.zeros(len(self.prompts), N)
-        for n, t_N in enumerate(self.targets_N):
-            mass_PN[:, n] = concept_mass(logp_PV, t_N)
-            hit_PN[:, n] = hit_at(logp_PV, t_N, 10)
-        rate_PN = torch.tensor([[target_rate(c, s) for s in sets] for c in conts]).reshape(-1, N)
-        ce_ref = None
-        if self.reference_BT is not None and cfg.reference_windows > 0:
-            ce_ref = reference_ce(model, self.reference_BT[: cfg.reference_windows], edit)
-        gain_V = (logp_PV[self.eval] - self.base_logp_PV[self.eval]).mean(dim=0)
         tok = model.tokenizer
-        return Setting(
-            calibration=calibration,
-            mass_PN=mass_PN,
-            hit_PN=hit_PN,
-            rate_PN=rate_PN,
-            nll_P=nll_P,
-            rep3_P=torch.tensor([rep3(c) for c in conts]),
-            ce_ref=ce_ref,
-            logit_gain_V=gain_V,
-            samples=[(cfg.prompts[i], str(tok.decode(conts[i]))) for i in self.eval],
+        for i, s in enumerate(settings):
+            mine = conts[i * P : (i + 1) * P]
+            s.nll_P = nll_R[i * P : (i + 1) * P]
+            s.rep3_P = torch.tensor([rep3(c) for c in mine])
+            s.rate_PN = torch.tensor([[target_rate(c, t) for t in sets] for c in mine]).reshape(
+                P, len(sets)
+            )
+            s.ce_ref = None if ce_I is None else float(ce_I[i])
+            s.samples = [(cfg.prompts[j], str(tok.decode(mine[j]))) for j in self.eval]
+        return settings
+
+    def _reference_ce(self, items: list[tuple[int, float]], base: bool) -> Tensor | None:
+        """Mean CE on the reference windows per item, with that item's steering active."""
+        if self.reference_BT is None or self.cfg.reference_windows <= 0:
+            return None
+        windows_WT = self.reference_BT[: self.cfg.reference_windows]
+        W = windows_WT.shape[0]
+        if base:
+            return window_ce(self.model, windows_WT, None, self.prefix).mean()[None]
+        ce_R = window_ce(
+            self.model, windows_WT.repeat(len(items), 1), self._edit(items, W), self.prefix
         )
+        return ce_R.reshape(len(items), W).mean(dim=1)

@@ -21,6 +21,9 @@ class Slot:
         self, name: str, hook: str, sae: TrainableDictionary, cfg: TrainConfig, n_steps: int
     ) -> None:
         self.name, self.hook, self.sae = name, hook, sae
+        self.transcoder = sae.is_transcoder
+        self.target_hook = sae.cfg.output_hook or hook
+        """The hook whose rows the dictionary must reproduce (a transcoder's output hook)."""
         lr = cfg.lr if cfg.lr is not None else default_lr(sae.d_sae)
         # fused: one pass over Adam's state instead of ~10 per tensor (same update up to float
         # rounding; its cost in docs/benchmarks.md).
@@ -55,15 +58,19 @@ class Slot:
 
 
 def resolve_hook(i: int, sae_cfg: SAEConfig, stream: BaseStream) -> str:
-    """The hook saes[i] reads (default: the stream's first); it must be streamed."""
+    """The hook saes[i] reads (default: the stream's first); it, and a transcoder's output
+    hook, must be streamed."""
     hook = sae_cfg.hook or stream.cfg.hooks[0]
-    if hook not in stream.d_in:
-        raise SaekitError(
-            f"saes[{i}].hook {hook!r} is not streamed; add it to "
-            f"stream.hooks (now {list(stream.cfg.hooks)})."
-        )
+    for field, name in (("hook", hook), ("output_hook", sae_cfg.output_hook)):
+        if name and name not in stream.d_in:
+            raise SaekitError(
+                f"saes[{i}].{field} {name!r} is not streamed; add it to "
+                f"stream.hooks (now {list(stream.cfg.hooks)})."
+            )
     return hook
 
 
 def slot_name(i: int, cfg: SAEConfig, hook: str) -> str:
-    return f"{i:02d}-{cfg.method}-{hook.replace('/', '_').replace(':', '_')}"
+    """`00-topk-HOOK`; a transcoder `00-topk-transcoder-HOOK` (`skip-transcoder` with skip)."""
+    kind = ("-skip-transcoder" if cfg.skip_connection else "-transcoder") * bool(cfg.output_hook)
+    return f"{i:02d}-{cfg.method}{kind}-{hook.replace('/', '_').replace(':', '_')}"

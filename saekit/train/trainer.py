@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from saekit.activations.progress import TokenProgress
 from saekit.activations.stream import BaseStream
 from saekit.dictionaries import Dictionary, SAEConfig, TrainableDictionary, TrainContext
 from saekit.dictionaries.registry import build_dictionary
@@ -73,7 +73,8 @@ class Trainer:
                 continue
             hook = resolve_hook(i, sae_cfg, stream)
             sae_cfg = replace(sae_cfg, hook=hook)
-            sae = build_dictionary(sae_cfg, stream.d_in[hook])
+            d_out = stream.d_in[sae_cfg.output_hook] if sae_cfg.output_hook else None
+            sae = build_dictionary(sae_cfg, stream.d_in[hook], d_out)
             if not isinstance(sae, TrainableDictionary):
                 raise SaekitError(
                     f"saes[{i}]: method {sae_cfg.method} is fitted in closed form, not trained "
@@ -84,13 +85,21 @@ class Trainer:
 
     # ---- init / state ------------------------------------------------------------------------
     def init_b_dec(self, batch: dict[str, torch.Tensor]) -> None:
-        """b_dec ← geometric median of the first rows (robust to attention-sink outliers)."""
+        """b_dec ← geometric median of the first rows (robust to attention-sink outliers).
+
+        A transcoder's b_dec is the median of its output rows, and b_enc ← −median(x) W_enc
+        centres its pre-activations as an SAE's pre-bias b_dec does."""
         n = self.cfg.b_dec_init_samples
         if n <= 0:
             return
         for slot in self.slots:
-            sample = self.dist.head_rows(batch[slot.hook].to(self.cfg.device).float(), n)
-            slot.sae.b_dec.data.copy_(geometric_median(sample).to(slot.sae.b_dec.dtype))
+            sae = slot.sae
+            sample = self.dist.head_rows(batch[slot.target_hook].to(self.cfg.device).float(), n)
+            sae.b_dec.data.copy_(geometric_median(sample).to(sae.b_dec.dtype))
+            if sae.is_transcoder:
+                rows = self.dist.head_rows(batch[slot.hook].to(self.cfg.device).float(), n)
+                median_D = geometric_median(rows).to(sae.W_enc.dtype)
+                sae.b_enc.data.copy_(-(median_D @ sae.W_enc.data))
 
     def agree_normalization(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Data-parallel ranks estimated the scale on their own first rows: use the mean."""
@@ -141,9 +150,28 @@ class Trainer:
         main = self.dist.is_main
         logger = RunLogger(out if main else None, self.cfg, self.run_config, resume)
         logger.truncate(self.step)
-        bar = tqdm(
-            total=self.n_steps, initial=self.step, desc="training", unit="step", disable=not main
+        # In tokens, moving with each model forward while a shuffle buffer fills.
+        progress = TokenProgress(
+            self.n_steps * self.batch_tokens,
+            "training",
+            done=self.step * self.batch_tokens,
+            disable=not main,
+            capture_scale=self.dist.data_world,
         )
+        progress.watch(self.stream)
+        try:
+            self._loop(logger, progress)
+        finally:
+            progress.close()
+        if out and self.step != self.saved_step:
+            self.checkpoint()
+        summary = self.export()
+        self.history = logger.records
+        logger.finish(summary)
+        return summary
+
+    def _loop(self, logger: RunLogger, progress: TokenProgress) -> None:
+        out = self.run_dir
         t_last, tokens_last = time.perf_counter(), 0
         while self.step < self.n_steps:
             batch = self.stream.next_batch()
@@ -153,10 +181,13 @@ class Trainer:
             log_now = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == self.n_steps
             record: dict[str, float] = {}
             for slot in self.slots:
-                record.update(self._step(slot, batch[slot.hook].to(self.cfg.device), log_now))
+                x_BD = batch[slot.hook].to(self.cfg.device)
+                # A transcoder's target: its output hook's rows (same tokens, same forward).
+                y = batch[slot.target_hook].to(self.cfg.device) if slot.transcoder else None
+                record.update(self._step(slot, x_BD, log_now, y))
             self.step += 1
             tokens_last += self.batch_tokens
-            bar.update(1)
+            status = None
             if log_now:
                 now = time.perf_counter()
                 record["tokens_per_s"] = tokens_last / max(now - t_last, 1e-9)
@@ -164,25 +195,25 @@ class Trainer:
                 record = self.dist.merge_record(record)
                 logger.log(self.step, record)
                 first = self.slots[0].name
-                bar.set_postfix(
-                    fvu=f"{record[f'{first}/fvu']:.3f}", l0=f"{record[f'{first}/l0']:.1f}"
+                status = (
+                    f"step {self.step}/{self.n_steps}, fvu {record[f'{first}/fvu']:.3f}, "
+                    f"l0 {record[f'{first}/l0']:.1f}"
                 )
+            progress.consume(self.batch_tokens, status)
             if out and self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
-        bar.close()
-        if out and self.step != self.saved_step:
-            self.checkpoint()
-        summary = self.export()
-        self.history = logger.records
-        logger.finish(summary)
-        return summary
 
-    def _step(self, slot: Slot, x_BD: torch.Tensor, log_now: bool) -> dict[str, float]:
+    def _step(
+        self, slot: Slot, x_BD: torch.Tensor, log_now: bool, target_BO: torch.Tensor | None = None
+    ) -> dict[str, float]:
         sae, cfg = slot.sae, self.cfg
         dead_S = slot.tokens_since_fired_S >= cfg.dead_window_tokens
         ctx = TrainContext(
-            dead_mask_S=dead_S, sparsity_scale=sparsity_scale(self.step, cfg.sparsity_warmup_steps)
+            dead_mask_S=dead_S,
+            sparsity_scale=sparsity_scale(self.step, cfg.sparsity_warmup_steps),
+            target_BO=target_BO,
         )
+        y_BO = x_BD if target_BO is None else target_BO
         out = sae.training_forward(x_BD, ctx)
         loss = torch.stack(list(out.losses.values())).sum()
         slot.optimizer.zero_grad(set_to_none=True)
@@ -220,7 +251,7 @@ class Trainer:
         with torch.no_grad():
             rec = {f"{slot.name}/loss/{k}": float(v) for k, v in out.losses.items()}
             rec[f"{slot.name}/loss/total"] = float(loss)
-            rec[f"{slot.name}/fvu"] = float(fvu(x_BD, out.x_hat_BD))
+            rec[f"{slot.name}/fvu"] = float(fvu(y_BO, out.x_hat_BD))
             rec[f"{slot.name}/l0"] = l0 if l0 is not None else float(fired_S.sum() / n_rows)
             rec[f"{slot.name}/dead_fraction"] = float(dead_S.float().mean())
             rec[f"{slot.name}/lr"] = float(slot.scheduler.get_last_lr()[0])
@@ -242,13 +273,15 @@ class Trainer:
             provenance = {**self.provenance, "training_tokens": n_tokens}
             if self.run_dir is not None:
                 provenance["run_dir"] = str(self.run_dir.path)
+            factors = self.stream.norm_factors
             summary["saes"][slot.name] = export_dictionary(
                 sae,
                 path,
                 slot.hook,
-                self.stream.norm_factors.get(slot.hook),
+                factors.get(slot.hook),
                 provenance,
                 log10_density(slot.fire_count_S, n_tokens),
+                factors.get(slot.target_hook) if slot.transcoder else None,
             )
             self.dictionaries[slot.name] = sae
         parts = self.dist.all_gather(summary["saes"])
@@ -263,12 +296,17 @@ def export_dictionary(
     norm_factor: float | None,
     provenance: dict[str, Any],
     log10_density_S: torch.Tensor | None = None,
+    out_norm_factor: float | None = None,
 ) -> dict[str, Any]:
-    """Fold the stream's normalization into `sae`, record provenance, save it under `path`
-    (if given); the summary line of the run."""
+    """Fold the stream's normalization into `sae` (a transcoder's output hook has a factor
+    of its own), record provenance, save it under `path` (if given); the run's summary line."""
     if norm_factor is not None:
-        sae.fold_normalization(norm_factor)
+        sae.fold_normalization(norm_factor, out_norm_factor)
     sae.provenance = {**provenance, "hook": hook, "norm_factor": norm_factor}
+    line = {"hook": hook, "method": sae.method, "path": str(path) if path else None}
+    if sae.is_transcoder:
+        sae.provenance |= {"output_hook": sae.cfg.output_hook, "out_norm_factor": out_norm_factor}
+        line["output_hook"] = sae.cfg.output_hook
     if path is not None:
         sae.save(path, log10_density_S)
-    return {"hook": hook, "method": sae.method, "path": str(path) if path else None}
+    return line

@@ -156,3 +156,21 @@ def test_stream_for_a_trainer() -> None:
     assert torch.equal(torch.cat([first, second]).sort(dim=0).values, pool.sort(dim=0).values)
     again = data.stream(n_tokens=64, batch_size=32, seed=3).next_batch()["synthetic"]
     assert torch.equal(again, first)
+
+
+def test_sparse_map_outputs_are_the_thresholded_codes_through_the_map() -> None:
+    from saekit.activations.synthetic_map import SparseMap
+
+    m = SparseMap(n_features=16, d_in=16, d_out=12, n_out_features=20, fanout=3, threshold=0.5)
+    assert torch.allclose(m.features_FD @ m.features_FD.T, torch.eye(16), atol=1e-5)
+    assert ((m.map_FG > 0).sum(dim=1) == 3).all()
+    assert ((m.map_FG == 0) | ((m.map_FG >= 0.5) & (m.map_FG < 1.5))).all()
+    s = m.sample(512, gen(3))
+    assert torch.allclose(s.x_BD, s.codes_BF @ m.features_FD, atol=1e-5)
+    expected_BO = (s.codes_BF - 0.5).relu() @ m.map_FG @ m.out_features_GO
+    assert torch.allclose(s.y_BO, expected_BO, atol=1e-5)
+    assert (s.codes_BF > 0).sum(dim=1).float().mean() == pytest.approx(4.0, rel=0.2)
+    batch = next(iter(m.stream(512, batch_size=64, seed=3)))
+    assert set(batch) == {"in", "out"} and batch["out"].shape == (64, 12)
+    with pytest.raises(SaekitError, match="threshold must be in"):
+        SparseMap(threshold=2.5)

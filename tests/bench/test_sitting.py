@@ -69,3 +69,30 @@ def test_missing_end_marker_or_sitting_is_one_clear_error(tmp_path):
     assert (tmp_path / "README.md").read_text() == f"{sitting.START}\nno end\n"
     with pytest.raises(SaekitError, match="sitting run"):
         sitting.render(tmp_path)
+
+
+def test_a_partial_rerun_keeps_the_other_benches_and_says_which_sitting_is_which(
+    sitting_dir, tmp_path, monkeypatch
+):
+    """`run --only train` replaces train's JSON and record; stream keeps the old sitting's."""
+    out, _ = sitting_dir
+    for name in ("sitting.json", "train.json"):
+        (tmp_path / name).write_text((out / name).read_text())
+    (tmp_path / "stream.json").write_text("{}")  # left alone by a train-only rerun
+    tiny = {"shape": train.Shape(32, 256, 4, 64), "memory": False, "threads": [1]}
+    monkeypatch.setitem(sitting.SITTING, "train", tiny)
+    sitting.run_sitting(tmp_path, ("train",))
+    meta = json.loads((tmp_path / "sitting.json").read_text())
+    assert meta["benches"] == ["stream", "train"]
+    assert meta["runs"]["stream"]["commit"] == "abc1234"
+    assert meta["runs"]["train"]["date"] != "2026-01-01 00:00 UTC"
+    assert (tmp_path / "stream.json").read_text() == "{}"
+    assert json.loads((tmp_path / "train.json").read_text())["shape"]["d_sae"] == 256
+    (tmp_path / "stream.json").unlink()  # render skips a bench without its JSON
+    table = sitting.render(tmp_path)
+    assert "from 2 sittings" in table
+    assert "`stream`: 2026-01-01 00:00 UTC, commit abc1234" in table
+    assert (
+        f"`train`: {meta['runs']['train']['date']}, commit {meta['runs']['train']['commit']}"
+        in table
+    )

@@ -30,7 +30,8 @@ def test_run_interp_eval_writes_summary_table_and_feature_files(dash_run, dash_c
         "dictionary_subset",
     ):
         assert key in s
-    assert set(s["controls"]) == {"shuffled", "random"}
+    assert set(s["controls"]) == {"shuffled", "random", "init"}
+    assert set(s["scores"]["detection"]["controls"]) == {"random", "init"}  # not shuffled
     rows = json.loads((dash_run / s["features_dir"] / "table.json").read_text())
     scored = [r for r in rows if r["detection"] is not None]
     assert s["scored"] == len(scored) > 0  # the summary is the mean over the scored rows
@@ -106,6 +107,44 @@ def test_steering_curves_read_the_steer_layout(tmp_path):
     assert steering_curves(tmp_path / "missing", SAE_NAME) == {}
 
 
+def test_index_shows_the_scorecard_of_report_json(dash_run, dash_cfg):
+    import numpy as np
+
+    from saekit.eval.scorecard import Units, score
+
+    run_interp_eval(dash_run, cfg=dash_cfg, progress=False)
+    rng = np.random.default_rng(0)
+
+    def units(mean: float) -> Units:
+        return Units("held-out windows", "w", rng.normal(mean, 0.01, 20), np.ones(20))
+
+    ev = score(units(0.8), {"random": units(0.1), "init": units(0.3)})
+    card = {SAE_NAME: {"core": {"explained_variance": ev.to_json(), "mse": ev.to_json()}}}
+    (dash_run / "report.json").write_text(json.dumps({"scorecard": card}))
+    index = build_dashboard(dash_run).read_text()
+    row = index[index.index("<h2>Scorecard</h2>") :].split("<tr>")[2]  # header, then our row
+    assert "explained_variance" in row and f"{ev.value:.3g}"[:4] in row
+    assert f"{ev.controls['random']:.3g}"[:4] in row and ">yes<" in row
+    assert "20 held-out windows" in row and "mse" not in index  # headline scores only
+
+
+def test_index_links_the_steering_study_when_present(dash_run, dash_cfg):
+    run_interp_eval(dash_run, cfg=dash_cfg, progress=False)
+    build_dashboard(dash_run)
+    assert "Steering study" not in (dash_run / "dashboard" / "index.html").read_text()
+    steering = json.loads((dash_run / "steering.json").read_text())
+    auc = {"mean": 0.4125, "lo": 0.25, "hi": 0.5}
+    topk = {"directions": 32, "pareto_auc": auc}
+    steering["study"] = {"blocks.0.hook_resid_post": {"methods": {"topk": topk}}}
+    (dash_run / "steering.json").write_text(json.dumps(steering))
+    (dash_run / "steering-study.png").write_bytes(b"\x89PNG fake")
+    build_dashboard(dash_run)
+    index = (dash_run / "dashboard" / "index.html").read_text()
+    assert "Steering study" in index and 'href="steering-study.png"' in index
+    assert (dash_run / "dashboard" / "steering-study.png").read_bytes() == b"\x89PNG fake"
+    assert "0.41" in index and "0.25" in index
+
+
 def test_index_links_the_selection_study_when_present(tmp_path):
     from saekit.dashboard.build import selection_section
     from saekit.rundir import RunDir, write_json
@@ -132,3 +171,14 @@ def test_index_links_the_selection_study_when_present(tmp_path):
     assert 'href="../selection/selection-retrieval.png"' in html
     assert "downstream plot" not in html
     assert "30 targets, pool 5572" in html and "0.812" in html and "[0.750, 0.875]" in html
+
+
+def test_dashboard_index_carries_the_selection_section(dash_run, dash_cfg):
+    from saekit.rundir import RunDir, write_json
+
+    run_interp_eval(dash_run, cfg=dash_cfg, progress=False)
+    ci = {"mean": 0.5, "lo": 0.25, "hi": 0.75, "n": 3}
+    summary = {"mona": {"precision": ci, "auc": ci}}
+    write_json(RunDir(dash_run).selection_json, {"retrieval": {"summary": summary}})
+    index = build_dashboard(dash_run).read_text()
+    assert "<h2>Data selection</h2>" in index and 'href="../selection/selection.json"' in index

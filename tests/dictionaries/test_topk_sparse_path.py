@@ -85,3 +85,35 @@ def test_remove_parallel_grad_projects_out_the_row_direction():
     expected = g - (g * W).sum(dim=1, keepdim=True) * W
     torch.testing.assert_close(d.W_dec.grad, expected, atol=1e-6, rtol=1e-6)
     assert (d.W_dec.grad * W).sum(dim=1).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("dead", ["aux_off", "many_dead"])
+def test_transcoder_sparse_path_equals_dense_autograd(dead, skip):
+    """The CSR decode writes d_out columns and the encoder backward reads d_in ones."""
+    d_out = 12
+    cfg = small_cfg("topk", hook="in", output_hook="out", skip_connection=skip)
+    d = build_dictionary(cfg, D_IN, d_out)
+    randomize(d)
+    if skip:
+        with torch.no_grad():
+            d.W_skip.copy_(0.1 * torch.randn(d.W_skip.shape))
+    y = torch.randn(64, d_out, generator=torch.Generator().manual_seed(5))
+    ctx = TrainContext(dead_mask_S=DEAD_MASKS[dead], target_BO=y)
+    x = x_BD()
+    results = []
+    for forward in (d.training_forward, d.training_forward_dense):
+        d.zero_grad(set_to_none=True)
+        out = forward(x, ctx)
+        sum(out.losses.values()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in d.named_parameters()}))
+    (fast, fast_grads), (ref, ref_grads) = results
+    assert fast.x_hat_BD.shape == (64, d_out)
+    if dead == "many_dead":
+        assert float(fast.losses["aux_k"].detach()) > 0
+    for name in fast.losses:
+        torch.testing.assert_close(fast.losses[name], ref.losses[name], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.x_hat_BD, ref.x_hat_BD, atol=1e-5, rtol=1e-5)
+    assert set(fast_grads) == {"W_enc", "b_enc", "W_dec", "b_dec", *(("W_skip",) * skip)}
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)

@@ -16,6 +16,7 @@ import torch
 from saekit.data.text import TokenWindows
 from saekit.dictionaries import Dictionary, SAEConfig, build_dictionary
 from saekit.models.hooks import HookedModel
+from saekit.report.saebench_core import WindowStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -109,3 +110,10 @@ def pm_identity() -> Callable[..., Dictionary]:
         return d
 
     return build
+
+
+@pytest.fixture
+def token_store() -> Callable[[torch.Tensor], WindowStore]:
+    """Builds a store that serves the given windows [N, T] in one batch (what SAELens' and
+    SAEBench's `run_evals` read), so both evaluators see saekit's own windows."""
+    return WindowStore

@@ -74,7 +74,18 @@ def test_run_dir_writes_report_and_plots(
     assert report["plots"]["history"] == str(run / "training-curves.png")
     assert is_png(run / "training-curves.png")
     table = summary_table(report).splitlines()
-    assert len(table) == 3 and "ce_loss_score"[:12] in table[0]
+    assert "ce_loss_score"[:12] in table[0] and table[3].startswith("scorecard of 00-topk")
+    # the scorecard: the point metrics with window intervals and both controls' values
+    for name, metrics in report["saes"].items():
+        core = report["scorecard"][name]["core"]
+        for key in ("explained_variance", "fvu", "ce_loss_score", "kl_sae", "l0_mean"):
+            assert core[key]["value"] == pytest.approx(metrics[key], rel=1e-6), (name, key)
+            assert core[key]["resampled"] == "6 held-out windows"
+        assert set(core["fvu"]["controls"]) == {"random", "init"}
+        assert metrics["controls"]["init"]["fvu"] == pytest.approx(core["fvu"]["controls"]["init"])
+    topk = report["scorecard"]["00-topk-blocks.0.hook_resid_post"]["core"]["explained_variance"]
+    assert topk["margin_ci"][0] > 0  # the identity-like topk beats random and untrained
+    assert sum(line.startswith("scorecard of") for line in table) == 2
 
 
 def test_out_dir_and_hook_override(tmp_path, saekit_home, corpus_jsonl, tokenizer, eval_tl,
@@ -183,3 +194,83 @@ def test_eval_aggregates_interp_steering_and_selection(
     assert ("detection" in table) == scored and "S 0.250" in table
     saved = json.loads((run / "report.json").read_text())
     assert saved["steering"]["table"] == [steering_row]
+
+
+def test_eval_runs_sparse_probing_and_absorption_on_request(
+    tmp_path, saekit_home, corpus_jsonl, tokenizer, eval_tl, pm_identity
+):
+    from saekit.eval.absorption import AbsorptionConfig
+    from saekit.eval.probing import ProbingConfig
+
+    run = tmp_path / "run"
+    names = make_run(run, corpus_jsonl, pm_identity)
+    task = tmp_path / "task.csv"
+    rows = [f"{w},{i % 2}\n" for i, w in enumerate(["ab", "cd", "ef", "gh"] * 10)]
+    task.write_text("text,label\n" + "".join(rows))
+    probing = ProbingConfig(tasks=str(task), n_train=16, n_test=8, ks=(1, 2), context_size=8)
+    absorption = AbsorptionConfig(prompt_template="{word}:", token_pos=-2, n_examples=3)
+    report = evaluate_run(run, n_windows=4, model=HookedModel(eval_tl, tokenizer),
+                          probing=probing, absorption=absorption)  # fmt: skip
+    for name in names:
+        entry = report["saes"][name]["sparse_probing"]
+        assert set(entry["controls"]) == {"random", "init"}
+        assert entry["top_k"]["k=1"] == report["saes"][name]["probing_k1"]
+        best_floor = max(c["k=2"] for c in entry["controls"].values())
+        assert entry["margin_over_strongest_control"]["k=2"] == entry["top_k"]["k=2"] - best_floor
+        assert report["saes"][name]["absorption"]["n_tokens"] == 26  # the char vocabulary
+        # The scorecard holds the same numbers, the controls measured on the same task.
+        card = report["scorecard"][name]
+        top2 = card["sparse_probing"]["accuracy_k2"]
+        assert top2["value"] == pytest.approx(entry["top_k"]["k=2"])
+        floors = {c: v["k=2"] for c, v in entry["controls"].items()}
+        assert top2["controls"] == pytest.approx(floors)
+        assert top2["margin"] == pytest.approx(entry["margin_over_strongest_control"]["k=2"])
+        assert top2["resampled"] == "1 tasks" and "scores" not in entry
+        absorbed = report["saes"][name]["absorption"]
+        assert set(absorbed["controls"]) == {"random", "init"}  # scored on the same prompts
+        fraction = report["saes"][name]["absorption_fraction"]
+        if fraction is not None:
+            got = card["absorption"]["absorption_fraction"]
+            assert got["value"] == pytest.approx(fraction) and not got["higher_is_better"]
+            floors = {c: v["mean_absorption_fraction"] for c, v in absorbed["controls"].items()}
+            assert got["controls"] == pytest.approx(floors)
+            # Lower is better: the strongest control is the one with the least absorption.
+            margin = absorbed["margin_over_strongest_control"]["absorption_fraction"]
+            assert margin == pytest.approx(min(floors.values()) - fraction)
+    probing_file = json.loads((run / "probing.json").read_text())
+    assert set(probing_file) == {HOOK} and len(probing_file[HOOK]["tasks"]) == 1
+    absorption_file = json.loads((run / "absorption.json").read_text())
+    assert set(absorption_file) == {f"{n}{c}" for n in names for c in ("", "/random", "/init")}
+    assert "probing_k1" in summary_table(report)
+
+
+def test_a_bad_probing_task_fails_before_any_model_runs(tmp_path, corpus_jsonl, pm_identity):
+    from saekit.eval.probing import ProbingConfig
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name}) before the tasks were checked")
+
+    run = tmp_path / "run"
+    make_run(run, corpus_jsonl, pm_identity)
+    missing = ProbingConfig(tasks=str(tmp_path / "missing.csv"))
+    with pytest.raises(SaekitError, match="missing.csv' does not exist"):
+        evaluate_run(run, model=Untouchable(), probing=missing)  # type: ignore[arg-type]
+    assert not (run / "report.json").exists()
+
+
+def test_eval_flags_reach_the_saebench_configs():
+    from saekit.cli import build_parser
+    from saekit.config import flag_overrides, load_recipe
+    from saekit.report import SAEBenchEvals
+
+    args = build_parser().parse_args(
+        ["eval", "RUN", "--probing", "--probing.ks", "[1, 3]", "--absorption.per_letter", "8"]
+    )
+    extra = load_recipe(SAEBenchEvals, None, flag_overrides(args))
+    assert args.probing and not args.absorption and not args.saebench_core
+    assert build_parser().parse_args(["eval", "RUN", "--saebench-core"]).saebench_core
+    assert extra.probing.ks == (1, 3) and extra.absorption.per_letter == 8
+    bad = build_parser().parse_args(["eval", "RUN", "--probing.ks", "[0]"])
+    with pytest.raises(SaekitError, match="probing.ks must be positive"):
+        load_recipe(SAEBenchEvals, None, flag_overrides(bad))

@@ -30,28 +30,10 @@ BOS = 0
 REL = 1e-5
 
 
-class TokenStore:
-    """What `run_evals` asks of an ActivationsStore: token batches in order, and a rewind."""
-
-    def __init__(self, windows_NT: torch.Tensor) -> None:
-        self.windows_NT = windows_NT
-        self.store_batch_size_prompts = len(windows_NT)
-        self.context_size = windows_NT.shape[1]
-        self.next = 0
-
-    def get_batch_tokens(self, n: int) -> torch.Tensor:
-        batch = self.windows_NT[self.next : self.next + n]
-        self.next += n
-        return batch
-
-    def reset_input_dataset(self) -> None:
-        self.next = 0
-
-
-def saelens_metrics(tl, sae_dir, windows_NT, exclude) -> dict[str, float]:
+def saelens_metrics(tl, sae_dir, store, exclude) -> dict[str, float]:
     sae = sae_lens.SAE.load_from_disk(sae_dir)
     config = EvalConfig(
-        batch_size_prompts=len(windows_NT),  # one batch: see relative_reconstruction_bias
+        batch_size_prompts=store.store_batch_size_prompts,  # one batch: see the docstring
         n_eval_reconstruction_batches=1,
         n_eval_sparsity_variance_batches=1,
         compute_kl=True,
@@ -60,7 +42,7 @@ def saelens_metrics(tl, sae_dir, windows_NT, exclude) -> dict[str, float]:
         compute_sparsity_metrics=True,
         compute_variance_metrics=True,
     )
-    metrics, _ = run_evals(sae, TokenStore(windows_NT), tl, ActivationScaler(), config,
+    metrics, _ = run_evals(sae, store, tl, ActivationScaler(), config,
                            exclude_special_tokens=exclude)  # fmt: skip
     return {k: v for group in metrics.values() for k, v in group.items()}
 
@@ -80,14 +62,14 @@ def close(ours: float, theirs: float, rel: float = REL) -> bool:
 
 @pytest.mark.parametrize("method", ["topk", "relu"])
 def test_agrees_with_saelens_on_windows_without_special_tokens(
-    method, eval_model, eval_tl, eval_windows_no_bos, pm_identity, tmp_path
+    method, eval_model, eval_tl, eval_windows_no_bos, pm_identity, tmp_path, token_store
 ):
     sae = build_sae(method, pm_identity)
     sae.save(tmp_path / "sae")
     windows_NT = eval_windows_no_bos.get(0, len(eval_windows_no_bos))
     ours = evaluate_core(eval_model, sae, HOOK, eval_windows_no_bos, n_windows=len(windows_NT),
                          model_batch_size=3, progress=False)  # fmt: skip
-    theirs = saelens_metrics(eval_tl, tmp_path / "sae", windows_NT, exclude=False)
+    theirs = saelens_metrics(eval_tl, tmp_path / "sae", token_store(windows_NT), exclude=False)
     pairs = {
         "explained_variance": "explained_variance",
         "mse": "mse",
@@ -110,14 +92,14 @@ def test_agrees_with_saelens_on_windows_without_special_tokens(
 
 
 def test_with_bos_only_the_ablation_baseline_differs(
-    eval_model, eval_tl, eval_windows, pm_identity, tmp_path
+    eval_model, eval_tl, eval_windows, pm_identity, tmp_path, token_store
 ):
     sae = pm_identity("topk", k=4)
     sae.save(tmp_path / "sae")
     windows_NT = eval_windows.get(0, len(eval_windows))
     ours = evaluate_core(eval_model, sae, HOOK, eval_windows, n_windows=len(windows_NT),
                          model_batch_size=4, progress=False)  # fmt: skip
-    theirs = saelens_metrics(eval_tl, tmp_path / "sae", windows_NT, exclude=[BOS])
+    theirs = saelens_metrics(eval_tl, tmp_path / "sae", token_store(windows_NT), exclude=[BOS])
     for key, theirs_key in {
         "explained_variance": "explained_variance",
         "l0_mean": "l0",

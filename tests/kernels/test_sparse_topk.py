@@ -134,3 +134,93 @@ def test_stable_argsort_equals_torch(n_keys):
     keys = torch.randint(n_keys, (5000,), generator=torch.Generator().manual_seed(0))
     keys[:100] = n_keys - 1  # ties, to check stability
     assert torch.equal(stable_argsort(keys, n_keys), keys.argsort(stable=True))
+
+
+def _sorted_desc(t: torch.Tensor) -> torch.Tensor:
+    return t.sort(dim=-1, descending=True).values
+
+
+@pytest.mark.parametrize(
+    ("S", "k", "grouped"), [(1024, 1, True), (1024, 16, True), (4096, 32, True), (40, 4, False)]
+)
+def test_row_topk_equals_torch_topk(S, k, grouped):
+    from saekit.kernels import sparse_topk
+
+    gen = torch.Generator().manual_seed(S + k)
+    G = S // sparse_topk.TOPK_GROUP
+    assert (S % sparse_topk.TOPK_GROUP == 0 and 4 * k <= G) == grouped  # which path runs
+    rows = [
+        torch.randn(64, S, generator=gen),
+        torch.randn(64, S, generator=gen) - 3 + 6 * (torch.arange(S) % 97 == 0),  # few winners
+        torch.randn(64, S, generator=gen) * torch.rand(64, 1, generator=gen) ** 4,  # scales
+    ]
+    # The largest entries of a row all in one strided group (j, j+G, j+2G, ...).
+    packed = torch.randn(8, S, generator=gen)
+    packed[:, 5::G] += 100.0
+    rows.append(packed)
+    for pre in rows:
+        vals, idx = sparse_topk.row_topk(pre, k)
+        ref_vals, ref_idx = pre.topk(k, dim=-1)
+        assert torch.equal(_sorted_desc(vals), _sorted_desc(ref_vals))
+        assert torch.equal(pre.gather(1, idx), vals)
+        # Continuous values have no ties: the same latents, not only the same values.
+        assert torch.equal(idx.sort(dim=-1).values, ref_idx.sort(dim=-1).values)
+
+
+def test_row_topk_ties_nan_and_inf_keep_torch_values():
+    from saekit.kernels.sparse_topk import row_topk
+
+    pre = torch.zeros(6, 1024)
+    pre[1] = -float("inf")
+    pre[2, ::3] = 1.0  # many equal maxima
+    pre[3, 17] = float("nan")  # topk ranks NaN above everything
+    pre[4] = torch.arange(1024.0) % 7
+    pre[5, 1000:] = float("inf")
+    vals, idx = row_topk(pre, 8)
+    ref_vals, _ = pre.topk(8, dim=-1)
+    assert torch.equal(_sorted_desc(vals).nan_to_num(), _sorted_desc(ref_vals).nan_to_num())
+    assert torch.equal(pre.gather(1, idx).nan_to_num(), vals.nan_to_num())
+    assert (idx.sort(dim=-1).values.diff(dim=-1) > 0).all()  # k distinct latents per row
+
+
+@pytest.mark.parametrize("dead", [[], [3, 700]])
+def test_gradients_equal_dense_autograd_on_the_grouped_topk_path(dead):
+    """At d_sae 1024 the encoder's row top-k runs grouped (the tests above use d_sae 40)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(96, D, generator=gen)
+    dead_N = torch.tensor(dead, dtype=torch.long)
+    init = [
+        0.4 * torch.randn(D, 1024, generator=gen),
+        0.3 * torch.randn(1024, generator=gen) - 0.5,
+        torch.randn(1024, D, generator=gen) / D**0.5,
+        torch.randn(D, generator=gen),
+    ]
+    grads = []
+    for fast in (True, False):
+        params = [t.clone().requires_grad_() for t in init]
+        if fast:
+            x_hat, codes, pre_dead = topk_autoencoder(x, *params, 16, dead_N)
+            loss = some_loss(x_hat, codes.values_BK, pre_dead, x)
+        else:
+            x_hat, z, pre_dead = dense_reference(x, *params, 16, dead_N)
+            loss = some_loss(x_hat, z, pre_dead, x)
+        grads.append(torch.autograd.grad(loss, params))
+    for name, fast_g, dense_g in zip(("W_enc", "b_enc", "W_dec", "b_dec"), *grads):
+        torch.testing.assert_close(fast_g, dense_g, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("layout", ["row-major", "transposed"])
+def test_encoder_gradient_arrives_in_the_parameters_layout(layout):
+    """The optimizer's fused step copies a gradient (and moments) whose strides differ from its
+    parameter's; the backward hands W_enc's gradient over in W_enc's own layout."""
+    x, (W_enc, b_enc, W_dec, b_dec) = inputs(), weights()
+    if layout == "transposed":
+        W_enc = W_enc.detach().t().contiguous().t().requires_grad_()
+    x_hat, _, _ = topk_autoencoder(x, W_enc, b_enc, W_dec, b_dec, K)
+    # autograd.grad returns the backward's own tensor (.backward() would let AccumulateGrad
+    # copy it into the parameter's layout, hiding the difference).
+    (g_W_enc,) = torch.autograd.grad(x_hat.pow(2).sum(), W_enc)
+    assert g_W_enc.stride() == W_enc.stride()
+    x_ref = dense_reference(x, W_enc, b_enc, W_dec, b_dec, K, [])[0]
+    (ref,) = torch.autograd.grad(x_ref.pow(2).sum(), W_enc)
+    torch.testing.assert_close(g_W_enc, ref, atol=1e-5, rtol=1e-5)

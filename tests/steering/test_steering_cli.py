@@ -17,6 +17,7 @@ from saekit.recipe import Recipe
 from saekit.steering.evaluate import run_steering_eval, steering_table
 from saekit.steering.judge import JudgeConfig
 from saekit.steering.protocol import SteeringConfig
+from saekit.steering.study import study_table
 
 HOOK = "model.layers.0"
 
@@ -117,3 +118,58 @@ def test_run_steering_eval_writes_report_and_plot(steer_run, tmp_path, steer_fak
         site["directions"]["diffmean:animals"]["selected"]["judge"]["concept_description"]
         == "animals"
     )
+
+
+def test_run_steering_eval_writes_the_study(steer_run, tmp_path):
+    cfg = SteeringConfig(
+        prompts=("the cat", "a dog", "birds", "home", "a tree", "the sea"),
+        kl_targets=(0.002, 0.01, 0.03),
+        gen_tokens=3,
+        n_random=3,
+        target_tokens=3,
+        reference_windows=2,
+        n_boot=300,
+    )
+    out = tmp_path / "study"
+    report = run_steering_eval(steer_run, config=cfg, features=[0, 5, 9], labelled=False,
+                               out_dir=out)
+    saved = json.loads((out / "steering.json").read_text())
+    assert Path(saved["study_plot"]).is_file() and saved["study_plot"].endswith(".png")
+    site, dirs = saved["study"][HOOK], saved["sites"][HOOK]["directions"]
+    assert set(site["methods"]) == {"topk", "random"}
+    for kind, m in site["methods"].items():
+        assert m["directions"] == 3 and [b["kappa"] for b in m["budgets"]] == [0.002, 0.01, 0.03]
+        for b in m["budgets"]:
+            # The method's mean is the mean over its reached directions × evaluation prompts.
+            pts = [p for d in dirs.values() if d["kind"] == kind for p in d["curve"]
+                   if p["kappa"] == b["kappa"] and p["reached"]]
+            assert b["reached"] == len(pts)
+            if pts:
+                c = np.mean([p["per_prompt"]["concept_gain"] for p in pts])
+                assert b["concept_gain"]["mean"] == pytest.approx(c, abs=1e-4)
+                assert b["concept_gain"]["lo"] <= c + 1e-4 <= b["concept_gain"]["hi"] + 2e-4
+    flips = 0
+    for b in site["methods"]["topk"]["budgets"]:
+        # The −α control at every budget where it reached κ (random directions have none).
+        pts = [p for d in dirs.values() if d["kind"] == "topk" for p in d["curve"]
+               if p["kappa"] == b["kappa"] and p["reached"] and p["sign_flip"]["reached"]]
+        assert b.get("sign_flip_reached", 0) == len(pts)
+        flips += len(pts)
+    assert flips > 0
+    assert "sign_flip_concept" not in site["methods"]["random"]["budgets"][0]
+    assert any(p["a"] == "random" and p["b"] == "topk" for p in saved["study"][HOOK]["pairs"])
+    assert "paired differences" in study_table(report["study"])
+
+
+def test_steer_compare_prints_the_study_and_rejects_bad_counts(steer_run, tmp_path, capsys):
+    base = ["steer", "compare", str(steer_run), "--out", str(tmp_path / "o"), "--prompts", "4",
+            "--kl", "0.002,0.01", "--gen-tokens", "2", "--random", "2", "--features", "2"]
+    assert main([*base, "--no-diffmean"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto area" in out and "steering-study.png" in out
+    written = (tmp_path / "o" / "steering.json").read_text()
+    for bad, message in ((["--concepts", "0"], "--concepts must be 1..32"),
+                         (["--features", "0"], "--features must be ≥ 1")):
+        assert main([*base, *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "o" / "steering.json").read_text() == written  # bad input: untouched

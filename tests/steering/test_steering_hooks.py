@@ -92,3 +92,28 @@ def test_bad_feature_strength_and_hook(tiny):
         steer_generate(tiny.hooked, "the cat", {"blocks.9.nope": edit}, n_new=2)
     with pytest.raises(SaekitError, match="width"):
         steer_generate(tiny.hooked, "the cat", {tiny.mlp_hidden: edit}, n_new=2)
+
+
+def test_diffmean_directions_share_one_neutral_mean_and_match_the_definition(tiny):
+    from saekit.steering.directions import diffmean_direction, diffmean_directions
+
+    hooked, hook = tiny.hooked, tiny.resid[1]
+    concepts = {"cats": ["the cat sat on the mat", "a cat"], "dogs": ["dogs ran far", "a dog ran"]}
+    neutral = ["rivers moved slowly", "quiet hills under bright skies"]
+
+    def token_mean(texts):
+        rows = []
+        for t in texts:
+            ids = hooked.tokenizer(t, add_special_tokens=False)["input_ids"]
+            acts = hooked.capture(torch.tensor([ids]), [hook], stop_early=False)[hook][0]
+            rows.append(acts.float())
+        return torch.cat(rows).mean(dim=0)  # every token weighs the same, whatever its text
+
+    made = dict(diffmean_directions(hooked, hook, concepts, neutral))
+    assert list(made) == ["cats", "dogs"]
+    for name, texts in concepts.items():
+        ref = token_mean(texts) - token_mean(neutral)
+        torch.testing.assert_close(made[name], ref / ref.norm(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(diffmean_direction(hooked, hook, texts, neutral), made[name])
+    with pytest.raises(SaekitError, match="at least one concept text"):
+        dict(diffmean_directions(hooked, hook, {"cats": []}, neutral))

@@ -90,7 +90,7 @@ def test_replayed_passes_see_the_same_tokens(
 def test_cli_trains_and_evaluates_snmf_on_smollm2(tmp_path, smollm2_tl, monkeypatch):
     """The shipped recipe at a small budget: layer 2 (the forward stops there), 2k tokens."""
     import saekit.fitting as run_mod
-    import saekit.report as report_mod
+    import saekit.report.run as report_mod
 
     monkeypatch.setattr(run_mod, "build_hooked_model", lambda cfg: smollm2_tl)
     monkeypatch.setattr(report_mod, "build_hooked_model", lambda cfg: smollm2_tl)

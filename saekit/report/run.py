@@ -1,13 +1,17 @@
 """`saekit eval RUN_DIR`: every number measured on a run, in one `report.json`.
 
 Each dictionary of the run (or one SAE directory) gets its core metrics (eval/core.py:
-reconstruction, sparsity, CE/KL spliced) and a density plot; dictionaries with at most
+reconstruction, sparsity, CE/KL spliced), next to the same metrics for its null controls
+(eval/controls.py: random directions, the untrained dictionary), and a density plot;
+dictionaries with at most
 `FEATURE_VIEWS_MAX` features (SNMF's usual size) also list every feature's input and output
 views (eval/feature_views.py; larger ones are browsed in the dashboard). The interpretability
 scores (interp/), the steering scores (steering/) and the data-selection results (selection/)
 are computed on request or read from the run directory, so the report and the printed
-summary table hold everything that was measured. This aggregation sits above the evaluators:
-they never import it.
+summary table hold everything that was measured. SAEBench's sparse probing and first-letter
+absorption run on request too (report/saebench.py). Every aggregate score with an interval and
+control margins goes into `report["scorecard"]` (report/scorecard.py), which `saekit eval`
+prints. This aggregation sits above the evaluators: they never import it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ from typing import Any
 
 from saekit.data.text import build_windows
 from saekit.dictionaries import load_dictionary
+from saekit.eval.absorption import AbsorptionConfig
+from saekit.eval.controls import CONTROLS, control_dictionaries
 from saekit.eval.core import evaluate_core
 from saekit.eval.feature_views import feature_views
 from saekit.eval.plots import plot_density, plot_history
+from saekit.eval.probing import ProbingConfig
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import load_run
+from saekit.report.saebench import SAEBENCH_COLUMNS, probing_tasks, saebench_evals
+from saekit.report.saebench_core import saebench_core as run_saebench_core
+from saekit.report.saebench_core import side_by_side
+from saekit.report.scorecard import build_scorecard, scorecard_table
 from saekit.rundir import RunDir, write_json
 
 FEATURE_VIEWS_MAX = 512
@@ -54,6 +65,11 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     interp_windows: int = 0,
     steering_features: int = 0,
+    controls: tuple[str, ...] = CONTROLS,
+    seed: int = 0,
+    probing: ProbingConfig | None = None,
+    absorption: AbsorptionConfig | None = None,
+    saebench_core: bool = False,
 ) -> dict[str, Any]:
     """Evaluate, write report.json + plots into `out_dir` (default: the run dir), return it.
 
@@ -61,9 +77,14 @@ def evaluate_run(
     windows (saekit.interp: interp.json, the dashboard's data); steering_features > 0 also
     scores that many features per dictionary for steering (saekit.steering: steering.json).
     Steering and selection results already in the output dir are aggregated either way.
+    `controls` (a subset of eval/controls.py's CONTROLS; () skips them) are evaluated next
+    to every dictionary; `seed` seeds the random control and the bootstraps. `probing` /
+    `absorption` also run SAEBench's sparse probing / first-letter absorption; `saebench_core`
+    puts SAEBench's core metrics of the same windows next to saekit's (report/saebench_core.py).
     """
     run = RunDir(path)
     recipe, targets = load_run(run.path, hook)
+    tasks = probing_tasks(probing) if probing is not None else None  # bad input fails first
     if model_name is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=model_name))
     out = RunDir(out_dir) if out_dir is not None else run
@@ -81,12 +102,28 @@ def evaluate_run(
     }
     for name, sae_dir, sae_hook in targets:
         sae = load_dictionary(sae_dir).to(model.device)  # loads on CPU; the model may not be
-        metrics = evaluate_core(model, sae, sae_hook, windows, n_windows=n_windows)
+        ctrl = control_dictionaries(sae, seed, controls)
+        metrics = evaluate_core(
+            model, sae, sae_hook, windows, n_windows=n_windows, controls=ctrl, seed=seed
+        )
         metrics["plots"] = {"density": str(plot_density(metrics, out.plot(f"{name}-density")))}
         if sae.d_sae <= FEATURE_VIEWS_MAX:
             metrics["feature_views"] = feature_views(model, sae, sae_hook, windows, n_windows)
+        if saebench_core:
+            theirs = run_saebench_core(model, sae_dir, windows, n_windows, name)
+            metrics["saebench_core"] = side_by_side(metrics, theirs)
+            metrics["saebench_core_tokens_per_batch"] = theirs["tokens_per_batch"]
         report["saes"][name] = metrics
+    saebench_evals(report, targets, model, out, probing, absorption, seed, tasks)
     aggregate(report, run, out, hook, model, interp_windows, steering_features)
+    report["scorecard"] = build_scorecard(
+        report, out.read_json(out.steering), out.read_json(out.selection_json)
+    )
+    for metrics in report["saes"].values():  # the scorecard holds them, with their units
+        metrics.pop("scores", None)
+        for section in ("interp", "sparse_probing", "absorption"):
+            if isinstance(metrics.get(section), dict):
+                metrics[section].pop("scores", None)
     if run.history.is_file():
         curves = plot_history(run.history, out.plot("training-curves"))
         report["plots"] = {"history": str(curves)}
@@ -146,7 +183,7 @@ def aggregate(
 def summary_table(report: dict[str, Any]) -> str:
     cols = [
         c
-        for c in (*SUMMARY_COLUMNS, *INTERP_COLUMNS)
+        for c in (*SUMMARY_COLUMNS, *INTERP_COLUMNS, *SAEBENCH_COLUMNS)
         if any(m.get(c) is not None for m in report["saes"].values())
     ]
     lines = [f"{'dictionary':44s} " + " ".join(f"{c[:12]:>12s}" for c in cols)]
@@ -165,6 +202,15 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"  {row['hook'][:34]:34s} {row['method']:10s} KL {kappa:>8s}  "
                 f"S {s}  concept {c}  fluency {f}"
             )
+    for name, metrics in report["saes"].items():
+        if metrics.get("saebench_core"):
+            lines.append(f"{name}: saekit vs SAEBench core eval (docs/evaluation.md: conventions)")
+            lines += [
+                f"  {key:20s} saekit {v['saekit']:<12.6g} SAEBench {v['saebench']:.6g}"
+                for key, v in metrics["saebench_core"].items()
+            ]
+    if report.get("scorecard"):
+        lines.append(scorecard_table(report["scorecard"]))
     return "\n".join(lines)
 
 

@@ -1,0 +1,180 @@
+"""The figures of `saekit bench quality`: per-side summaries over seeds, the ratios against the
+best peer, the table and the FVU-vs-tokens PNG.
+
+A side's configuration is `default` (the library's own lr) or `tuned` (its tuned lr; the same
+runs when tuning kept the default). The best peer is the peer configuration with the lowest
+mean held-out FVU; saekit is compared with its tuned configuration. Every figure is the mean
+over seeds with its min–max range; wall-clock is the median over seeds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from saekit.activations.stats import OUTLIER_MULTIPLE
+
+METRICS = (
+    "fvu",
+    "fvu_inliers",
+    "ce_loss_score",
+    "kl_sae",
+    "l0_mean",
+    "dead_fraction",
+    "dense_fraction",
+)
+LOWER_IS_BETTER = {
+    "fvu": True,
+    "fvu_inliers": True,
+    "ce_loss_score": False,
+    "kl_sae": True,
+    "dead_fraction": True,
+}
+TARGETS = {
+    "fvu_at_every_budget_point": "saekit ≤ best peer (mean over seeds)",
+    "dead_fraction": "saekit ≤ best peer",
+    "wall_s": "saekit < best peer",
+}
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def summarize(
+    runs: dict[str, dict[str, Any]], sides: Sequence[str], seeds: Sequence[int]
+) -> dict[str, Any]:
+    """Summaries per side/config, curves, the best peer, ratios and targets."""
+    summary: dict[str, Any] = {}
+    curves: dict[str, list[list[float]]] = {}
+    for side in sides:
+        for config in ("default", "tuned"):
+            done = [runs[f"{side}/{config}/seed{s}"] for s in seeds]
+            key = f"{side}/{config}"
+            summary[key] = {m: _spread([r[m] for r in done]) for m in METRICS}
+            summary[key]["wall_s"] = statistics.median(r["wall_s"] for r in done)
+            summary[key]["lr"] = done[0]["lr"]
+            points = [dict(r["curve"]) for r in done]
+            tokens = sorted(set.intersection(*(set(p) for p in points)))
+            curves[key] = [[t, *_spread([p[t] for p in points]).values()] for t in tokens]
+    digests = {r["rows_digest"] for r in runs.values()}
+    out: dict[str, Any] = {
+        "summary": summary,
+        "curves": curves,
+        "same_rows": len(digests) == 1,
+        "targets": TARGETS,
+    }
+    peers = [k for k in summary if not k.startswith("saekit/")]
+    if "saekit" in sides and peers:
+        best = min(peers, key=lambda k: summary[k]["fvu"]["mean"])
+        ours, theirs = summary["saekit/tuned"], summary[best]
+        ratios = {m: _ratio(ours[m]["mean"], theirs[m]["mean"]) for m in LOWER_IS_BETTER}
+        ratios["wall_s"] = ours["wall_s"] / theirs["wall_s"]
+        by_point = [a[1] / b[1] for a, b in zip(curves["saekit/tuned"], curves[best])]
+        out |= {
+            "best_peer": best,
+            "ratios_vs_best_peer": ratios | {"fvu_by_budget_point": by_point},
+            "met": {
+                "fvu_at_every_budget_point": max(by_point) <= 1,
+                "dead_fraction": ours["dead_fraction"]["mean"] <= theirs["dead_fraction"]["mean"],
+                "wall_s": ours["wall_s"] < theirs["wall_s"],
+            },
+        }
+    return out
+
+
+def _ratio(ours: float, theirs: float) -> float | None:
+    """ours / theirs; 1 when both are 0 (no dead latents on either side), None (no finite
+    ratio; JSON null) when only theirs is."""
+    if theirs:
+        return ours / theirs
+    return 1.0 if ours == 0 else None
+
+
+def _x(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.3f}x"
+
+
+def _cell(s: dict[str, float], fmt: str) -> str:
+    return f"{s['mean']:{fmt}} ({s['min']:{fmt}}–{s['max']:{fmt}})"
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown table of every side/config, then the ratios against the best peer."""
+    cfg, h = result["config"], result["heldout"]
+    n = len(cfg["seeds"])
+    lines = [
+        f"bench quality — TopK d_sae {cfg['d_sae']}, k {cfg['k']}, {cfg['train_tokens']:,} "
+        f"training tokens of {cfg['hook']} ({cfg['model']}), batch {cfg['batch_size']}, "
+        f"{n} seeds (mean, min–max); held-out: {cfg['heldout_tokens']:,} rows, CE/KL on "
+        f"{cfg['ce_windows']} windows; {result['protocol']['threads']} threads, load "
+        f"{result['protocol']['load_average_before'][0]:.1f} before, "
+        f"{result['protocol']['load_average_after'][0]:.1f} after",
+        f"held-out rows: {h['outliers']:.3%} are outliers (norm over {OUTLIER_MULTIPLE:g}x the "
+        f"median) and hold {h['outlier_var']:.1%} of the total variance; max norm "
+        f"{h['max_norm']:.4g}, median {h['median_norm']:.4g}",
+        "",
+        "| side | lr | held-out FVU | FVU w/o outliers | CE-loss score | KL | L0 | dead | dense "
+        "| training time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, s in result["summary"].items():
+        lines.append(
+            f"| {key} | {s['lr']:.2e} | {_cell(s['fvu'], '.4f')} | "
+            f"{_cell(s['fvu_inliers'], '.4f')} | "
+            f"{_cell(s['ce_loss_score'], '.4f')} | {_cell(s['kl_sae'], '.4f')} | "
+            f"{s['l0_mean']['mean']:.1f} | {_cell(s['dead_fraction'], '.3f')} | "
+            f"{_cell(s['dense_fraction'], '.3f')} | {s['wall_s']:.0f} s |"
+        )
+    if "best_peer" in result:
+        r, met = result["ratios_vs_best_peer"], result["met"]
+        points = ", ".join(f"{x:.3f}" for x in r["fvu_by_budget_point"])
+        lines += [
+            "",
+            f"saekit/tuned vs the best peer ({result['best_peer']}): FVU {_x(r['fvu'])} "
+            f"(per budget point: {points}; without outliers {_x(r['fvu_inliers'])}), "
+            f"CE-loss score {_x(r['ce_loss_score'])}, KL {_x(r['kl_sae'])}, dead "
+            f"{_x(r['dead_fraction'])}, wall-clock {_x(r['wall_s'])}",
+            "targets: "
+            + "; ".join(
+                f"{k}: {TARGETS[k]} ({'met' if met[k] else '**missed**'})" for k in TARGETS
+            ),
+        ]
+    if not result["same_rows"]:
+        lines.append("WARNING: the sides did not read the same rows (row digests differ)")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], out: Path) -> Path:
+    """Held-out FVU vs training tokens: one curve per library at its tuned lr (mean over
+    seeds, min–max band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, points in result["curves"].items():
+        side, config = key.split("/")
+        if config != "tuned" or not points:
+            continue
+        tokens, mean, lo, hi = zip(*points)
+        lr = result["summary"][key]["lr"]
+        ax.plot(tokens, mean, marker="o", ms=3, label=f"{side} (lr {lr:.2g})")
+        ax.fill_between(tokens, lo, hi, alpha=0.25)
+    cfg = result["config"]
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("held-out FVU")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"TopK d_sae {cfg['d_sae']}, k {cfg['k']}, {cfg['hook']}, {len(cfg['seeds'])} seeds",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

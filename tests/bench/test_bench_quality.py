@@ -1,0 +1,151 @@
+"""`saekit bench quality` at a toy shape: the whole pipeline in seconds.
+
+Checked against references computed here, not against the bench's own arithmetic: every side
+read exactly the rows a fresh cached stream serves (their digest), each saved dictionary's
+held-out FVU is what `saekit.evaluate` measures on the held-out cache, the best peer and the
+ratios follow from the per-run figures, and tuning picked the grid's lowest FVU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+import saekit
+from saekit.activations import ActivationCache, CachedActivationStream, StreamConfig
+from saekit.bench import quality, quality_report
+from saekit.cli import main
+
+
+@pytest.fixture
+def toy(tmp_path, saekit_home, corpus_jsonl, tiny_model_dir) -> quality.QualityConfig:
+    return quality.QualityConfig(
+        model=str(tiny_model_dir),
+        backend="hf",
+        hook="model.layers.0",
+        source=str(corpus_jsonl),
+        context_size=16,
+        train_tokens=1024,
+        heldout_tokens=96,
+        batch_size=128,
+        d_sae=32,
+        k=4,
+        seeds=(0, 1),
+        lr_multipliers=(1.0, 2.0),
+        tune_tokens=1024,  # as many as the final runs: tuning runs must be kept apart
+        curve_points=4,
+        curve_rows=64,
+        ce_windows=4,
+        out_dir=str(tmp_path / "quality"),
+    )
+
+
+def served_digest(cfg: quality.QualityConfig, tokens: int) -> str:
+    cache = f"{cfg.out_dir}/cache-train"
+    stream = CachedActivationStream(
+        StreamConfig(hooks=(cfg.hook,), batch_size=cfg.batch_size, cache_dir=cache)
+    )
+    digest = hashlib.sha256()
+    for _ in range(tokens // cfg.batch_size):
+        digest.update(stream.next_batch()[cfg.hook].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def test_bench_quality_toy(toy, capsys):
+    result = quality.run(toy)
+    # One bar over every run's training tokens ends at its (adjusted) total.
+    assert "bench quality, all runs: 100%" in capsys.readouterr().err
+    runs = result["runs"]
+    assert set(runs) == {
+        f"{side}/{config}/seed{s}"
+        for side in ("saekit", "saelens", "sparsify")
+        for config in ("default", "tuned")
+        for s in (0, 1)
+    }
+    # Every side read the rows a fresh stream over the cache serves, in that order.
+    expected = served_digest(toy, (toy.train_tokens // toy.batch_size) * toy.batch_size)
+    assert {r["rows_digest"] for r in runs.values()} == {expected} and result["same_rows"]
+    heldout = ActivationCache(f"{toy.out_dir}/cache-heldout", verify=False)
+    held_ND = heldout.read(toy.hook, 0, heldout.rows)
+    norm_N = held_ND.norm(dim=1)
+    inliers_ND = held_ND[norm_N <= 10 * norm_N.median()]
+    assert result["heldout"]["outliers"] == pytest.approx(1 - len(inliers_ND) / len(held_ND))
+    assert heldout.rows == toy.heldout_tokens
+    for run in runs.values():
+        sae = saekit.load_dictionary(run["dictionary"])
+        assert run["fvu"] == pytest.approx(saekit.evaluate(sae, held_ND)["fvu"], rel=1e-5)
+        assert run["fvu_inliers"] == pytest.approx(
+            saekit.evaluate(sae, inliers_ND)["fvu"], rel=1e-5
+        )
+        assert math.isfinite(run["fvu"]) and run["l0_mean"] <= toy.k
+        assert math.isfinite(run["ce_loss_score"]) and run["kl_sae"] >= 0
+        assert [t for t, _ in run["curve"]] == [256, 512, 768, 1024]
+    assert all(runs[f"saekit/tuned/seed{s}"]["fvu"] < 0.9 for s in (0, 1))  # it learned
+    for tuned in result["tuning"].values():
+        grid = {float(m): f for m, f in tuned["fvu_by_multiplier"].items()}
+        assert tuned["best_multiplier"] == min(grid, key=grid.__getitem__)
+    summary = result["summary"]
+    for key, s in summary.items():
+        values = [runs[f"{key}/seed{seed}"]["fvu"] for seed in (0, 1)]
+        assert s["fvu"]["mean"] == pytest.approx(statistics.fmean(values))
+    peers = {k: s["fvu"]["mean"] for k, s in summary.items() if not k.startswith("saekit")}
+    best = min(peers, key=peers.__getitem__)
+    assert result["best_peer"] == best
+    ratio = summary["saekit/tuned"]["fvu"]["mean"] / peers[best]
+    assert result["ratios_vs_best_peer"]["fvu"] == pytest.approx(ratio)
+    assert "| saekit/tuned |" in quality.table(result)
+
+    # The command prints the same result as one JSON object and reuses every finished run.
+    capsys.readouterr()
+    flags = [
+        f"--quality.{k}={v if isinstance(v, str) else json.dumps(v)}"  # str fields: as given
+        for k, v in toy.__dict__.items()
+    ]
+    assert main(["bench", "quality", "--json", *flags]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["summary"] == result["summary"]
+    assert torch.get_num_threads() == again["protocol"]["threads"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "fragment"),
+    [
+        ('--quality.sides=["saelens", "sae_lens"]', "choose among"),
+        ("--quality.seeds=[]", "at least one value"),
+        ("--quality.train_tokens=4096", "a step per budget point"),
+    ],
+)
+def test_a_study_that_cannot_run_is_one_line_before_any_work(tmp_path, capsys, flag, fragment):
+    out = tmp_path / "quality"
+    assert main(["bench", "quality", f"--quality.out_dir={out}", flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("saekit: error: --quality.") and fragment in err[0]
+    assert not out.exists()  # nothing cached, loaded or written
+
+
+def test_ratios_when_the_best_peer_has_no_dead_latents():
+    """A peer with 0 dead latents gives no finite dead ratio (JSON null, "n/a"), and
+    1 when saekit has none either; the other ratios are plain quotients."""
+
+    def one(fvu: float, dead: float) -> dict[str, object]:
+        metrics = {"fvu": fvu, "fvu_inliers": fvu / 2, "ce_loss_score": 0.9, "kl_sae": 0.1}
+        metrics |= {"l0_mean": 32.0, "dead_fraction": dead, "dense_fraction": 0.0}
+        return metrics | {"wall_s": 10.0, "lr": 1e-3, "curve": [[4096, fvu]], "rows_digest": "a"}
+
+    for ours, ratio in ((0.0, 1.0), (0.25, None)):
+        runs = {
+            "saekit/default/seed0": one(0.2, ours),
+            "saekit/tuned/seed0": one(0.2, ours),
+            "saelens/default/seed0": one(0.4, 0.0),
+            "saelens/tuned/seed0": one(0.5, 0.0),
+        }
+        out = quality_report.summarize(runs, ("saekit", "saelens"), (0,))
+        r = out["ratios_vs_best_peer"]
+        assert out["best_peer"] == "saelens/default" and r["fvu"] == pytest.approx(0.5)
+        assert r["dead_fraction"] == ratio and out["met"]["dead_fraction"] is (ours == 0)
+        json.dumps(out, allow_nan=False)  # valid JSON
