@@ -146,7 +146,7 @@ def build_study_pool(
     if missing:
         raise SaekitError(
             f"Categories with fewer than {need} samples: {', '.join(missing)}; lower "
-            "--n-heldout / --n-target or drop them from the families."
+            "--n-heldout or --n-target."
         )
     splits = {c: split_category(by_cat[c], n_target, n_heldout, seed) for c in _all(families)}
     pool = [s for c in _all(families) for s in splits[c]["pool"][:per_category]]
