@@ -10,7 +10,8 @@
 VENV ?= .venv
 # triton: the CUDA kernels, also tested on the CPU through its interpreter (TRITON_INTERPRET=1).
 # bench: the peer libraries the benchmarks time (sparsify, overcomplete), so their tests run.
-EXTRAS ?= dev,triton,bench
+# lora: peft, for the LoRA path of the data-selection downstream check (tested).
+EXTRAS ?= dev,triton,bench,lora
 BIN := $(VENV)/bin
 PYTHON ?= python3
 

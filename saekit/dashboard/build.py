@@ -9,12 +9,16 @@ missing). Layout under RUN_DIR/dashboard/:
     NAME/I.html         feature I: contexts, quantile samples, histogram, logits, neighbours,
                         and the steering curve when RUN_DIR/steering.json has one
     assets/             style.css, table.js
+
+The index links the data-selection study (RUN_DIR/selection/selection.json and its plots) when
+`saekit select RUN_DIR --evaluate` has written one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from html import escape
 from importlib import resources
@@ -59,6 +63,38 @@ def steering_curves(run_dir: str | Path, name: str) -> dict[str, dict[str, list[
     feats = entry.get("features", {}) if isinstance(entry, dict) else {}
     out |= {str(k): v for k, v in feats.items() if isinstance(v, dict) and "kl" in v}
     return out
+
+
+def selection_section(run: RunDir, site: Path) -> str:
+    """Links to the data-selection study of `saekit select --evaluate` (its JSON and plots) and
+    its precision per method, when the run has one; else ""."""
+    data = run.read_json(run.selection_json)
+    if not isinstance(data, dict):
+        return ""
+    files = [("selection.json", run.selection_json)]
+    files += [(f"{k} plot", run.selection / Path(v).name) for k, v in data.get("plots", {}).items()]
+    links = " · ".join(
+        f'<a href="{escape(os.path.relpath(path, site))}">{escape(label)}</a>'
+        for label, path in files
+        if path.is_file()
+    )
+    retrieval = data.get("retrieval", {})
+    rows = [
+        [escape(m), *(_ci(row.get(k, {})) for k in ("precision", "auc"))]
+        for m, row in retrieval.get("summary", {}).items()
+    ]
+    return (
+        f"<h2>Data selection</h2><p>{links}</p>"
+        f'<p class="muted">{len(retrieval.get("targets", {}))} targets, pool '
+        f"{fmt(retrieval.get('pool_size'))}; mean and 95% bootstrap CI over targets.</p>"
+        + table(["method", "precision@R", "ROC-AUC"], rows)
+    )
+
+
+def _ci(ci: dict[str, Any]) -> str:
+    if "mean" not in ci:
+        return "–"
+    return f"{fmt(ci['mean'])} <span class=muted>[{fmt(ci['lo'])}, {fmt(ci['hi'])}]</span>"
 
 
 def shown_hook(summary: dict[str, Any]) -> str:
@@ -334,6 +370,7 @@ def build_dashboard(
     if isinstance(steering, dict) and steering.get("study") and run.steering_study_plot.is_file():
         shutil.copy(run.steering_study_plot, site / run.steering_study_plot.name)
         extra = _steering_study_html(steering["study"], run.steering_study_plot.name)
+    extra += selection_section(run, site)
     _write(site / "index.html", _index_page(interp, scorecard, extra))
     return site / "index.html"
 

@@ -4,6 +4,8 @@ the method against its baselines with `--evaluate`."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,13 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default=None, help="output dir (default RUN_DIR/selection)")
     p.add_argument("--sae", default=None, help="which dictionary of the run (default: the first)")
     p.add_argument("--model", default=None, help="override the model spec of the run")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="score MoNA with this run's dictionary too (e.g. an SNMF), as method mona_METHOD",
+    )
     p.add_argument("--pooling", choices=["max", "mean"], default="max", help=doc["pooling"])
     p.add_argument(
         "--part", choices=["instruction", "response", "both"], default="both", help=doc["part"]
@@ -57,14 +66,51 @@ def register(sub: Any) -> None:
     g = p.add_argument_group("evaluation (--evaluate)")
     g.add_argument("--evaluate", action="store_true", help="retrieval + downstream evaluation")
     g.add_argument("--categories", type=int, default=24, help="held-out target categories")
-    g.add_argument("--per-category", type=int, default=30, help="pool samples per category")
+    g.add_argument(
+        "--per-category", type=int, default=120, help="pool samples per category at most"
+    )
+    g.add_argument(
+        "--distractors", type=int, default=10, help="lexical distractors per target (offline)"
+    )
     g.add_argument("--n-target", type=int, default=5, help="target exemplars per category")
     g.add_argument("--n-heldout", type=int, default=20, help="held-out samples per category")
-    g.add_argument("--downstream", type=int, default=3, help="categories fine-tuned (0: none)")
+    g.add_argument("--downstream", type=int, default=6, help="targets fine-tuned (0: none)")
+    g.add_argument(
+        "--ft-method",
+        choices=["last_blocks", "lora", "both"],
+        default="both",
+        help="fine-tune the last blocks, LoRA adapters (needs saekit[lora]), or both",
+    )
     g.add_argument("--ft-steps", type=int, default=32, help="fine-tuning steps per subset")
     g.add_argument("--ft-blocks", type=int, default=2, help="last blocks fine-tuned")
-    g.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    g.add_argument("--ft-lr", type=float, default=1e-4, help="last-blocks learning rate")
+    g.add_argument("--lora-lr", type=float, default=1e-3, help="LoRA learning rate")
+    g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank")
     p.set_defaults(func=cmd_select)
+
+
+def _ft_models(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """The model each fine-tuning method runs on: LoRA needs the run's model on the HF backend."""
+    methods = ["last_blocks", "lora"] if args.ft_method == "both" else [args.ft_method]
+    if args.downstream == 0:
+        return {}
+    out = {m: model for m in methods}
+    if "lora" in methods:
+        if importlib.util.find_spec("peft") is None:
+            raise SaekitError(
+                "--ft-method lora needs peft: pip install 'saekit[lora]', or pass "
+                "--ft-method last_blocks."
+            )
+        if model.is_transformer_lens:
+            from saekit.models.hooks import build_hooked_model
+            from saekit.recipe import load_run
+
+            recipe, _ = load_run(args.run_dir, None)
+            model_cfg = (
+                recipe.model if args.model is None else replace(recipe.model, name=args.model)
+            )
+            out["lora"] = build_hooked_model(replace(model_cfg, backend="hf"))
+    return out
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -96,7 +142,16 @@ def cmd_select(args: argparse.Namespace) -> None:
         from saekit.selection.report import downstream_table, run_selection_eval
 
         selector = load_selector(args.run_dir, args.sae, args.model)
-        ft = FinetuneConfig(n_blocks=args.ft_blocks, steps=args.ft_steps, lr=args.ft_lr)
+        for other in args.also:
+            selector.also(other)
+        ft = FinetuneConfig(
+            n_blocks=args.ft_blocks,
+            steps=args.ft_steps,
+            lr=args.ft_lr,
+            lora_lr=args.lora_lr,
+            lora_rank=args.lora_rank,
+            lora_alpha=2 * args.lora_rank,
+        )
         result = run_selection_eval(
             selector,
             out,
@@ -110,14 +165,18 @@ def cmd_select(args: argparse.Namespace) -> None:
             args.n_heldout,
             args.downstream,
             args.ratio,
+            ft_models=_ft_models(args, selector.model),
+            distractors=args.distractors,
         )
-        if result["downstream"]["categories"]:
+        if result["downstream"]:
             print(downstream_table(result["downstream"]))
         print(f"report: {out / 'selection.json'}")
         return
     pool = load_samples(args.pool, fields, "pool")
     target = load_samples(args.target, fields, "target")
     selector = load_selector(args.run_dir, args.sae, args.model)
+    for other in args.also:
+        selector.also(other)
     report = select_data(selector, pool, target, cfg, out, baselines=not args.no_baselines)
     print(
         f"selected {report['selected']} of {report['pool_after_dedup']} pool samples "

@@ -1,19 +1,19 @@
-"""Retrieval quality of every method on a labelled pool (issue deliverable 5a).
+"""Retrieval quality of every method on a labelled study pool (docs/selection.md).
 
-Each of C target categories is held out in turn: its `n_target` exemplars (never in the pool)
-form the target, and a method scores the whole pool. With ratio ρ it selects ⌈ρN⌉ samples:
-    precision@ρ = same-category share of the selection,
-    recall@ρ    = selected same-category samples / same-category samples in the pool,
-    ROC-AUC     = P(score of a same-category sample > score of another), ties count ½
+Every target of the study (one category, or a blend of 2-3) is scored in turn: its exemplars
+(never in the pool) form the target, and a method scores the whole pool; the target's
+categories are the relevant samples, R of them. With ratio ρ a method selects ⌈ρN⌉ samples:
+    precision@ρ = relevant share of the selection,
+    recall@ρ    = selected relevant samples / R,
+    ROC-AUC     = P(score of a relevant sample > score of another), ties count ½
                   (Mann-Whitney U over average ranks).
-The default ρ is the category share of the pool (1/C), where a perfect ranking reaches
-precision = recall = 1. Mean ± std are over categories.
+The default ρ is R/N per target (R-precision: precision = recall, 1 for a perfect ranking).
+Means carry 95% bootstrap CIs over targets, and every method its paired difference to MoNA.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from saekit.selection.config import SelectConfig
-from saekit.selection.data import Sample
+from saekit.selection.pool import StudyPool
 from saekit.selection.scoring import Embeddings, score_methods
 from saekit.selection.sparse import n_selected, rank
+from saekit.selection.stats import bootstrap_ci, fmt_ci, paired_ci
 
 
 def roc_auc(scores_N: Tensor, positive_N: Tensor) -> float:
@@ -56,57 +57,62 @@ def retrieval_metrics(scores_N: Tensor, positive_N: Tensor, ratio: float) -> dic
     }
 
 
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    arr = np.array([v for v in values if not math.isnan(v)], dtype=np.float64)
-    if arr.size == 0:
-        return {"mean": math.nan, "std": math.nan}
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
-
-
 def retrieval_eval(
-    emb: Embeddings,
-    pool: Sequence[Sample],
-    target: Sequence[Sample],
-    cfg: SelectConfig,
-    ratio: float | None = None,
+    emb: Embeddings, study: StudyPool, cfg: SelectConfig, ratio: float | None = None
 ) -> dict[str, Any]:
-    """Per-category and aggregate precision / recall / AUC of every method."""
-    categories = sorted({s.category for s in target})
-    labels_N = [s.category for s in pool]
-    rho = ratio if ratio is not None else 1.0 / len({*labels_N})
-    per_cat: dict[str, dict[str, dict[str, float]]] = {}
-    for c in categories:
-        rows = [i for i, s in enumerate(target) if s.category == c]
-        positive_N = torch.tensor([lab == c for lab in labels_N])
-        scores = score_methods(emb, pool, target, cfg, rows)
-        per_cat[c] = {m: retrieval_metrics(s, positive_N, rho) for m, s in scores.items()}
-    methods = list(next(iter(per_cat.values())))
+    """Per-target precision@R / AUC of every method, bootstrap CIs over targets, and each
+    method's paired difference against MoNA."""
+    per_target: dict[str, dict[str, dict[str, float]]] = {}
+    labels_N = [s.category for s in study.pool]
+    for t in study.targets:
+        positive_N = torch.tensor([lab in t.categories for lab in labels_N])
+        rho = ratio if ratio is not None else float(positive_N.sum()) / len(labels_N)
+        scores = score_methods(emb, study.pool, study.exemplars, cfg, study.exemplar_rows(t))
+        per_target[t.name] = {m: retrieval_metrics(s, positive_N, rho) for m, s in scores.items()}
+    names = [t.name for t in study.targets]
+    methods = list(per_target[names[0]])
+
+    def column(m: str, k: str, kinds: tuple[str, ...] = ("single", "mixed")) -> list[float]:
+        return [per_target[t.name][m][k] for t in study.targets if t.kind in kinds]
+
     summary = {
-        m: {
-            k: mean_std([per_cat[c][m][k] for c in categories])
-            for k in ("precision", "recall", "auc")
-        }
+        m: {k: bootstrap_ci(column(m, k), seed=cfg.seed) for k in ("precision", "auc")}
         for m in methods
     }
+    by_kind = {
+        kind: {m: bootstrap_ci(column(m, "precision", (kind,)), seed=cfg.seed) for m in methods}
+        for kind in sorted({t.kind for t in study.targets})
+    }
+    paired = {
+        m: {
+            k: paired_ci(column(m, k), column("mona", k), seed=cfg.seed)
+            for k in ("precision", "auc")
+        }
+        for m in methods
+        if m != "mona" and "mona" in methods
+    }
     return {
-        "ratio": rho,
-        "pool_size": len(pool),
-        "categories": categories,
-        "n_target_per_category": len(target) // max(len(categories), 1),
+        "ratio": "R: the target's positive count" if ratio is None else ratio,
+        "pool_size": len(study.pool),
+        "targets": {
+            t.name: {"kind": t.kind, "categories": list(t.categories)} for t in study.targets
+        },
         "summary": summary,
-        "per_category": per_cat,
+        "precision_by_kind": by_kind,
+        "paired_vs_mona": paired,
+        "per_target": per_target,
     }
 
 
 def retrieval_table(result: dict[str, Any]) -> str:
     lines = [
-        f"retrieval: {len(result['categories'])} target categories, pool {result['pool_size']}, "
-        f"ratio {result['ratio']:.4f}",
-        f"{'method':10s} {'precision':>15s} {'recall':>15s} {'ROC-AUC':>15s}",
+        f"retrieval: {len(result['targets'])} targets, pool {result['pool_size']}; mean and "
+        "95% bootstrap CI over targets; Δ = method − mona (paired)",
+        f"{'method':10s} {'precision@R':>22s} {'ROC-AUC':>22s} {'Δ precision':>22s} {'Δ AUC':>22s}",
     ]
     for m, row in result["summary"].items():
-        cells = [
-            f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("precision", "recall", "auc")
-        ]
-        lines.append(f"{m:10s} " + " ".join(f"{c:>15s}" for c in cells))
+        diff = result["paired_vs_mona"].get(m)
+        cells = [fmt_ci(row["precision"]), fmt_ci(row["auc"])]
+        cells += [fmt_ci(diff["precision"]), fmt_ci(diff["auc"])] if diff else ["", ""]
+        lines.append(f"{m:10s} " + " ".join(f"{c:>22s}" for c in cells))
     return "\n".join(lines)

@@ -1,12 +1,12 @@
 """Downstream check (issue deliverable 5b): fine-tune on each selected subset, compare the
 held-out target-task loss.
 
-The last `n_blocks` transformer blocks are trained (AdamW, constant lr, a few dozen steps) on
-the response tokens of one subset (the usual instruction-tuning loss, as in LESS); everything
-else is frozen, so the backward pass stops after those blocks. The score is the next-token
-loss on the *response* tokens of held-out target samples — the task answer — and on all their
-content tokens. The
-blocks are restored after every run, so each subset starts from the same model.
+Either the last `n_blocks` transformer blocks (`method="last_blocks"`) or LoRA adapters on
+every block (`method="lora"`, saekit.selection.lora) are trained (AdamW, constant lr, a few
+dozen steps) on the response tokens of one subset (the usual instruction-tuning loss, as in
+LESS); everything else is frozen. The score is the next-token loss on the *response* tokens of
+held-out target samples — the task answer — and on all their content tokens. Blocks or
+adapters are restored after every run, so each subset starts from the same model.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from saekit.errors import SaekitError
 from saekit.models.hooks import HookedModel
 from saekit.selection.data import Sample
+from saekit.selection.lora import LoraAdapters, lora_adapters
 from saekit.selection.tokens import SampleTokenizer, Tokenized, batch_tensors, content_mask
 
 
@@ -41,7 +43,16 @@ class FinetuneConfig:
     max_tokens: int = 128
     """Tokens per sample at most."""
     seed: int = 0
-    """Seed of the batch order (the same for every subset size)."""
+    """Seed of the batch order (the same for every subset size) and of the LoRA init."""
+    method: Literal["last_blocks", "lora"] = "last_blocks"
+    """last_blocks: train the last `n_blocks` blocks in full (TransformerLens or HF). lora:
+    rank-`lora_rank` adapters on every block's projections, base frozen (HF backend, peft)."""
+    lora_rank: int = 8
+    """Rank of the LoRA adapters."""
+    lora_alpha: int = 16
+    """LoRA scale numerator: the update is (alpha / rank) · B A."""
+    lora_lr: float = 1e-3
+    """AdamW learning rate of the LoRA adapters (B starts at 0, so they need a larger one)."""
 
 
 def _blocks(model: HookedModel) -> nn.ModuleList:
@@ -87,13 +98,15 @@ class _Runner:
     blocks). On HF models every step runs the full forward.
     """
 
-    def __init__(self, model: HookedModel, n_blocks: int, pad_id: int) -> None:
+    def __init__(self, model: HookedModel, n_blocks: int | None, pad_id: int) -> None:
         self.model, self.pad_id = model, pad_id
         n_layers = len(_blocks(model))
-        if not 1 <= n_blocks <= n_layers:
+        if n_blocks is not None and not 1 <= n_blocks <= n_layers:
             raise SaekitError(f"n_blocks must be in [1, {n_layers}]; got {n_blocks}.")
-        self.start = n_layers - n_blocks
-        self.hook = f"blocks.{self.start}.hook_resid_pre" if model.is_transformer_lens else None
+        # None: every block may change (LoRA), so every step runs the full forward.
+        self.start = 0 if n_blocks is None else n_layers - n_blocks
+        cached = model.is_transformer_lens and n_blocks is not None
+        self.hook = f"blocks.{self.start}.hook_resid_pre" if cached else None
         self.cache: dict[tuple[int, ...], Tensor] = {}
 
     def prepare(self, items: Sequence[Tokenized], batch_size: int = 16) -> None:
@@ -152,6 +165,17 @@ def heldout_loss(
     }
 
 
+@contextmanager
+def _trainable(
+    model: HookedModel, cfg: FinetuneConfig, adapters: LoraAdapters | None
+) -> Iterator[list[nn.Parameter]]:
+    if adapters is None:
+        with trainable_tail(model, cfg.n_blocks) as params:
+            yield params
+    else:
+        yield adapters.reset()
+
+
 def _finetune(
     runner: _Runner,
     items: list[Tokenized],
@@ -159,20 +183,23 @@ def _finetune(
     cfg: FinetuneConfig,
     progress: bool,
     desc: str,
+    adapters: LoraAdapters | None = None,
 ) -> dict[str, float]:
     """Train the tail on `items`, score `heldout`; the tail is restored afterwards."""
-    runner.prepare(items)
     rng = random.Random(cfg.seed)
     order: list[int] = []
     while len(order) < cfg.steps * cfg.batch_size:
         epoch = list(range(len(items)))
         rng.shuffle(epoch)
         order += epoch
+    # Only the rows a step uses are cached (the full-pool reference draws 256 of thousands).
+    runner.prepare([items[i] for i in sorted(set(order[: cfg.steps * cfg.batch_size]))])
     model = runner.model
     was_training = model.model.training
     losses = []
-    with trainable_tail(model, cfg.n_blocks) as params:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    with _trainable(model, cfg, adapters) as params:
+        lr = cfg.lr if adapters is None else cfg.lora_lr
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         model.model.train()
         for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, unit="step"):
             rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -202,8 +229,17 @@ def compare_subsets(
     if empty:
         raise SaekitError(f"Cannot fine-tune on empty subsets: {', '.join(empty)}.")
     tok = SampleTokenizer(model.tokenizer, cfg.max_tokens)
-    runner = _Runner(model, cfg.n_blocks, tok.pad_id)
     held = [tok(s) for s in heldout]
+    if cfg.method == "lora":
+        runner = _Runner(model, None, tok.pad_id)
+        out = {"base": heldout_loss(runner, held)}
+        with lora_adapters(model, cfg.lora_rank, cfg.lora_alpha, cfg.seed) as adapters:
+            for name, subset in subsets.items():
+                out[name] = _finetune(
+                    runner, [tok(s) for s in subset], held, cfg, progress, f"lora {name}", adapters
+                )
+        return out
+    runner = _Runner(model, cfg.n_blocks, tok.pad_id)
     out = {"base": heldout_loss(runner, held)}
     for name, subset in subsets.items():
         out[name] = _finetune(runner, [tok(s) for s in subset], held, cfg, progress, f"tune {name}")

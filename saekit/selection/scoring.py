@@ -7,7 +7,7 @@ sub-tasks). `neurons` is the same pipeline on raw MLP neurons: the paper's "no S
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,21 +50,31 @@ class Embeddings:
     minilm_target: Tensor | None = None
 
 
-def build_probes(
-    model: HookedModel, sae: Dictionary, hook: str, cfg: SelectConfig, baselines: bool
-) -> list[Probe]:
-    """MoNA's SAE probe, plus the raw-neuron and RDS probes when baselines are wanted."""
-    dtype = sae.W_enc.dtype
-    meter = FVUMeter()
-
+def _encoder(sae: Dictionary, meter: FVUMeter | None) -> Callable[[Tensor], Tensor]:
     def encode(x_MD: Tensor) -> Tensor:
-        x_MD = x_MD.to(dtype=dtype, device=sae.W_enc.device)
+        x_MD = x_MD.to(dtype=sae.W_enc.dtype, device=sae.W_enc.device)
         z_MF = sae.encode(x_MD)
-        if meter.wants_more():
+        if meter is not None and meter.wants_more():
             meter.add(x_MD, sae.decode(z_MF))
         return z_MF.float()
 
-    probes = [Probe("mona", hook, encode, cfg.pooling, cfg.top_k, meter)]
+    return encode
+
+
+def build_probes(
+    model: HookedModel,
+    sae: Dictionary,
+    hook: str,
+    cfg: SelectConfig,
+    baselines: bool,
+    extra: Sequence[tuple[str, Dictionary, str]] = (),
+) -> list[Probe]:
+    """MoNA's SAE probe, MoNA on each `extra` (method name, dictionary, hook) — e.g. SNMF codes
+    as "mona_snmf" — plus the raw-neuron and RDS probes when baselines are wanted."""
+    meter = FVUMeter()
+    probes = [Probe("mona", hook, _encoder(sae, meter), cfg.pooling, cfg.top_k, meter)]
+    for name, dictionary, at in extra:
+        probes.append(Probe(name, at, _encoder(dictionary, None), cfg.pooling, cfg.top_k))
     if baselines:
         tl = model.is_transformer_lens
         probes.append(Probe("neurons", neuron_hook(hook, tl), signed_split, cfg.pooling, cfg.top_k))
@@ -126,4 +136,5 @@ def score_methods(
         out[name] = cosine_scores(pool_ND, emb.target.dense[name][rows], labels)
     if emb.minilm_pool is not None and emb.minilm_target is not None:
         out["minilm"] = cosine_scores(emb.minilm_pool, emb.minilm_target[rows], labels)
-    return {m: out[m] for m in METHODS if m in out}
+    extra = [m for m in out if m not in METHODS]  # MoNA on other dictionaries, after "mona"
+    return {m: out[m] for m in ["mona", *extra, *METHODS[1:]] if m in out}

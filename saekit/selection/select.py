@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,19 @@ class Selector:
     sae: Dictionary
     hook: str
     sae_name: str
+    extra: list[tuple[str, Dictionary, str]] = field(default_factory=list)
+    """More dictionaries scored as MoNA methods: (method name, dictionary, hook)."""
+
+    def also(self, run_dir: str | Path, sae_name: str | None = None) -> str:
+        """Score MoNA with another dictionary too (e.g. an SNMF of the same model) as method
+        "mona_METHOD"; returns that name."""
+        other = load_selector(run_dir, sae_name, model=self.model)
+        name = f"mona_{other.sae.method}"
+        taken = {"mona", *(n for n, _, _ in self.extra)}
+        if name in taken:
+            name = f"{name}{sum(n.startswith(name) for n in taken) + 1}"
+        self.extra.append((name, other.sae, other.hook))
+        return name
 
 
 def load_selector(
@@ -102,15 +115,19 @@ def select_data(
     n_raw = len(pool)
     pool = dedup(pool) if cfg.dedup else pool
     t0 = time.perf_counter()
-    probes = build_probes(selector.model, selector.sae, selector.hook, cfg, baselines)
+    probes = build_probes(
+        selector.model, selector.sae, selector.hook, cfg, baselines, selector.extra
+    )
     emb = embed_sets(selector.model, probes, pool, target, cfg, baselines, progress)
     t_embed = time.perf_counter() - t0
     if baselines:
         scores = score_methods(emb, pool, target, cfg)
     else:
         labels = [s.category for s in target] if cfg.aggregation == "subtask_max" else None
-        mona = jaccard_scores(emb.pool.sparse["mona"], emb.target.sparse["mona"], cfg, labels)
-        scores = {"mona": mona}
+        scores = {  # MoNA and MoNA on every extra dictionary
+            name: jaccard_scores(vecs, emb.target.sparse[name], cfg, labels)
+            for name, vecs in emb.pool.sparse.items()
+        }
     k = n_selected(cfg.ratio, len(pool))
     picks = {m: rank(s, k) for m, s in scores.items()}
     order = rank(scores["mona"], len(pool))

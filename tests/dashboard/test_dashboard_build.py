@@ -143,3 +143,42 @@ def test_index_links_the_steering_study_when_present(dash_run, dash_cfg):
     assert "Steering study" in index and 'href="steering-study.png"' in index
     assert (dash_run / "dashboard" / "steering-study.png").read_bytes() == b"\x89PNG fake"
     assert "0.41" in index and "0.25" in index
+
+
+def test_index_links_the_selection_study_when_present(tmp_path):
+    from saekit.dashboard.build import selection_section
+    from saekit.rundir import RunDir, write_json
+
+    run, site = RunDir(tmp_path), tmp_path / "dashboard"
+    assert selection_section(run, site) == ""
+    run.selection.mkdir()
+    (run.selection / "selection-retrieval.png").write_bytes(b"png")
+    ci = {"mean": 0.8125, "lo": 0.75, "hi": 0.875, "n": 30}
+    write_json(
+        run.selection_json,
+        {
+            "retrieval": {
+                "targets": {f"t{i}": {} for i in range(30)},
+                "pool_size": 5572,
+                "summary": {"mona": {"precision": ci, "auc": ci}},
+            },
+            # plots named by where the study wrote them; the downstream one is missing
+            "plots": {"retrieval": "elsewhere/selection-retrieval.png", "downstream": "x.png"},
+        },
+    )
+    html = selection_section(run, site)
+    assert 'href="../selection/selection.json"' in html
+    assert 'href="../selection/selection-retrieval.png"' in html
+    assert "downstream plot" not in html
+    assert "30 targets, pool 5572" in html and "0.812" in html and "[0.750, 0.875]" in html
+
+
+def test_dashboard_index_carries_the_selection_section(dash_run, dash_cfg):
+    from saekit.rundir import RunDir, write_json
+
+    run_interp_eval(dash_run, cfg=dash_cfg, progress=False)
+    ci = {"mean": 0.5, "lo": 0.25, "hi": 0.75, "n": 3}
+    summary = {"mona": {"precision": ci, "auc": ci}}
+    write_json(RunDir(dash_run).selection_json, {"retrieval": {"summary": summary}})
+    index = build_dashboard(dash_run).read_text()
+    assert "<h2>Data selection</h2>" in index and 'href="../selection/selection.json"' in index

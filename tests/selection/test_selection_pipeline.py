@@ -182,3 +182,24 @@ def test_offline_mix_splits_are_disjoint_and_fixed(tmp_path: Path) -> None:
     assert load_samples("offline:beta", split="target", **kw)[0].response.startswith("a")
     with pytest.raises(SaekitError, match="Unknown or too small offline categories: nope"):
         offline_mix("pool", ["nope"], **kw)
+
+
+def test_also_scores_mona_with_a_second_dictionary(tiny, sae_dir: Path, tmp_path: Path) -> None:
+    """`--also`: MoNA on SNMF codes as method mona_snmf, equal to MoNA run with the SNMF alone."""
+    cfg = SAEConfig(method="snmf", d_sae=8, hook=tiny.mlp_hidden)
+    snmf_dir = save_dictionary(build_dictionary(cfg, tiny.d_mlp), tmp_path / "snmf")
+    pool, target = make_samples(12, 1), make_samples(4, 2)
+    both = load_selector(sae_dir, model=tiny.hooked)
+    assert both.also(snmf_dir) == "mona_snmf"
+    assert both.also(snmf_dir) == "mona_snmf2"
+    alone = load_selector(snmf_dir, model=tiny.hooked)
+    out = select_data(both, pool, target, CFG, tmp_path / "both", baselines=False, progress=False)
+    select_data(alone, pool, target, CFG, tmp_path / "alone", baselines=False, progress=False)
+    assert out["methods"] == ["mona", "mona_snmf", "mona_snmf2"]
+    rows = [json.loads(x) for x in (tmp_path / "both" / "ranking.jsonl").read_text().splitlines()]
+    by_row = {r["row"]: r["mona_snmf"] for r in rows}
+    ref_rows = [
+        json.loads(x) for x in (tmp_path / "alone" / "ranking.jsonl").read_text().splitlines()
+    ]
+    for r in ref_rows:
+        assert by_row[r["row"]] == pytest.approx(r["mona"], rel=1e-6)

@@ -1,0 +1,64 @@
+"""LoRA fine-tuning on the tiny HF model: adapters learn, base weights stay, all is undone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saekit.errors import SaekitError
+from saekit.models.hooks import HookedModel
+from saekit.selection.data import Sample
+from saekit.selection.finetune import FinetuneConfig, compare_subsets
+from saekit.selection.lora import lora_adapters
+
+pytest.importorskip("peft")
+
+TASK = [Sample(f"say {w}", w) for w in ("cat", "dog", "sun", "map", "owl", "fig")]
+CFG = FinetuneConfig(
+    method="lora", steps=12, batch_size=3, lora_lr=1e-2, max_tokens=24, lora_rank=4, lora_alpha=8
+)
+
+
+def test_lora_learns_and_leaves_the_model_as_it_was(hf_model, tokenizer) -> None:
+    hooked = HookedModel(hf_model, tokenizer)
+    base = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    flags = [p.requires_grad for p in hf_model.parameters()]
+    out = compare_subsets(hooked, {"task": TASK}, TASK, CFG, progress=False)
+    # Training on the held-out task itself must lower its loss below the untouched model's.
+    assert out["task"]["response_loss"] < out["base"]["response_loss"] - 0.05
+    assert out["task"]["train_loss_last"] < out["task"]["train_loss_first"]
+    after = hf_model.state_dict()
+    assert set(after) == set(base)  # adapters removed
+    assert all(torch.equal(base[k], after[k]) for k in base)
+    assert flags == [p.requires_grad for p in hf_model.parameters()]
+    assert not hasattr(hf_model, "peft_config")
+
+
+def test_lora_changes_adapters_only(hf_model, tokenizer) -> None:
+    """Inside the adapters: a step moves B away from 0 and leaves every base weight equal."""
+    hooked = HookedModel(hf_model, tokenizer)
+    base = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    with lora_adapters(hooked, rank=4) as adapters:
+        params = adapters.reset()
+        # 2 layers × 7 projections × (A, B), nothing else trainable
+        assert len(params) == 28 and all(p.requires_grad for p in params)
+        frozen = [p for n, p in hf_model.named_parameters() if "lora_" not in n]
+        assert frozen and not any(p.requires_grad for p in frozen)
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        ids = torch.tensor([[1, 5, 6, 7, 8, 2]])
+        hooked.run(ids)[0, :-1].logsumexp(-1).sum().backward()
+        opt.step()
+        moved = [n for n, p in adapters.params.items() if not torch.equal(p, adapters.initial[n])]
+        assert any("lora_B" in n for n in moved)
+        for name, value in hf_model.state_dict().items():
+            if "lora_" not in name:
+                key = name.replace(".base_layer", "")
+                assert torch.equal(value, base[key]), name
+        # reset() returns to the initial adapters: the model equals the base again.
+        adapters.reset()
+        assert all(torch.equal(p, adapters.initial[n]) for n, p in adapters.params.items())
+
+
+def test_lora_refuses_transformer_lens(tl_model, tokenizer) -> None:
+    with pytest.raises(SaekitError, match="backend 'hf'"):
+        compare_subsets(HookedModel(tl_model, tokenizer), {"task": TASK}, TASK, CFG, progress=False)
