@@ -52,7 +52,12 @@ def test_saves_of_saekit_0_1_load_with_the_same_codes(method: str) -> None:
         sae = load_dictionary(root / method)
     expected = load_file(str(root / f"{method}-codes.safetensors"))
     with torch.no_grad():
-        assert torch.equal(sae.encode(expected["x"]), expected["z"])
+        z = sae.encode(expected["x"])
+    # W_enc is now stored row-major (the fused Adam step copied the transposed layout the tied
+    # init used to give it), so the encoder product may round differently: the same latents
+    # fire and the values agree to fp32 rounding (a few ulp).
+    assert torch.equal(z != 0, expected["z"] != 0)
+    torch.testing.assert_close(z, expected["z"], rtol=1e-6, atol=1e-6)
     if method == "jumprelu":
         options = sae.cfg.options()
         assert (options.target_l0, options.l0_coefficient, options.bandwidth) == (3.0, 0.5, 0.1)
