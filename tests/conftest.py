@@ -148,6 +148,36 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, hf_model, tokenizer
     return path
 
 
+@pytest.fixture
+def tiny_topk_run(tiny_model_dir: Path, corpus_jsonl: Path, saekit_home: Path):
+    """make(run, **data) writes a run directory: recipe.yaml (tiny HF Llama, synthetic corpus,
+    DataConfig options `data`) and one untrained TopK SAE at model.layers.0; returns run."""
+    from saekit.activations.stream import StreamConfig
+    from saekit.config import save_yaml
+    from saekit.data.text import DataConfig
+    from saekit.dictionaries import SAEConfig, build_dictionary
+    from saekit.models.loading import ModelConfig
+    from saekit.recipe import Recipe
+
+    hook = "model.layers.0"
+
+    def make(run: Path, **data) -> Path:
+        run.mkdir()
+        recipe = Recipe(
+            model=ModelConfig(name=str(tiny_model_dir), backend="hf"),
+            data=DataConfig(source=str(corpus_jsonl), context_size=16, **data),
+            stream=StreamConfig(hooks=(hook,)),
+            saes=(SAEConfig(method="topk", d_sae=32, k=4, hook=hook),),
+        )
+        save_yaml(recipe, run / "recipe.yaml")
+        sae = build_dictionary(SAEConfig(method="topk", hook=hook, d_sae=32, k=4), 16)
+        sae.provenance = {"hook_name": hook}
+        sae.save(run / "saes" / "topk")
+        return run
+
+    return make
+
+
 @dataclass
 class Tiny:
     """A tiny hooked model plus the backend's names for the same activations."""

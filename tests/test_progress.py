@@ -12,11 +12,6 @@ import pytest
 
 from saekit.activations.progress import TokenProgress
 from saekit.cli import main
-from saekit.config import save_yaml
-from saekit.data.text import DataConfig
-from saekit.dictionaries import SAEConfig, build_dictionary
-from saekit.models.loading import ModelConfig
-from saekit.recipe import Recipe
 
 HOOK = "model.layers.0"
 BAR = re.compile(r"(\d+(\.\d+)?k?)/(\d+(\.\d+)?k?) \[[0-9:]+<[0-9:?]+, ")
@@ -24,23 +19,9 @@ BAR = re.compile(r"(\d+(\.\d+)?k?)/(\d+(\.\d+)?k?) \[[0-9:]+<[0-9:?]+, ")
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path, saekit_home: Path, corpus_jsonl: Path, tiny_model_dir: Path) -> Path:
+def run_dir(tmp_path: Path, tiny_topk_run) -> Path:
     """recipe.yaml (tiny HF Llama, synthetic corpus) and one TopK SAE at HOOK."""
-    from saekit.activations.stream import StreamConfig
-
-    run = tmp_path / "run"
-    run.mkdir()
-    recipe = Recipe(
-        model=ModelConfig(name=str(tiny_model_dir), backend="hf"),
-        data=DataConfig(source=str(corpus_jsonl), context_size=16, eval_fraction=0.5),
-        stream=StreamConfig(hooks=(HOOK,)),
-        saes=(SAEConfig(method="topk", d_sae=32, k=4, hook=HOOK),),
-    )
-    save_yaml(recipe, run / "recipe.yaml")
-    sae = build_dictionary(SAEConfig(method="topk", hook=HOOK, d_sae=32, k=4), 16)
-    sae.provenance = {"hook_name": HOOK}
-    sae.save(run / "saes" / "topk")
-    return run
+    return tiny_topk_run(tmp_path / "run", eval_fraction=0.5)
 
 
 def starts_with_the_model_load(err: str, bar: str) -> None:

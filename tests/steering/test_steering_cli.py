@@ -9,11 +9,6 @@ import numpy as np
 import pytest
 
 from saekit.cli import main
-from saekit.config import save_yaml
-from saekit.data.text import DataConfig
-from saekit.dictionaries import SAEConfig, build_dictionary
-from saekit.models.loading import ModelConfig
-from saekit.recipe import Recipe
 from saekit.steering.evaluate import run_steering_eval, steering_table
 from saekit.steering.judge import JudgeConfig
 from saekit.steering.protocol import SteeringConfig
@@ -23,21 +18,9 @@ HOOK = "model.layers.0"
 
 
 @pytest.fixture
-def steer_run(tmp_path: Path, tiny_model_dir: Path, corpus_jsonl: Path, saekit_home: Path) -> Path:
-    """A run dir: recipe.yaml (tiny HF Llama, synthetic corpus) and one TopK SAE at HOOK."""
-    from saekit.activations.stream import StreamConfig
-
-    run = tmp_path / "run"
-    run.mkdir()
-    recipe = Recipe(
-        model=ModelConfig(name=str(tiny_model_dir), backend="hf"),
-        data=DataConfig(source=str(corpus_jsonl), context_size=16),
-        stream=StreamConfig(hooks=(HOOK,)),
-    )
-    save_yaml(recipe, run / "recipe.yaml")
-    sae = build_dictionary(SAEConfig(method="topk", hook=HOOK, d_sae=32, k=4), 16)
-    sae.save(run / "saes" / "topk")
-    return run
+def steer_run(tmp_path: Path, tiny_topk_run) -> Path:
+    """recipe.yaml (tiny HF Llama, synthetic corpus) and one TopK SAE at HOOK."""
+    return tiny_topk_run(tmp_path / "run")
 
 
 def test_steer_generates_with_feature_clamp_and_vector(steer_run, tmp_path, capsys):
