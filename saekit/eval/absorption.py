@@ -231,15 +231,21 @@ def absorption_data(
     return AbsorptionData(x_tr, x_te, y_tr, y_te, W_probe, letters, len(vocab))
 
 
+def check_width(sae: Dictionary, width: int, hook: str = "", name: str = "The dictionary") -> None:
+    """One line naming the fix when `sae` does not read activations of this width."""
+    if sae.d_in != width:
+        where = f"hook {hook!r}" if hook else "the hook"
+        raise SaekitError(
+            f"{name} reads d_in={sae.d_in} but {where} has width {width}; evaluate it at the "
+            "hook it was trained on."
+        )
+
+
 def score_absorption(
     data: AbsorptionData, sae: Dictionary, cfg: AbsorptionConfig = AbsorptionConfig()
 ) -> dict[str, Any]:
     """First-letter absorption of `sae` on activations gathered by `absorption_data`."""
-    if sae.d_in != data.x_tr.shape[1]:
-        raise SaekitError(
-            f"The dictionary reads d_in={sae.d_in} but the hook has width "
-            f"{data.x_tr.shape[1]}; evaluate it at the hook it was trained on."
-        )
+    check_width(sae, data.x_tr.shape[1])
     sae = sae.eval()
 
     def encode(x: Tensor) -> Tensor:
@@ -281,11 +287,7 @@ def evaluate_absorption(
     progress: bool = True,
 ) -> dict[str, Any]:
     """First-letter absorption of `sae` at `hook` (its residual stream, as in SAEBench)."""
-    if sae.d_in != model.width(hook):
-        raise SaekitError(
-            f"The dictionary reads d_in={sae.d_in} but hook {hook!r} has width "
-            f"{model.width(hook)}; evaluate it at the hook it was trained on."
-        )
+    check_width(sae, model.width(hook), hook)  # before the model forwards
     return score_absorption(absorption_data(model, hook, cfg, vocab, progress), sae, cfg)
 
 

@@ -19,8 +19,12 @@ from typing import Any
 
 from saekit.data.tasks import ProbingTask, load_tasks
 from saekit.dictionaries import load_dictionary
-from saekit.errors import SaekitError
-from saekit.eval.absorption import AbsorptionConfig, absorption_data, score_absorption
+from saekit.eval.absorption import (
+    AbsorptionConfig,
+    absorption_data,
+    check_width,
+    score_absorption,
+)
 from saekit.eval.controls import control_dictionaries
 from saekit.eval.probing import RESIDUAL, ProbingConfig, evaluate_probing
 from saekit.eval.scorecard import Score, Units, score
@@ -76,11 +80,7 @@ def saebench_evals(
         absorbed: dict[str, Any] = {}
         for hook, saes in by_hook.items():
             for name, sae in saes.items():  # before the forwards, not after
-                if sae.d_in != model.width(hook):
-                    raise SaekitError(
-                        f"{name} reads d_in={sae.d_in} but hook {hook!r} has width "
-                        f"{model.width(hook)}; evaluate it at the hook it was trained on."
-                    )
+                check_width(sae, model.width(hook), hook, name)
             data = absorption_data(model, hook, absorption)
             for name, sae in saes.items():
                 res = absorbed[name] = score_absorption(data, sae, absorption)

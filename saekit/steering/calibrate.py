@@ -112,9 +112,7 @@ def calibrate_many(
         for k, a, kl in zip(active, alphas, kls):
             brackets[k].update(a, kl, rel_tol * brackets[k].kappa)
     return [
-        Calibration(
-            b.kappa, s * b.best, b.kl_best, abs(b.kl_best - b.kappa) <= rel_tol * b.kappa
-        )
+        Calibration(b.kappa, s * b.best, b.kl_best, abs(b.kl_best - b.kappa) <= rel_tol * b.kappa)
         for b, s in zip(brackets, signs)
     ]
 
@@ -137,6 +135,4 @@ def calibrate(
                 seen[a] = float(kl_at(a))
         return [seen[a] for a in alphas]
 
-    return calibrate_many(
-        kl_many, ordered, alpha_max, [sign] * len(ordered), rel_tol, max_steps
-    )
+    return calibrate_many(kl_many, ordered, alpha_max, [sign] * len(ordered), rel_tol, max_steps)

@@ -119,8 +119,9 @@ def run_steering_eval(
         if labelled:
             concepts, neutral = labelled
             made = diffmean_directions(model, hook, concepts, neutral)
-            for concept, v in tqdm(made, desc=f"DiffMean {hook}", total=len(concepts),
-                                   unit="concept"):
+            for concept, v in tqdm(
+                made, desc=f"DiffMean {hook}", total=len(concepts), unit="concept"
+            ):
                 dirs.append(Direction(f"diffmean:{concept}", "diffmean", hook, v, []))
         rand_KD = random_directions(model.width(hook), cfg.n_random, cfg.seed)
         dirs += [Direction(f"random:{j}", "random", hook, v, []) for j, v in enumerate(rand_KD)]

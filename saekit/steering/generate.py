@@ -94,8 +94,11 @@ def _hidden(model: HookedModel, tokens_BT: Tensor, prefix: Prefix | None) -> Ten
     tokens_BT = tokens_BT.to(model.device)
     if model.is_transformer_lens:
         if prefix is not None and prefix.layer > 0:
-            resid = m(prefix.residual(tokens_BT), start_at_layer=prefix.layer,
-                      stop_at_layer=m.cfg.n_layers)
+            resid = m(
+                prefix.residual(tokens_BT),
+                start_at_layer=prefix.layer,
+                stop_at_layer=m.cfg.n_layers,
+            )
         else:
             resid = m(tokens_BT, stop_at_layer=m.cfg.n_layers)
         return m.ln_final(resid)

@@ -48,7 +48,8 @@ def plot_concept_vs_ce(study: dict[str, Any], path: Path) -> Path:
     for ax, (hook, site) in zip(axes[0], study.items()):
         for method, m in site["methods"].items():
             pts = [
-                b for b in m["budgets"]
+                b
+                for b in m["budgets"]
                 if b.get("concept_gain") is not None and b.get("delta_ce_ref") is not None
             ]
             if not pts:

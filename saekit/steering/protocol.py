@@ -193,8 +193,11 @@ class SiteStudy:
         """Row r = item r // n_rows: direction index and signed strength per item."""
         v_SD = torch.stack([self.directions[i].vector_D for i, _ in items])
         a_S = torch.tensor([a for _, a in items])
-        return {self.hook: RowDirections(v_SD.repeat_interleave(n_rows, 0),
-                                         a_S.repeat_interleave(n_rows, 0))}
+        return {
+            self.hook: RowDirections(
+                v_SD.repeat_interleave(n_rows, 0), a_S.repeat_interleave(n_rows, 0)
+            )
+        }
 
     def kl_sel(self, direction: Direction, alpha: float) -> float:
         """Mean next-token KL(p_0 ‖ p_α) over the selection prompts."""
@@ -226,8 +229,7 @@ class SiteStudy:
     ) -> dict[tuple[int, float], list[Calibration]]:
         """{(direction index, sign): one Calibration per κ}, all problems in lockstep."""
         problems = [(n, s, k) for n, s in pairs for k in kappas]
-        bar = tqdm(total=self.cfg.max_bisection_steps, desc=f"calibrating {self.hook}",
-                   unit="step")
+        bar = tqdm(total=self.cfg.max_bisection_steps, desc=f"calibrating {self.hook}", unit="step")
 
         def kl_many(ks: list[int], alphas: list[float]) -> list[float]:
             bar.set_postfix(targets=len(ks))
@@ -281,9 +283,11 @@ class SiteStudy:
                 Setting(
                     calibration=cal,
                     mass_PN=torch.stack([concept_mass(logp_PV, t) for t in self.targets_N], 1)
-                    if self.targets_N else torch.zeros(P, 0),
+                    if self.targets_N
+                    else torch.zeros(P, 0),
                     hit_PN=torch.stack([hit_at(logp_PV, t, 10) for t in self.targets_N], 1)
-                    if self.targets_N else torch.zeros(P, 0),
+                    if self.targets_N
+                    else torch.zeros(P, 0),
                     raised=gain_V.topk(cfg.target_tokens).indices.tolist(),
                 )
             )

@@ -87,7 +87,8 @@ def _null(study: SiteStudy, curves: Curves, n: int, kappa: float, score: float) 
     null = [
         _scores(study, s, n, study.eval)["score"]
         for g, d in enumerate(study.directions)
-        if d.kind == "random" and g != n
+        if d.kind == "random"
+        and g != n
         and isinstance(s := curves.plus[d.name].get(kappa), Setting)
     ]
     if not null:

@@ -87,9 +87,7 @@ def mean_interval(x_FP: Tensor, n_boot: int = 2000, seed: int = 0) -> Interval:
     return _interval(observed[0], resampled[0])
 
 
-def paired_difference(
-    a_FP: Tensor, b_GP: Tensor, n_boot: int = 2000, seed: int = 0
-) -> Interval:
+def paired_difference(a_FP: Tensor, b_GP: Tensor, n_boot: int = 2000, seed: int = 0) -> Interval:
     """mean(A) − mean(B) over the same prompts, with its 95% interval (paired over prompts)."""
     observed, resampled = bootstrap_means([a_FP, b_GP], n_boot, seed)
     return _interval(observed[0] - observed[1], resampled[0] - resampled[1])

@@ -95,8 +95,11 @@ def site_study(
             areas = torch.tensor(feature_areas(results, kind, x_max), dtype=torch.float64)
             entry["pareto_auc"] = mean_interval(areas[:, None], n_boot, seed).record()
         methods[kind] = entry
-    return {"pareto_x_max": x_max, "methods": methods, "pairs": _pairs(results, kinds, kappas,
-                                                                        x_max, n_boot, seed)}
+    return {
+        "pareto_x_max": x_max,
+        "methods": methods,
+        "pairs": _pairs(results, kinds, kappas, x_max, n_boot, seed),
+    }
 
 
 def _controls(pts: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:

@@ -114,8 +114,9 @@ def test_run_steering_eval_writes_the_study(steer_run, tmp_path):
         n_boot=300,
     )
     out = tmp_path / "study"
-    report = run_steering_eval(steer_run, config=cfg, features=[0, 5, 9], labelled=False,
-                               out_dir=out)
+    report = run_steering_eval(
+        steer_run, config=cfg, features=[0, 5, 9], labelled=False, out_dir=out
+    )
     saved = json.loads((out / "steering.json").read_text())
     assert Path(saved["study_plot"]).is_file() and saved["study_plot"].endswith(".png")
     site, dirs = saved["study"][HOOK], saved["sites"][HOOK]["directions"]
@@ -124,8 +125,13 @@ def test_run_steering_eval_writes_the_study(steer_run, tmp_path):
         assert m["directions"] == 3 and [b["kappa"] for b in m["budgets"]] == [0.002, 0.01, 0.03]
         for b in m["budgets"]:
             # The method's mean is the mean over its reached directions × evaluation prompts.
-            pts = [p for d in dirs.values() if d["kind"] == kind for p in d["curve"]
-                   if p["kappa"] == b["kappa"] and p["reached"]]
+            pts = [
+                p
+                for d in dirs.values()
+                if d["kind"] == kind
+                for p in d["curve"]
+                if p["kappa"] == b["kappa"] and p["reached"]
+            ]
             assert b["reached"] == len(pts)
             if pts:
                 c = np.mean([p["per_prompt"]["concept_gain"] for p in pts])
@@ -134,8 +140,13 @@ def test_run_steering_eval_writes_the_study(steer_run, tmp_path):
     flips = 0
     for b in site["methods"]["topk"]["budgets"]:
         # The −α control at every budget where it reached κ (random directions have none).
-        pts = [p for d in dirs.values() if d["kind"] == "topk" for p in d["curve"]
-               if p["kappa"] == b["kappa"] and p["reached"] and p["sign_flip"]["reached"]]
+        pts = [
+            p
+            for d in dirs.values()
+            if d["kind"] == "topk"
+            for p in d["curve"]
+            if p["kappa"] == b["kappa"] and p["reached"] and p["sign_flip"]["reached"]
+        ]
         assert b.get("sign_flip_reached", 0) == len(pts)
         flips += len(pts)
     assert flips > 0
@@ -145,14 +156,31 @@ def test_run_steering_eval_writes_the_study(steer_run, tmp_path):
 
 
 def test_steer_compare_prints_the_study_and_rejects_bad_counts(steer_run, tmp_path, capsys):
-    base = ["steer", "compare", str(steer_run), "--out", str(tmp_path / "o"), "--prompts", "4",
-            "--kl", "0.002,0.01", "--gen-tokens", "2", "--random", "2", "--features", "2"]
+    base = [
+        "steer",
+        "compare",
+        str(steer_run),
+        "--out",
+        str(tmp_path / "o"),
+        "--prompts",
+        "4",
+        "--kl",
+        "0.002,0.01",
+        "--gen-tokens",
+        "2",
+        "--random",
+        "2",
+        "--features",
+        "2",
+    ]
     assert main([*base, "--no-diffmean"]) == 0
     out = capsys.readouterr().out
     assert "Pareto area" in out and "steering-study.png" in out
     written = (tmp_path / "o" / "steering.json").read_text()
-    for bad, message in ((["--concepts", "0"], "--concepts must be 1..32"),
-                         (["--features", "0"], "--features must be ≥ 1")):
+    for bad, message in (
+        (["--concepts", "0"], "--concepts must be 1..32"),
+        (["--features", "0"], "--features must be ≥ 1"),
+    ):
         assert main([*base, *bad]) == 2
         assert message in capsys.readouterr().err
     assert (tmp_path / "o" / "steering.json").read_text() == written  # bad input: untouched

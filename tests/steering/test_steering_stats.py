@@ -118,8 +118,13 @@ def _direction(kind: str, rows: list[tuple[float, float, list[float]]]) -> dict:
         per = {"score": c_P, "concept_gain": c_P, "fluency": [1.0] * len(c_P)}
         c = float(np.mean(c_P))
         curve.append(
-            {"kappa": kappa, "reached": True, "delta_ce_ref": ce, "concept_gain": c,
-             "per_prompt": per}
+            {
+                "kappa": kappa,
+                "reached": True,
+                "delta_ce_ref": ce,
+                "concept_gain": c,
+                "per_prompt": per,
+            }
         )
     return {"kind": kind, "curve": curve}
 
@@ -129,20 +134,27 @@ def test_site_study_reports_the_method_means_areas_and_pairs():
     results = {}
     for f in range(6):
         results[f"topk#{f}"] = _direction(
-            "topk", [(0.1, 0.2, rng.normal(1.0, 0.1, 4).tolist()),
-                     (0.5, 0.6, rng.normal(2.0, 0.1, 4).tolist())]
+            "topk",
+            [
+                (0.1, 0.2, rng.normal(1.0, 0.1, 4).tolist()),
+                (0.5, 0.6, rng.normal(2.0, 0.1, 4).tolist()),
+            ],
         )
         results[f"random:{f}"] = _direction(
-            "random", [(0.1, 0.4, rng.normal(0.0, 0.1, 4).tolist()),
-                       (0.5, 1.0, rng.normal(0.1, 0.1, 4).tolist())]
+            "random",
+            [
+                (0.1, 0.4, rng.normal(0.0, 0.1, 4).tolist()),
+                (0.5, 1.0, rng.normal(0.1, 0.1, 4).tolist()),
+            ],
         )
     study = site_study(results, (0.1, 0.5), n_boot=500)
     # X = median ΔCE at the largest budget over all directions: median of {0.6 ×6, 1.0 ×6}.
     assert study["pareto_x_max"] == pytest.approx(0.8)
     topk = study["methods"]["topk"]
     at_half = topk["budgets"][1]
-    expected = np.mean([results[f"topk#{f}"]["curve"][1]["per_prompt"]["concept_gain"]
-                        for f in range(6)])
+    expected = np.mean(
+        [results[f"topk#{f}"]["curve"][1]["per_prompt"]["concept_gain"] for f in range(6)]
+    )
     assert at_half["concept_gain"]["mean"] == pytest.approx(expected)
     assert at_half["concept_gain"]["lo"] < expected < at_half["concept_gain"]["hi"]
     # A topk direction's frontier: 0 below 0.2, ~1 on [0.2, 0.6), ~2 on [0.6, 0.8) → ≈ 1.0.
