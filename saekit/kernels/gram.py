@@ -19,8 +19,15 @@ the stored one back while the weights are unchanged (checked by value).
 
 from __future__ import annotations
 
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
 import torch
 from torch import Tensor
+
+from saekit.kernels import native
 
 GRAM_BLOCK = 512
 """Block-column width: GEMMs of [≤ S, D] × [D, 512] run near full speed, and the scratch panel
@@ -41,6 +48,19 @@ def gram_into(
         torch.mm(D_SD, E_SD.T, out=G_SP[:, :S])
         return G_SP
     W_SD = E_SD
+    dll = native.library() if native.usable(G_SP, W_SD) else None
+    fn = syrk() if dll is not None and G_SP.shape[1] == S and not upper_only else None
+    if fn is not None:  # one triangle by BLAS, mirrored
+        syrk_lower(G_SP, W_SD, fn)
+        mirror(dll, G_SP, S, upper=False)
+        return G_SP
+    if upper_only or dll is not None:  # the upper block columns straight into G, mirrored
+        for p0 in range(0, S, GRAM_BLOCK):
+            p1 = min(p0 + GRAM_BLOCK, S)
+            torch.mm(W_SD[:p1], W_SD[p0:p1].T, out=G_SP[:p1, p0:p1])
+        if not upper_only:
+            mirror(dll, G_SP, S, upper=True)
+        return G_SP
     scratch = W_SD.new_empty(S * min(GRAM_BLOCK, S))
     for p0 in range(0, S, GRAM_BLOCK):
         p1 = min(p0 + GRAM_BLOCK, S)
@@ -53,6 +73,51 @@ def gram_into(
         if p0:
             G_SP[p0:p1, :p0].copy_(panel[:p0].T)  # the mirror half: G[P, :p0] = G[:p0, P]ᵀ
     return G_SP
+
+
+def mirror(dll: Any, G_SP: Tensor, n: int, upper: bool) -> None:
+    """G[:n, :n]: one triangle copied into the other by the native tile kernel (upper: from the
+    upper triangle), its tile rows split between torch's threads in equal shares of tiles."""
+    tiles = -(-n // native.TILE)
+    threads = max(1, min(torch.get_num_threads(), tiles))
+    cuts = [round(tiles * math.sqrt(i / threads)) for i in range(threads + 1)]  # row i: i + 1
+    spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+    def tiles_of(span: tuple[int, int]) -> None:
+        native.mirror(dll, G_SP, n, span[0], span[1], upper)
+
+    if len(spans) == 1:
+        tiles_of(spans[0])
+        return
+    with ThreadPoolExecutor(len(spans)) as pool:
+        list(pool.map(tiles_of, spans))
+
+
+class _Syrk(NamedTuple):
+    ssyrk: Any
+    """scipy.linalg.blas.ssyrk."""
+    blas: Any
+    """A threadpoolctl controller of the BLAS libraries, to run ssyrk at torch's thread count."""
+
+
+@functools.cache
+def syrk() -> _Syrk | None:
+    """BLAS ssyrk through scipy, or None when scipy or threadpoolctl is missing."""
+    try:
+        from scipy.linalg import blas
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return _Syrk(blas.ssyrk, ThreadpoolController().select(user_api="blas"))
+
+
+def syrk_lower(G_SS: Tensor, W_SD: Tensor, fn: _Syrk) -> None:
+    """The lower triangle of G = W Wᵀ (S × S, contiguous), in place, by BLAS ssyrk."""
+    C = G_SS.numpy().T  # Fortran order: ssyrk's upper triangle is G's lower one
+    with fn.blas.limit(limits=torch.get_num_threads()):
+        out = fn.ssyrk(1.0, W_SD.numpy().T, trans=1, c=C, overwrite_c=1)
+    if out.ctypes.data != G_SS.data_ptr():  # scipy copied instead of writing in place
+        G_SS.copy_(torch.from_numpy(out.T))
 
 
 def gram_matrix(E_SD: Tensor, D_SD: Tensor, width: int, tied: bool) -> Tensor:

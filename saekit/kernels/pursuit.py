@@ -35,6 +35,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from saekit.kernels import native
 from saekit.kernels.gram import gram_matrix
 from saekit.kernels.row_threads import map_rows
 
@@ -134,7 +135,11 @@ def pursue(
     steps_B = torch.full((B,), steps, dtype=torch.long, device=r_BD.device)
     # A row whose every atom is dropped still gets an argmax (0): its a_t must be 0.
     open_S = None if drop_S is None else (~drop_S).to(r_BD.dtype)
-    atoms = Atoms(E_SD, D_SD, E_PD, bias_P, G_SP if path == "gram" else None, open_S)
+    G_SP = G_SP if path == "gram" else None
+    fused = None
+    if G_SP is not None and stop is None and native.usable(r_BD, E_SD, D_SD, G_SP, a_BT):
+        fused = native.library()
+    atoms = Atoms(E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused)
 
     def chunk(lo: int, hi: int) -> None:
         _pursue_rows(r_BD[lo:hi], atoms, a_BT[lo:hi], j_BT[lo:hi], steps_B[lo:hi], stop)
@@ -159,15 +164,20 @@ class Atoms(NamedTuple):
     """Gram rows d_j E_PDᵀ on the gram path, None on the recompute path."""
     open_S: Tensor | None
     """1 for atoms that may be selected, 0 for dropped ones (None: no dropout)."""
+    fused: Any
+    """The native kernels (saekit/kernels/native.py) when they run this pursuit, else None."""
 
 
 def _pursue_rows(
     r_RD: Tensor, atoms: Atoms, a_RT: Tensor, j_RT: Tensor, steps_R: Tensor, stop: Stop | None
 ) -> None:
     R, T = a_RT.shape
-    E_SD, D_SD, E_PD, bias_P, G_SP, open_S = atoms
+    E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused = atoms
     tied = E_SD is D_SD
     c_RP = torch.addmm(bias_P, r_RD, E_PD.T)
+    if fused is not None and G_SP is not None:  # every step of a row in one C call
+        native.gram_steps(fused, c_RP, r_RD, E_SD, D_SD, G_SP, open_S, a_RT, j_RT)
+        return
     buf_RP = None
     one_hot = G_SP is not None and _csr_update_ok(c_RP)
     if G_SP is not None and not one_hot:
