@@ -8,7 +8,7 @@ import torch
 
 from saekit.activations.synthetic import FlatSuperposition
 from saekit.dictionaries import SAEConfig
-from saekit.kernels import gram, pursuit
+from saekit.kernels import gram, native, pursuit
 from saekit.kernels.gram import GramCache, gram_matrix
 from saekit.kernels.pursuit import MatchingPursuit, padded_width
 from saekit.train.trainer import TrainConfig, Trainer
@@ -94,7 +94,13 @@ def _train_mp() -> torch.Tensor:
     return trainer.slots[0].sae.W_dec.detach().clone()
 
 
-def test_mp_training_is_bit_identical_at_4_threads():
+@pytest.mark.parametrize("path", ["auto", "gram"])
+def test_mp_training_is_bit_identical_at_4_threads(path, monkeypatch):
+    calls = []
+    if path == "gram":  # the Gram path at this shape, through the native kernel where it builds
+        monkeypatch.setattr(pursuit, "GRAM_STEP_COST", 0)
+        real = native.gram_steps
+        monkeypatch.setattr(native, "gram_steps", lambda *a: calls.append(1) or real(*a))
     threads = torch.get_num_threads()
     torch.set_num_threads(4)  # 4 workers in the pursuit and 4 gradient buffers to sum
     try:
@@ -102,3 +108,4 @@ def test_mp_training_is_bit_identical_at_4_threads():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(first, second)
+    assert bool(calls) == (path == "gram" and native.library() is not None)
