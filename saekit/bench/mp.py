@@ -13,7 +13,10 @@ The floor and the parts of saekit's step are sides of the same rounds (medians, 
 - c0_gemm: (x − b) Wᵀ, [B, D] × [D, S], into a kept output buffer (no page faults).
 - gram_syrk: W Wᵀ by BLAS ssyrk (scipy, its threads limited alike by threadpoolctl): one
   triangle, S²D/2 multiply-adds. gram_panels: saekit's symmetric block GEMMs alone.
-- gram_saekit: saekit's exact build of the full G (the GEMMs plus the mirror copies).
+- gram_saekit: saekit's exact build of the full G: one triangle (ssyrk where scipy is present,
+  else the panels) and its mirror into the other. gram_mirror: that mirror alone, the native
+  tile kernel (saekit/kernels/native.py; without it the part is gram_saekit − gram_panels, the
+  torch path's copies).
 - pursuit_first_step / pursuit_forward: saekit's pursuit with G prebuilt, 1 and k steps
   (c0 per row chunk, then k − 1 passes over the B×S correlations).
 - forward_backward: the k-step pursuit and its backward.
@@ -49,7 +52,8 @@ from saekit.bench.train import activations
 from saekit.bench.train_anchors import Shape
 from saekit.dictionaries import SAEConfig
 from saekit.dictionaries.mp import MatchingPursuitSAE
-from saekit.kernels.gram import gram_into, gram_matrix
+from saekit.kernels import native
+from saekit.kernels.gram import gram_into, gram_matrix, mirror, syrk, syrk_lower
 from saekit.kernels.pursuit import MatchingPursuit, padded_width, pursue
 
 SHAPE = Shape(d_in=576, d_sae=9216, k=16, batch=4096)
@@ -61,16 +65,6 @@ TARGETS = {
     "step_vs_floor": "<= 1.3 (where exact_mp_ceiling < 10)",
     "mp_vs_topk": "<= 3",
 }
-
-
-def _syrk() -> Any:
-    """scipy's BLAS ssyrk and threadpoolctl's limiter, or None (then the floor uses the panels)."""
-    try:
-        from scipy.linalg import blas
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return blas.ssyrk, threadpool_limits
 
 
 def part_sides(x_BD: torch.Tensor, shape: Shape) -> dict[str, Side]:
@@ -103,24 +97,24 @@ def part_sides(x_BD: torch.Tensor, shape: Shape) -> dict[str, Side]:
         ),
         "forward_backward": Side(forward_backward, B),
     }
-    syrk = _syrk()
-    if syrk is not None:
-        W_np, C_SS = W_SD.numpy(), torch.zeros(S, S)
-        C_np = C_SS.numpy().T  # Fortran order: ssyrk fills its upper = C_SS's lower triangle
-        sides["gram_syrk"] = Side(
-            lambda: syrk[0](1.0, W_np.T, trans=1, c=C_np, overwrite_c=1), B, out(C_SS)
-        )
+    dll = native.library()
+    if dll is not None:
+        sides["gram_mirror"] = Side(lambda: mirror(dll, G_SP, S, upper=False), B, out(G_SP))
+    fn = syrk()
+    if fn is not None:
+        C_SS = torch.zeros(S, S)  # ssyrk's lower triangle of W Wᵀ, as saekit's build gets it
+        sides["gram_syrk"] = Side(lambda: syrk_lower(C_SS, W_SD, fn), B, out(C_SS))
     return sides
 
 
 @contextlib.contextmanager
 def _blas_threads(n: int) -> Iterator[None]:
     """scipy's BLAS at n threads, like torch (no-op without threadpoolctl)."""
-    syrk = _syrk()
-    if syrk is None:
+    fn = syrk()
+    if fn is None:
         yield
         return
-    with syrk[1](limits=n, user_api="blas"):
+    with fn.blas.limit(limits=n):
         yield
 
 
@@ -151,7 +145,7 @@ def _per_threads(sides: dict[str, Side], rounds: int, k: int) -> dict[str, Any]:
         "target_met": target,
         "saekit_step_parts_ms": {
             "gram_build": ms["gram_saekit"],
-            "gram_mirror_copies": ms["gram_saekit"] - ms["gram_panels"],
+            "gram_mirror": ms.get("gram_mirror", ms["gram_saekit"] - ms["gram_panels"]),
             "c0_and_first_step": ms["pursuit_first_step"],
             f"steps_2_to_{k}": ms["pursuit_forward"] - ms["pursuit_first_step"],
             "backward": ms["forward_backward"] - ms["pursuit_forward"],
@@ -187,7 +181,7 @@ def run(
             anchors={p: info[p] for p in PEERS},
             load_before=load_before,
         ),
-        "saekit": info["saekit_mp"],
+        "saekit": info["saekit_mp"] | {"native_kernels": native.describe()},
         "saekit_topk": info["saekit_topk"],
         "floor": {
             "definition": "c0 GEMM + symmetric Gram product, medians of the same rounds",

@@ -60,11 +60,22 @@ def _compiler() -> str | None:
     return None
 
 
+def _flags() -> list[str]:
+    return ["-O3", "-fPIC", "-shared", "-ffp-contract=off", *_cpu_flags()]
+
+
+def describe() -> str:
+    """What runs the MP Gram path here, for benchmark records."""
+    if library() is None:
+        return f"torch ops ({ENV}=0 or no C compiler)"
+    return f"compiled C: {_compiler()} {' '.join(_flags())}"
+
+
 def _build() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    flags = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", *_cpu_flags()]
+    flags = _flags()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *flags]).encode())
     out_dir = cache_home() / "native"
