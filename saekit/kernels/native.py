@@ -97,6 +97,8 @@ def _build() -> ctypes.CDLL:
     dll = ctypes.CDLL(str(lib))
     dll.mp_gram_steps.argtypes = [_i64] * 4 + [_ptr] * 8
     dll.mp_gram_steps.restype = None
+    dll.mp_backward.argtypes = [_i64] * 3 + [_ptr] * 9
+    dll.mp_backward.restype = None
     dll.gram_mirror.argtypes = [_ptr, _i64, _i64, _i64, _i64, ctypes.c_int]
     dll.gram_mirror.restype = None
     return dll
@@ -151,6 +153,30 @@ def gram_steps(
     dll.mp_gram_steps(
         R, P, D, T, _p(c_RP), _p(r_RD), _p(E_SD), _p(D_SD), _p(G_SP), _p(open_S), _p(a_RT),
         _p(j_RT),
+    )  # fmt: skip
+
+
+def backward_rows(
+    dll: ctypes.CDLL,
+    r_RD: Tensor,
+    g_RD: Tensor,
+    g_a_RT: Tensor,
+    a_RT: Tensor,
+    j_RT: Tensor,
+    E_SD: Tensor,
+    D_SD: Tensor,
+    g_E_SD: Tensor,
+    g_D_SD: Tensor,
+) -> None:
+    """MatchingPursuit's backward for these rows: r_RD → r_0 and g_RD → ∂L/∂r_0 in place, the
+    weight gradients added into g_E_SD and g_D_SD (the same tensor when tied)."""
+    (R, D), T = r_RD.shape, a_RT.shape[1]
+    assert j_RT.dtype == torch.int64 and all(
+        t.is_contiguous() for t in (r_RD, g_RD, g_a_RT, a_RT, j_RT, g_E_SD, g_D_SD)
+    )
+    dll.mp_backward(
+        R, D, T, _p(r_RD), _p(g_RD), _p(g_a_RT), _p(a_RT), _p(j_RT), _p(E_SD), _p(D_SD),
+        _p(g_E_SD), _p(g_D_SD),
     )  # fmt: skip
 
 

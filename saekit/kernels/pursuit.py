@@ -267,7 +267,7 @@ class MatchingPursuit(torch.autograd.Function):
         tied, B = ctx.tied, r_BD.shape[0]
         r_BD = r_BD.clone()
         g_BD = torch.zeros_like(r_BD) if g_r_BD is None else g_r_BD.clone()
-        g_a_BT = torch.zeros_like(a_BT) if g_a_BT is None else g_a_BT
+        g_a_BT = torch.zeros_like(a_BT) if g_a_BT is None else g_a_BT.contiguous()
         threads = torch.get_num_threads() if r_BD.device.type == "cpu" else 1
         # One weight-gradient buffer per worker (S×D each), summed at the end.
         grads: dict[int, tuple[Tensor, Tensor]] = {}
@@ -289,9 +289,18 @@ class MatchingPursuit(torch.autograd.Function):
                     g_D_SD.index_add_(0, j_R, g_RD * a_R[:, None], alpha=-1)
                 g_RD.addcmul_(s_R[:, None], e_RD)
 
+        fused = native.library() if native.usable(r_BD, g_BD, g_a_BT, E_SD, D_SD) else None
+
         def rows(lo: int, hi: int) -> None:
             g_E_SD = torch.zeros_like(E_SD)
             g_D_SD = g_E_SD if tied else torch.zeros_like(D_SD)
+            if fused is not None:  # one row through all k steps at a time, in C
+                native.backward_rows(
+                    fused, r_BD[lo:hi], g_BD[lo:hi], g_a_BT[lo:hi], a_BT[lo:hi], j_BT[lo:hi],
+                    E_SD, D_SD, g_E_SD, g_D_SD,
+                )  # fmt: skip
+                grads[lo] = (g_E_SD, g_D_SD)
+                return
             # Blocks of rows whose B×D temporaries stay in cache through all k steps.
             per = max(1, BACKWARD_BYTES // (D_SD.shape[1] * r_BD.element_size()))
             for c0 in range(lo, hi, per):

@@ -78,6 +78,27 @@ def test_native_pursuit_equals_torch_path_and_reference(case, monkeypatch):
         assert not drop[j1].any()
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_native_backward_equals_torch_backward(tied, monkeypatch):
+    """Gradients in x, E and D through the k steps of one forward (a rounding-level change of
+    a near-tied selection would change the gradient wholesale); with 4 atoms left many a_t are
+    0 (no gradient through them)."""
+    W = unit_rows(300, 24, 0).requires_grad_()
+    E = W if tied else unit_rows(300, 24, 3).requires_grad_()
+    x = torch.randn(500, 24, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    drop = torch.arange(300) >= 4  # 4 atoms left: a row's correlations soon all fall below 0
+    monkeypatch.setenv(native.ENV, "1")
+    a, _, r = pursuit.MatchingPursuit.apply(x, E, W, 6, "gram", drop, None)
+    loss = r.pow(2).sum() + (a * torch.linspace(-1, 1, 6)).sum()
+    grads = {}
+    for flag in ("1", "0"):  # one forward, each backward through it
+        monkeypatch.setenv(native.ENV, flag)
+        grads[flag] = torch.autograd.grad(loss, [x, W] if tied else [x, E, W], retain_graph=True)
+    assert 100 < (a == 0).sum() < a.numel() - 100
+    for mine, ref in zip(grads["1"], grads["0"]):
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("S", [300, 99])  # 99: a row narrower than a block, not 8-wide
 def test_exact_ties_pick_the_first_atom(S, monkeypatch):
     """Integer data, every atom present 3 times: correlations are exact and tie on every step,

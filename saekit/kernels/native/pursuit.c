@@ -119,6 +119,35 @@ void mp_gram_steps(int64_t R, int64_t P, int64_t D, int64_t T, float *c, float *
     }
 }
 
+/* The backward of mp_gram_steps for the rows [0, R) (MatchingPursuit.backward in
+ * saekit/kernels/pursuit.py), one row through all T steps at a time, so r and ḡ stay in L1:
+ *     r_{t−1} = r_t + a_t d_j,  s = (∂L/∂a_t − <ḡ_t, d_j>)·[a_t > 0],
+ *     ∂e_j += s r_{t−1},  ∂d_j −= a_t ḡ_t,  ḡ_{t−1} = ḡ_t + s e_j.
+ * r: r_T → r_0 and g: ∂L/∂r_T → ∂L/∂r_0 in place (R×D); g_a, a: R×T; j: R×T int64. Tied when
+ * gD == gE (then Dm == E, one gradient). gE, gD: S×D, added to in row order. */
+void mp_backward(int64_t R, int64_t D, int64_t T, float *r, float *g, const float *g_a,
+                 const float *a, const int64_t *j, const float *E, const float *Dm, float *gE,
+                 float *gD) {
+    for (int64_t row = 0; row < R; row++) {
+        float *r_D = r + row * D, *g_D = g + row * D;
+        for (int64_t t = T - 1; t >= 0; t--) {
+            int64_t at = row * T + t, jt = j[at];
+            float a_t = a[at];
+            const float *e = E + jt * D, *d = Dm + jt * D;
+            float *ge = gE + jt * D, *gd = gD + jt * D;
+            axpy(r_D, d, -a_t, D);
+            float s = a_t > 0.0f ? g_a[at] - dot(g_D, d, D) : 0.0f;
+            if (gd == ge) {
+                for (int64_t i = 0; i < D; i++) ge[i] += r_D[i] * s - a_t * g_D[i];
+            } else {
+                for (int64_t i = 0; i < D; i++) ge[i] += r_D[i] * s;
+                for (int64_t i = 0; i < D; i++) gd[i] -= a_t * g_D[i];
+            }
+            axpy(g_D, e, -s, D);
+        }
+    }
+}
+
 /* dst[r][c] = src[c][r] for an h × w block (row stride ld for both): 8 × 8 blocks through
  * registers, so both sides move whole 32-byte rows. */
 static void copy_transposed(float *dst, const float *src, int64_t ld, int64_t h, int64_t w) {
