@@ -5,12 +5,19 @@ row of G per row of the batch, so both triangles must be stored row-contiguous. 
 other half from the columns of one stored triangle would fetch a 64-byte cache line for every
 4-byte element.
 
-Tied atoms (E = D = W) make G symmetric. `gram_into` builds it by block columns of width
-`GRAM_BLOCK`: one GEMM computes the panel W[:p1]·W_Pᵀ (the upper triangle's block column, its
-diagonal block included) into a scratch buffer, which is copied into G[:p1, P] and, transposed,
-into the block row G[P, :p0]. That is S²D/2 + S·b·D/2 multiply-adds instead of S²D (53% of the
-full product at S 9216, b 512), plus two memory-bound copies of a triangle. Untied, G = D Eᵀ is
-one GEMM.
+Tied atoms (E = D = W) make G symmetric, so one triangle is computed and copied into the
+other. `gram_into`, fastest route first:
+- fp32 on CPU with the native kernels (saekit/kernels/native.py) and G exactly S × S: BLAS
+  ssyrk (scipy, at torch's thread count through threadpoolctl) writes the lower triangle,
+  S²D/2 multiply-adds, straight into G; the native `gram_mirror` copies it into the upper one
+  by 64 × 64 tiles transposed in registers, split between threads in equal shares of tiles;
+- with the native kernels but a padded G (S not a multiple of 128): GEMMs of block columns of
+  width `GRAM_BLOCK`, G[:p1, P] = W[:p1]·W_Pᵀ (the upper triangle and the diagonal blocks,
+  S²D/2 + S·b·D/2 multiply-adds: 53% of the full product at S 9216, b 512) written straight
+  into G, then the same mirror from the upper triangle;
+- otherwise (no compiler, fp64, CUDA) the same GEMMs into a scratch panel, copied into
+  G[:p1, P] and, transposed, into the block row G[P, :p0] by torch.
+Untied, G = D Eᵀ is one GEMM. Every route gives the same G to fp32 rounding (tested).
 
 `GramCache` keeps G's buffer between calls: allocating it afresh (340 MB at S 9216) every
 training step would pay its page faults every time. A call that may reuse G (no gradient) gets

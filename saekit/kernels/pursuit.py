@@ -16,12 +16,20 @@ Correlations c_t = r_t Eᵀ (B × S per step) only drive the argmax, by one of t
 Both select the same atoms up to rounding-level ties (tested), and both recompute a_t from the
 residual, so codes and residuals agree to rounding.
 
+On CPU in fp32 with fixed steps (training, `encode`) the Gram path's k steps run in the native
+kernel (saekit/kernels/native.py): after the per-chunk c0 GEMM it takes one row through all k
+steps, its correlations cache-resident, the update and the next argmax in one pass, where the
+torch ops below make several passes over a whole chunk per step (docs/benchmarks.md).
+Adaptive stops, other dtypes and devices, SAEKIT_NATIVE=0 or a missing C compiler use the
+torch loop below; both give the same atoms (tested).
+
 Backward (MatchingPursuit): with ḡ_t = ∂L/∂r_t, going t = k … 1,
     r_{t−1} = r_t + a_t d_j                          rebuilt, not saved
     s̄_t = (∂L/∂a_t − ⟨ḡ_t, d_j⟩)·[a_t > 0]
     ∂e_j += s̄_t r_{t−1},   ∂d_j −= a_t ḡ_t,   ḡ_{t−1} = ḡ_t + s̄_t e_j
 so the saved state is r_k, a and j: O(B·(D + k)), never a B×S tensor, and the backward costs
-~6k passes over B×D, no GEMM. Each worker thread adds into its own S×D gradient buffer; the
+~6k passes over B×D, no GEMM (on CPU in fp32 one row at a time through all k steps in the
+native kernel, its r and ḡ in L1; else as torch ops over blocks of rows). Each worker thread adds into its own S×D gradient buffer; the
 buffers are summed in the order of their row spans, never in the order the threads finish, so
 a run is bit-for-bit reproducible at a given thread count. Nothing in the loops reads a value
 back to the host.

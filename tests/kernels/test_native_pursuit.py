@@ -13,7 +13,8 @@ from saekit.kernels import gram, native, pursuit
 from saekit.kernels.gram import GramCache, gram_matrix
 from saekit.kernels.pursuit import padded_width, pursue
 
-pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler")
+# Only a missing compiler skips (CI installs one); a failed build fails the tests.
+pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
 
 
 def unit_rows(S: int, D: int, seed: int) -> torch.Tensor:
