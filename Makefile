@@ -47,7 +47,8 @@ demo: setup
 
 # The README scorecard: TopK, BatchTopK, JumpReLU, Matryoshka and MP-SAE trained on layer 12's
 # residual stream from one stream and budget, SNMF fitted on the same layer's MLP, every score
-# with its intervals and null controls, then one table of all six (`saekit eval compare`).
+# with its intervals and null controls, then one table of all six (`saekit eval compare`, then
+# the same as the README's Markdown tables).
 # TRAIN_FLAGS / EVAL_FLAGS shrink it (the tests of its parts use tiny settings).
 SCORECARD := runs/smollm2-scorecard
 TRAIN_FLAGS ?=
@@ -59,6 +60,7 @@ scorecard: setup
 	$(BIN)/saekit eval $(SCORECARD) --probing --absorption $(EVAL_FLAGS)
 	$(BIN)/saekit eval $(SCORECARD)-snmf --probing $(EVAL_FLAGS)
 	$(BIN)/saekit eval compare $(SCORECARD) $(SCORECARD)-snmf
+	$(BIN)/saekit eval compare $(SCORECARD) $(SCORECARD)-snmf --markdown
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check saekit tests

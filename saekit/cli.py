@@ -139,7 +139,13 @@ def _eval_compare(args: argparse.Namespace, paths: list[str]) -> None:
     from pathlib import Path
 
     from saekit.report import evaluate_run
-    from saekit.report.compare import compare, compare_json, compare_table, load_cards
+    from saekit.report.compare import (
+        compare,
+        compare_json,
+        compare_markdown,
+        compare_table,
+        load_cards,
+    )
 
     if len(paths) < 1:
         raise SaekitError("`saekit eval compare` needs run or SAE directories to compare.")
@@ -157,6 +163,8 @@ def _eval_compare(args: argparse.Namespace, paths: list[str]) -> None:
     rows = compare(cards)
     if args.json:
         print(json.dumps(compare_json(rows)))
+    elif args.markdown:
+        print(compare_markdown(rows, next(iter(cards))))
     else:
         print(compare_table(rows, next(iter(cards))))
 
@@ -248,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         "`compare RUN_OR_SAE [...]` compares the scorecards of several",
     )
     p.add_argument("--json", action="store_true", help="compare: print JSON rows, not a table")
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="compare: print Markdown tables (scores × dictionaries, then margins over controls)",
+    )
     p.add_argument("--model", default=None, help="override the model spec of the run")
     p.add_argument("--hook", default=None, help="hook to evaluate at (default: the SAE's own)")
     p.add_argument("--windows", type=int, default=64, help="held-out context windows to use")

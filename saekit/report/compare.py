@@ -14,13 +14,14 @@ fewer than MIN_UNITS units are shown but not tested.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from saekit.errors import SaekitError
-from saekit.eval.scorecard import MIN_UNITS, Difference, Score, difference, holm
+from saekit.eval.scorecard import MIN_UNITS, Difference, Score, beats_controls, difference, holm
 from saekit.report.scorecard import Card, fmt, fmt_ci, headline, load_card
 from saekit.rundir import RunDir
 
@@ -148,3 +149,70 @@ def compare_json(rows: list[Row]) -> list[dict[str, Any]]:
         }  # fmt: skip
         for r in rows
     ]
+
+
+_BEATS = {"yes": "✓", "no": "✗", "~": "~", "few": "few"}
+
+
+def short_labels(names: Sequence[str]) -> dict[str, str]:
+    """Column headers: each dictionary's own name without its run directory, position prefix
+    and hook ("runs/x/02-jumprelu-blocks.12.hook_resid_post" → "jumprelu"); the full name
+    is kept where shortening would make two headers equal."""
+    short = {}
+    for name in names:
+        base = re.sub(r"^\d+-", "", name.rpartition("/")[2])
+        short[name] = re.split(r"-blocks\.|-hook_", base)[0] or name
+    if len(set(short.values())) < len(short):
+        return {n: n for n in names}
+    return short
+
+
+def compare_markdown(rows: list[Row], reference: str) -> str:
+    """Two Markdown tables, scores down and dictionaries across (the README's form): every
+    score with its 95% interval, ↑/↓ where Holm calls the difference to the first dictionary
+    significant in the score's direction (≠ for L0); then each score's margin over its
+    strongest null control, ✓ when the margin's interval lies above 0, ✗ below, ~ across."""
+    names = list(dict.fromkeys(r.name for r in rows))
+    label = short_labels(names)
+    scores = list(dict.fromkeys((r.section, r.metric) for r in rows))
+    cell = {(r.section, r.metric, r.name): r for r in rows}
+    head = "| section | score | " + " | ".join(label[n] for n in names) + " |"
+    rule = "|---|---|" + "---:|" * len(names)
+    mark = {"better": " ↑", "worse": " ↓", "differs": " ≠", "": ""}
+
+    def table(fill: Callable[[Row], str]) -> list[str]:
+        lines = [head, rule]
+        for section, metric in scores:
+            got = [cell.get((section, metric, n)) for n in names]
+            lines.append(
+                f"| {section} | {metric} | "
+                + " | ".join("–" if r is None else fill(r) for r in got)
+                + " |"
+            )
+        return lines
+
+    def value(r: Row) -> str:
+        return f"{fmt(r.score.value)} {fmt_ci(r.score.ci)}{mark[verdict(r)]}"
+
+    def margin(r: Row) -> str:
+        s = r.score
+        if s.margin is None or s.margin_ci is None:
+            return "–"
+        beats = _BEATS.get(beats_controls(s.margin_ci, len(s.units)), "")
+        return f"{fmt(s.margin)} {fmt_ci(s.margin_ci)} {beats} ({s.strongest_control})"
+
+    legend = ", ".join(f"{label[n]} = {n}" for n in names if label[n] != n)
+    return "\n".join(
+        [
+            f"Scores with 95% intervals; ↑/↓: Holm-significant difference to {label[reference]}"
+            " (5%, over the whole table)." + (f" Columns: {legend}." if legend else ""),
+            "",
+            *table(value),
+            "",
+            "Margin over the strongest null control (> 0: better than random directions with the"
+            " dictionary's norms and than its untrained initialization), 95% interval;"
+            " ✓ interval above 0, ✗ below, ~ across.",
+            "",
+            *table(margin),
+        ]
+    )

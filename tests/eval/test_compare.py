@@ -69,6 +69,50 @@ def test_compare_two_runs(
     rows_json = json.loads(capsys.readouterr().out)
     ev = [r for r in rows_json if r["metric"] == "explained_variance"]
     assert ev[1]["difference"]["significant"] and ev[0]["difference"] is None
+    # --markdown: scores down, dictionaries across, then the margins over the controls
+    args = ["eval", "compare", str(tmp_path / "topk"), str(tmp_path / "identity"), "--markdown"]
+    assert main(args) == 0
+    scores_md, margins_md = _md_tables(capsys.readouterr().out)
+    assert scores_md[0] == ["section", "score", "topk", "identity"]
+    ev_md = next(r for r in scores_md if r[1] == "explained_variance")
+    assert ev_md[2] == f"{ref.score.value:.3f} [{ref.score.ci[0]:.3f}, {ref.score.ci[1]:.3f}]"
+    assert ev_md[3].endswith("↑") and ev_md[3].startswith(f"{other.score.value:.3f} [")
+    assert next(r for r in scores_md if r[1] == "l0_mean")[3].endswith("≠")
+    ev_margin = next(r for r in margins_md if r[1] == "explained_variance")
+    s = other.score
+    assert s.margin is not None and s.margin_ci is not None
+    want = "✓" if s.margin_ci[0] > 0 else "✗" if s.margin_ci[1] < 0 else "~"
+    assert ev_margin[3] == (
+        f"{s.margin:.3f} [{s.margin_ci[0]:.3f}, {s.margin_ci[1]:.3f}] {want} "
+        f"({s.strongest_control})"
+    )
+
+
+def _md_tables(text: str) -> list[list[list[str]]]:
+    """The Markdown tables of `text`, each as rows of cells (separator rows dropped)."""
+    tables: list[list[list[str]]] = []
+    inside = False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            if not inside:
+                tables.append([])
+            inside = True
+            if not line.startswith("|---"):
+                tables[-1].append([c.strip() for c in line.strip("|").split("|")])
+        else:
+            inside = False
+    assert len(tables) == 2
+    return tables
+
+
+def test_short_labels():
+    from saekit.report.compare import short_labels
+
+    names = ["card/00-topk-blocks.12.hook_resid_post", "card/04-mp-blocks.12.hook_resid_post",
+             "card-snmf/00-snmf-blocks.12.mlp.hook_post", "other"]  # fmt: skip
+    assert list(short_labels(names).values()) == ["topk", "mp", "snmf", "other"]
+    twice = ["a/00-topk-blocks.1.hook_resid_post", "b/00-topk-blocks.1.hook_resid_post"]
+    assert short_labels(twice) == {n: n for n in twice}  # equal headers: keep the full names
 
 
 def test_unpaired_scores_resample_independently():
