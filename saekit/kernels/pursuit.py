@@ -29,10 +29,10 @@ Backward (MatchingPursuit): with ḡ_t = ∂L/∂r_t, going t = k … 1,
     ∂e_j += s̄_t r_{t−1},   ∂d_j −= a_t ḡ_t,   ḡ_{t−1} = ḡ_t + s̄_t e_j
 so the saved state is r_k, a and j: O(B·(D + k)), never a B×S tensor, and the backward costs
 ~6k passes over B×D, no GEMM (on CPU in fp32 one row at a time through all k steps in the
-native kernel, its r and ḡ in L1; else as torch ops over blocks of rows). Each worker thread adds into its own S×D gradient buffer; the
-buffers are summed in the order of their row spans, never in the order the threads finish, so
-a run is bit-for-bit reproducible at a given thread count. Nothing in the loops reads a value
-back to the host.
+native kernel, its r and ḡ in L1; else as torch ops over blocks of rows). Each worker thread
+adds into its own S×D gradient buffer; the buffers are summed in the order of their row spans,
+never in the order the threads finish, so a run is bit-for-bit reproducible at a given thread
+count. Nothing in the loops reads a value back to the host.
 """
 
 from __future__ import annotations
