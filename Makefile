@@ -52,7 +52,7 @@ demo: setup
 # TRAIN_FLAGS / EVAL_FLAGS shrink it (the tests of its parts use tiny settings).
 SCORECARD := runs/smollm2-scorecard
 TRAIN_FLAGS ?=
-EVAL_FLAGS ?= --windows 64 --interp-windows 128
+EVAL_FLAGS ?= --windows 32 --interp-windows 128 --probing.n_train 256 --probing.n_test 128
 
 scorecard: setup
 	$(BIN)/saekit train recipes/smollm2-scorecard.yaml --train.output_dir $(SCORECARD) $(TRAIN_FLAGS) $$(test -f $(SCORECARD)/recipe.yaml && echo --resume)
