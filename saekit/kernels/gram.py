@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from saekit.kernels import native
+from saekit.kernels.row_threads import map_spans
 
 GRAM_BLOCK = 512
 """Block-column width: GEMMs of [≤ S, D] × [D, 512] run near full speed, and the scratch panel
@@ -90,14 +90,10 @@ def mirror(dll: Any, G_SP: Tensor, n: int, upper: bool) -> None:
     cuts = [round(tiles * math.sqrt(i / threads)) for i in range(threads + 1)]  # row i: i + 1
     spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
-    def tiles_of(span: tuple[int, int]) -> None:
-        native.mirror(dll, G_SP, n, span[0], span[1], upper)
+    def tiles_of(tile0: int, tile1: int) -> None:
+        native.mirror(dll, G_SP, n, tile0, tile1, upper)
 
-    if len(spans) == 1:
-        tiles_of(spans[0])
-        return
-    with ThreadPoolExecutor(len(spans)) as pool:
-        list(pool.map(tiles_of, spans))
+    map_spans(tiles_of, spans, len(spans))
 
 
 class _Syrk(NamedTuple):

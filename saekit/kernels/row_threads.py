@@ -22,7 +22,12 @@ def map_rows(fn: Callable[[int, int], None], n: int, per_chunk: int, device: tor
     n_chunks = -(-n // per_chunk)
     n_chunks = -(-n_chunks // threads) * threads  # equal shares per worker
     size = -(-n // n_chunks)
-    spans = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+    map_spans(fn, [(lo, min(lo + size, n)) for lo in range(0, n, size)], threads)
+
+
+def map_spans(fn: Callable[[int, int], None], spans: list[tuple[int, int]], threads: int) -> None:
+    """fn(lo, hi) for every span, in `threads` worker threads (inline for one of either), each
+    worker single-threaded in torch."""
     if threads == 1 or len(spans) == 1:
         for lo, hi in spans:
             fn(lo, hi)
@@ -34,9 +39,10 @@ def map_rows(fn: Callable[[int, int], None], n: int, per_chunk: int, device: tor
         with torch.inference_mode(inference), torch.no_grad():  # both modes are per thread
             fn(*span)
 
+    before = torch.get_num_threads()
     torch.set_num_threads(1)  # workers start with it (torch sets a new thread's pool lazily)
     try:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(work, spans))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
