@@ -44,13 +44,21 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _commit() -> str:
+    """HEAD, with "+changes" when the package's own files differ from it (then HEAD alone does
+    not say what was measured)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         )
-        return out.stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "saekit"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return out.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
 def run_sitting(out: Path, names: tuple[str, ...] = tuple(SITTING)) -> None:

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from saekit.kernels import native
 from saekit.kernels.gram import gram_matrix
-from saekit.kernels.row_threads import map_rows
+from saekit.kernels.row_threads import ScratchPool, map_rows
 
 Path = Literal["auto", "gram", "recompute"]
 
@@ -58,6 +58,8 @@ CHUNK_BYTES = 1 << 24
 BACKWARD_BYTES = 1 << 20
 """Backward row block: 1 MB per B×D temporary (455 rows at D 576), so the ~6k passes over them
 run in cache; smaller blocks pay more per-op overhead than they save."""
+_SCRATCH = ScratchPool()
+"""The correlation chunks of the native path, reused by every call (one per worker thread)."""
 GRAM_BUDGET_BYTES = 1 << 30
 """Largest Gram matrix the "auto" path builds: 1 GiB = S ≤ 16,384 in fp32."""
 GRAM_STEP_COST = 40
@@ -82,8 +84,10 @@ def padded_width(d_sae: int) -> int:
 
 
 def pad_rows(E_SD: Tensor) -> Tensor:
-    """E with zero rows appended up to `padded_width` (P × D)."""
+    """E with zero rows appended up to `padded_width` (P × D); E itself when none are."""
     S, D = E_SD.shape
+    if padded_width(S) == S:
+        return E_SD.detach()
     return torch.cat([E_SD.detach(), E_SD.new_zeros(padded_width(S) - S, D)])
 
 
@@ -147,7 +151,7 @@ def pursue(
     fused = None
     if G_SP is not None and stop is None and native.usable(r_BD, E_SD, D_SD, G_SP, a_BT):
         fused = native.library()
-    atoms = Atoms(E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused)
+    atoms = Atoms(E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused, P == S and drop_S is None)
 
     def chunk(lo: int, hi: int) -> None:
         _pursue_rows(r_BD[lo:hi], atoms, a_BT[lo:hi], j_BT[lo:hi], steps_B[lo:hi], stop)
@@ -174,18 +178,26 @@ class Atoms(NamedTuple):
     """1 for atoms that may be selected, 0 for dropped ones (None: no dropout)."""
     fused: Any
     """The native kernels (saekit/kernels/native.py) when they run this pursuit, else None."""
+    bias_zero: bool
+    """bias_P is all 0 (no padding columns, no dropped atoms)."""
 
 
 def _pursue_rows(
     r_RD: Tensor, atoms: Atoms, a_RT: Tensor, j_RT: Tensor, steps_R: Tensor, stop: Stop | None
 ) -> None:
     R, T = a_RT.shape
-    E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused = atoms
+    E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused, _ = atoms
     tied = E_SD is D_SD
-    c_RP = torch.addmm(bias_P, r_RD, E_PD.T)
     if fused is not None and G_SP is not None:  # every step of a row in one C call
-        native.gram_steps(fused, c_RP, r_RD, E_SD, D_SD, G_SP, open_S, a_RT, j_RT)
+        with _SCRATCH.take(R * E_PD.shape[0], r_RD) as flat:
+            c_RP = flat.view(R, E_PD.shape[0])
+            if atoms.bias_zero:  # no padding, no dropout: the GEMM alone, no bias pass
+                torch.mm(r_RD, E_PD.T, out=c_RP)
+            else:
+                torch.addmm(bias_P, r_RD, E_PD.T, out=c_RP)
+            native.gram_steps(fused, c_RP, r_RD, E_SD, D_SD, G_SP, open_S, a_RT, j_RT)
         return
+    c_RP = torch.addmm(bias_P, r_RD, E_PD.T)
     buf_RP = None
     one_hot = G_SP is not None and _csr_update_ok(c_RP)
     if G_SP is not None and not one_hot:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -46,3 +48,39 @@ def map_spans(fn: Callable[[int, int], None], spans: list[tuple[int, int]], thre
             list(pool.map(work, spans))
     finally:
         torch.set_num_threads(before)
+
+
+class ScratchPool:
+    """Flat CPU buffers lent to worker threads and kept between calls.
+
+    A fresh 16 MB tensor per row chunk is a fresh mapping from the OS: its page faults and
+    zeroing cost more than the pass that fills it. Each worker takes a buffer for one chunk
+    and gives it back; the pool keeps at most one buffer per worker ever active, at the largest
+    size asked for.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def take(self, numel: int, like: torch.Tensor) -> Iterator[torch.Tensor]:
+        """A buffer of `numel` elements of like's dtype (its contents are garbage)."""
+        if like.device.type != "cpu":
+            yield like.new_empty(numel)
+            return
+        with self._lock:
+            buf = next((b for b in self._free if b.dtype == like.dtype), None)
+            if buf is not None:
+                self._free.remove(buf)
+        if buf is None or buf.numel() < numel:
+            buf = like.new_empty(numel)
+        try:
+            yield buf[:numel]
+        finally:
+            with self._lock:
+                self._free.append(buf)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()

@@ -96,3 +96,26 @@ def test_a_partial_rerun_keeps_the_other_benches_and_says_which_sitting_is_which
         f"`train`: {meta['runs']['train']['date']}, commit {meta['runs']['train']['commit']}"
         in table
     )
+
+
+def test_the_recorded_commit_says_when_the_package_differs_from_it(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.invalid")
+    git("config", "user.name", "t")
+    (tmp_path / "saekit").mkdir()
+    (tmp_path / "saekit" / "m.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("a\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    monkeypatch.chdir(tmp_path)
+    head = sitting._commit()
+    assert len(head) >= 7 and "+" not in head
+    (tmp_path / "notes.txt").write_text("b\n")  # outside the package: HEAD still says it
+    assert sitting._commit() == head
+    (tmp_path / "saekit" / "m.py").write_text("x = 2\n")
+    assert sitting._commit() == head + "+changes"
