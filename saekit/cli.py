@@ -8,14 +8,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from saekit.bench import BENCHES
 from saekit.config import DECIMAL, add_config_flags, flag_overrides
-from saekit.errors import SaekitDeprecation, SaekitError
+from saekit.errors import SaekitDeprecation, SaekitError, Terminated
 
 COMMANDS: tuple[str, ...] = (
     "saekit.steering.cli",
@@ -357,17 +359,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_attach_negative_numbers(sys.argv[1:] if argv is None else argv))
     func: Callable[[argparse.Namespace], None] = args.func
+    previous = _raise_on_sigterm()
     try:
         func(args)
     except SaekitError as exc:
         _close_progress_bars()
         print(f"saekit: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        _close_progress_bars()
+        print("saekit: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         _close_progress_bars()
         print("saekit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _raise_on_sigterm() -> Any:
+    """SIGTERM raises Terminated in the main thread (the previous handler is returned), so a
+    `kill` unwinds like Ctrl-C instead of ending the process where it stands."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

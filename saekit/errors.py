@@ -15,6 +15,11 @@ class SaekitError(Exception):
     """A user-facing error: the message names the problem and the fix."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a job scheduler) turned into an exception by the CLI, so the
+    cleanup that Ctrl-C runs (temporary caches removed, run.json marked interrupted) runs too."""
+
+
 class SaekitDeprecation(FutureWarning):
     """Input that still works for one release (an old recipe key); the message says the fix.
 

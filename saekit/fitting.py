@@ -27,7 +27,7 @@ from torch import Tensor
 from saekit.activations import BaseStream, StreamConfig, TensorStream, open_stream
 from saekit.config import from_dict, save_yaml, to_dict
 from saekit.dictionaries import Dictionary, FittedDictionary, SAEConfig, dictionary_class
-from saekit.errors import SaekitError
+from saekit.errors import SaekitError, Terminated
 from saekit.models.hooks import HookedModel, build_hooked_model
 from saekit.recipe import Recipe
 from saekit.rundir import RunDir, write_json
@@ -274,7 +274,8 @@ def _train(
 def ended(exc: BaseException, step: int | None, recipe: Recipe | None) -> dict[str, Any]:
     """run.json of a run stopped by `exc`: interrupted (Ctrl-C) or failed, with the reason."""
     if isinstance(exc, KeyboardInterrupt):
-        status, reason = "interrupted", "stopped by Ctrl-C; continue it with --resume"
+        how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        status, reason = "interrupted", f"stopped by {how}; continue it with --resume"
     else:
         status = "failed"
         reason = str(exc) if isinstance(exc, SaekitError) else f"{type(exc).__name__}: {exc}"
