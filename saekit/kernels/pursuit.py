@@ -151,7 +151,7 @@ def pursue(
     fused = None
     if G_SP is not None and stop is None and native.usable(r_BD, E_SD, D_SD, G_SP, a_BT):
         fused = native.library()
-    atoms = Atoms(E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused, P == S and drop_S is None)
+    atoms = Atoms(E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused)
 
     def chunk(lo: int, hi: int) -> None:
         _pursue_rows(r_BD[lo:hi], atoms, a_BT[lo:hi], j_BT[lo:hi], steps_B[lo:hi], stop)
@@ -178,20 +178,18 @@ class Atoms(NamedTuple):
     """1 for atoms that may be selected, 0 for dropped ones (None: no dropout)."""
     fused: Any
     """The native kernels (saekit/kernels/native.py) when they run this pursuit, else None."""
-    bias_zero: bool
-    """bias_P is all 0 (no padding columns, no dropped atoms)."""
 
 
 def _pursue_rows(
     r_RD: Tensor, atoms: Atoms, a_RT: Tensor, j_RT: Tensor, steps_R: Tensor, stop: Stop | None
 ) -> None:
     R, T = a_RT.shape
-    E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused, _ = atoms
+    E_SD, D_SD, E_PD, bias_P, G_SP, open_S, fused = atoms
     tied = E_SD is D_SD
     if fused is not None and G_SP is not None:  # every step of a row in one C call
         with _SCRATCH.take(R * E_PD.shape[0], r_RD) as flat:
             c_RP = flat.view(R, E_PD.shape[0])
-            if atoms.bias_zero:  # no padding, no dropout: the GEMM alone, no bias pass
+            if open_S is None and E_PD.shape[0] == E_SD.shape[0]:  # bias 0: no bias pass
                 torch.mm(r_RD, E_PD.T, out=c_RP)
             else:
                 torch.addmm(bias_P, r_RD, E_PD.T, out=c_RP)

@@ -51,7 +51,7 @@ def map_spans(fn: Callable[[int, int], None], spans: list[tuple[int, int]], thre
 
 
 class ScratchPool:
-    """Flat CPU buffers lent to worker threads and kept between calls.
+    """Flat buffers lent to worker threads and kept between calls.
 
     A fresh 16 MB tensor per row chunk is a fresh mapping from the OS: its page faults and
     zeroing cost more than the pass that fills it. Each worker takes a buffer for one chunk
@@ -65,12 +65,9 @@ class ScratchPool:
 
     @contextlib.contextmanager
     def take(self, numel: int, like: torch.Tensor) -> Iterator[torch.Tensor]:
-        """A buffer of `numel` elements of like's dtype (its contents are garbage)."""
-        if like.device.type != "cpu":
-            yield like.new_empty(numel)
-            return
+        """A buffer of `numel` elements of like's dtype and device (its contents are garbage)."""
         with self._lock:
-            buf = next((b for b in self._free if b.dtype == like.dtype), None)
+            buf = next((b for b in self._free if _same_kind(b, like)), None)
             if buf is not None:
                 self._free.remove(buf)
         if buf is None or buf.numel() < numel:
@@ -81,6 +78,6 @@ class ScratchPool:
             with self._lock:
                 self._free.append(buf)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
+
+def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.device == b.device
