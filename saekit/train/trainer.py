@@ -227,8 +227,12 @@ class Trainer:
             )
         if sae.unit_norm_decoder:
             sae.remove_parallel_grad()
+        grad_norm = None
         if cfg.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
+        elif log_now:
+            grads = [p.grad for p in sae.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads)
         slot.optimizer.step()
         slot.scheduler.step()
         if sae.unit_norm_decoder:
@@ -256,6 +260,8 @@ class Trainer:
             rec[f"{slot.name}/l0"] = l0 if l0 is not None else float(fired_S.sum() / n_rows)
             rec[f"{slot.name}/dead_fraction"] = float(dead_S.float().mean())
             rec[f"{slot.name}/lr"] = float(slot.scheduler.get_last_lr()[0])
+            if grad_norm is not None:  # before clipping: how often the clip acts, and how hard
+                rec[f"{slot.name}/grad_norm"] = float(grad_norm)
             if sae.sparsity_coefficient is not None:
                 rec[f"{slot.name}/sparsity_coefficient"] = float(sae.sparsity_coefficient)
         return rec

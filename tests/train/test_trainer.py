@@ -249,6 +249,36 @@ def test_history_has_the_logged_keys(train_cfg, make_trainer, tmp_path) -> None:
         assert r[f"{l1}/loss/total"] == pytest.approx(loss, rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_grad_norm_is_logged_before_clipping(train_cfg, make_trainer, tmp_path) -> None:
+    """history's grad_norm is the global gradient norm the optimizer would see unclipped: the
+    norm of the gradients at the optimizer step without clipping, equal whether clipping is off
+    or never acts, and above the clip when it acts (the gradients then have the clip's norm)."""
+    seen: dict[float, list[float]] = {}
+    logged: dict[float, list[float]] = {}
+    for clip in (0.0, 1e9, 1e-3):
+        trainer = make_trainer(
+            (SAEConfig(d_sae=64, k=4),),
+            train_cfg(total_tokens=256 * 6, log_every=1, grad_clip_norm=clip),
+        )
+        slot = trainer.slots[0]
+        step = slot.optimizer.step
+        norms = seen.setdefault(clip, [])
+
+        def spy(*args, _step=step, _norms=norms, _sae=slot.sae, **kw):  # type: ignore[no-untyped-def]
+            flat = torch.cat([p.grad.flatten() for p in _sae.parameters() if p.grad is not None])
+            _norms.append(float(flat.double().norm()))
+            return _step(*args, **kw)
+
+        slot.optimizer.step = spy  # type: ignore[method-assign]
+        trainer.train()
+        logged[clip] = [r[f"{slot.name}/grad_norm"] for r in history(tmp_path / "run")]
+    assert logged[0.0] == pytest.approx(seen[0.0], rel=1e-5)
+    assert logged[1e9] == pytest.approx(logged[0.0], rel=1e-5)
+    assert seen[1e-3] == pytest.approx([1e-3] * 6, rel=1e-4)
+    assert min(logged[1e-3]) > 1e-2
+
+
 def test_wandb_logs_offline_into_the_run_dir(train_cfg, make_trainer, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     trainer = make_trainer((SAEConfig(d_sae=64, k=4),), train_cfg(wandb_mode="offline"))
