@@ -38,6 +38,10 @@ def test_bench_mp_toy_shape():
     assert per["floor_ms"]["total"] == pytest.approx(floor)
     assert per["step_vs_floor"] == pytest.approx(ms["saekit_mp"] / floor)
     assert per["exact_mp_ceiling"] == pytest.approx(ms["saelens_mp"] / floor)
+    full = floor + ms["gram_row_stream"] + ms["adam_update"]
+    assert per["full_floor_ms"]["total"] == pytest.approx(full)
+    assert per["step_vs_full_floor"] == pytest.approx(ms["saekit_mp"] / full)
+    assert per["full_floor_ceiling"] == pytest.approx(ms["saelens_mp"] / full)
     ((name, met),) = per["target_met"].items()
     assert name == ("ratio_vs_saelens" if per["exact_mp_ceiling"] >= 10 else "step_vs_floor")
     assert met == (per[name] >= 10 if name == "ratio_vs_saelens" else per[name] <= 1.3)
@@ -52,7 +56,7 @@ def test_bench_mp_toy_shape():
     assert "fixed 4 steps" in anchors["saelens_mp"]["pursuit"]
     assert result["ratio_vs_anchor"] == per["ratio_vs_anchor"]
     text = bench_mp.table(result)
-    assert "ratio_vs_anchor" in text and "step_vs_floor" in text
+    assert "ratio_vs_anchor" in text and "step_vs_floor" in text and "step_vs_full_floor" in text
     ((name_cell, n, _, anchor, ratio, also, target),) = sitting._rows("mp", result)  # README
     assert (name_cell, n) == ("`mp`", "1") and anchor.startswith(best)
     assert ratio.startswith(f"{per['ratio_vs_anchor']:.3f} (")
@@ -84,3 +88,27 @@ def test_floor_products_compute_the_gram_matrix():
     torch.testing.assert_close(G_panels, G)
     (c,) = sides["c0_gemm"].state()
     torch.testing.assert_close(c, x @ W.T)
+
+
+def test_row_stream_reads_the_rows_each_pursuit_selects():
+    """Σ_t a_t G[j_t] over steps 1..k−1 is how far the correlations moved: c0 − c_{k−1} for the
+    atoms, computed here from the residual after k−1 steps (an independent route)."""
+    x = bench_mp.activations(seed=bench_mp.DATA_SEED, shape=TOY)
+    W = bench_mp.MatchingPursuitSAE(
+        bench_mp.SAEConfig(method="mp", d_sae=TOY.d_sae, k=TOY.k), TOY.d_in
+    ).W_dec.detach()
+    r = x.clone()
+    bench_mp.pursue(r, W, W, TOY.k - 1, "recompute")
+    moved = (x - r) @ W.T
+    bench_mp.ROW_STREAM_CHUNK, chunk = 16, bench_mp.ROW_STREAM_CHUNK  # several calls
+    try:
+        sides = bench_mp.part_sides(x, TOY)
+        sides["gram_row_stream"].step()
+    finally:
+        bench_mp.ROW_STREAM_CHUNK = chunk
+    (last,) = sides["gram_row_stream"].state()  # the last call's rows
+    torch.testing.assert_close(last[:, : TOY.d_sae], moved[-last.shape[0] :], atol=1e-4, rtol=1e-4)
+    (before,) = [t.clone() for t in sides["adam_update"].state()]
+    sides["adam_update"].step()
+    (after,) = sides["adam_update"].state()
+    assert not torch.equal(before, after)
