@@ -20,8 +20,8 @@ The floor and the parts of saekit's step are sides of the same rounds (medians, 
 - pursuit_first_step / pursuit_forward: saekit's pursuit with G prebuilt, 1 and k steps
   (c0 per row chunk, then k − 1 passes over the B×S correlations).
 - forward_backward: the k-step pursuit and its backward.
-- gram_row_stream: Σ_t a_t G[j_t] over each token's own steps 1..k−1 by torch's embedding_bag:
-  reading the G rows the Gram path's updates need, by a kernel that is not saekit's.
+- gram_read: one sequential read of the whole G (torch's sum). The Gram path's updates read
+  B·(k − 1) rows of G, so they cannot take less than gram_read × B·(k − 1) / S.
 - adam_update: one fused Adam update of a [S, D] parameter.
 
 floor = c0_gemm + the faster of gram_syrk and gram_panels. Every exact k-step MP needs c0 and,
@@ -30,8 +30,9 @@ change every step), whose cheapest exact form is a symmetric product. Per thread
 `step_vs_floor` = saekit MP step ÷ floor; `exact_mp_ceiling` = SAELens step ÷ floor, the most
 an exact MP could gain over SAELens here. Target: ratio_vs_saelens ≥ 10, or, where the ceiling
 is below 10, step_vs_floor ≤ 1.3. `ratio_vs_anchor` is against the fastest peer.
-Beside it, full floor = floor + gram_row_stream + adam_update: what a Gram-path step must also
-read and write (the selected G rows, one per token and step, and every weight's update);
+Beside it, full floor = floor + gram_read × B·(k − 1)/S + adam_update: what a Gram-path step
+must also read and write (the selected G rows at the rate of a sequential read, and every
+weight's update);
 `full_floor_ceiling` = SAELens step ÷ full floor.
 """
 
@@ -43,7 +44,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from saekit.bench.mp_anchors import BUILDERS, PEERS
 from saekit.bench.protocol import (
@@ -74,33 +74,15 @@ TARGETS = {
 }
 
 
-ROW_STREAM_CHUNK = 64
-"""Tokens per embedding_bag call of gram_row_stream: its output (64 × S floats) is reused from
-the heap instead of a fresh B × S buffer (and its page faults) per call."""
+def gram_read_side(G_SP: torch.Tensor, tokens: int) -> Side:
+    """One sequential read of the whole G (its sum): the memory rate at which the G rows the
+    Gram path's updates need (one per token and step 2..k) can at best be read."""
+    total = G_SP.new_zeros(())
 
+    def read() -> None:
+        total.copy_(G_SP.sum())
 
-def row_stream_side(x_BD: torch.Tensor, W_SD: torch.Tensor, G_SP: torch.Tensor, k: int) -> Side:
-    """Σ_t a_t G[j_t] over steps 1..k−1 of each token's own pursuit: the G rows that the Gram
-    path's correlation updates must read (one per token and step), by torch's embedding_bag,
-    a kernel that is not saekit's."""
-    a_BT, j_BT, _ = pursue(x_BD.clone(), W_SD, W_SD, k, "gram", None, G_SP)
-    j_N, a_N = j_BT[:, :-1].reshape(-1), a_BT[:, :-1].reshape(-1)
-    B, n = x_BD.shape[0], k - 1
-    offsets_B = torch.arange(0, B * n, n)
-    last: list[torch.Tensor] = [G_SP.new_zeros(0)]
-
-    def stream() -> None:
-        for lo in range(0, B, ROW_STREAM_CHUNK):
-            hi = min(B, lo + ROW_STREAM_CHUNK)
-            last[0] = F.embedding_bag(
-                j_N[lo * n : hi * n],
-                G_SP,
-                offsets_B[: hi - lo],
-                mode="sum",
-                per_sample_weights=a_N[lo * n : hi * n],
-            )
-
-    return Side(stream, B, lambda: [last[0]])
+    return Side(read, tokens, lambda: [total])
 
 
 def adam_side(W_SD: torch.Tensor, tokens: int) -> Side:
@@ -141,7 +123,7 @@ def part_sides(x_BD: torch.Tensor, shape: Shape) -> dict[str, Side]:
             out(r_BD),
         ),
         "forward_backward": Side(forward_backward, B),
-        "gram_row_stream": row_stream_side(x_BD, W_SD, G_exact, shape.k),
+        "gram_read": gram_read_side(G_exact, B),
         "adam_update": adam_side(W_SD, B),
     }
     dll = native.library()
@@ -165,7 +147,7 @@ def _blas_threads(n: int) -> Iterator[None]:
         yield
 
 
-def _per_threads(sides: dict[str, Side], rounds: int, k: int) -> dict[str, Any]:
+def _per_threads(sides: dict[str, Side], rounds: int, shape: Shape) -> dict[str, Any]:
     n = torch.get_num_threads()
     with _blas_threads(n):
         res = run_rounds(sides, rounds=rounds, desc=f"bench mp, {n} threads")
@@ -173,12 +155,14 @@ def _per_threads(sides: dict[str, Side], rounds: int, k: int) -> dict[str, Any]:
     peers = [p for p in PEERS if p in sides]
     gram_ms = min(ms[s] for s in ("gram_syrk", "gram_panels") if s in ms)
     floor_ms = ms["c0_gemm"] + gram_ms
+    per_rows_read = shape.batch * (shape.k - 1) / shape.d_sae  # G rows read ÷ rows of G
     ceiling = ms["saelens_mp"] / floor_ms
     ratio_saelens = tps["saekit_mp"] / tps["saelens_mp"]
     step_vs_floor = ms["saekit_mp"] / floor_ms
     # What the step must also read and write beyond c0 and G: the selected G rows and the
     # optimizer's update. Not part of the target's floor; reported beside it.
-    full_ms = floor_ms + ms["gram_row_stream"] + ms["adam_update"]
+    rows_ms = ms["gram_read"] * per_rows_read
+    full_ms = floor_ms + rows_ms + ms["adam_update"]
     target = (
         {"ratio_vs_saelens": ratio_saelens >= 10}
         if ceiling >= 10
@@ -194,7 +178,7 @@ def _per_threads(sides: dict[str, Side], rounds: int, k: int) -> dict[str, Any]:
         "exact_mp_ceiling": ceiling,
         "full_floor_ms": {
             "floor": floor_ms,
-            "gram_rows_read": ms["gram_row_stream"],
+            "gram_rows_read": rows_ms,
             "adam_update": ms["adam_update"],
             "total": full_ms,
         },
@@ -205,7 +189,7 @@ def _per_threads(sides: dict[str, Side], rounds: int, k: int) -> dict[str, Any]:
             "gram_build": ms["gram_saekit"],
             "gram_mirror": ms.get("gram_mirror", ms["gram_saekit"] - ms["gram_panels"]),
             "c0_and_first_step": ms["pursuit_first_step"],
-            f"steps_2_to_{k}": ms["pursuit_forward"] - ms["pursuit_first_step"],
+            f"steps_2_to_{shape.k}": ms["pursuit_forward"] - ms["pursuit_first_step"],
             "backward": ms["forward_backward"] - ms["pursuit_forward"],
             "optimizer_and_rest": ms["saekit_mp"] - ms["gram_saekit"] - ms["forward_backward"],
         },
@@ -224,7 +208,7 @@ def run(
     for name, build in BUILDERS.items():
         sides[name], info[name] = build(x_BD, shape)
     sides |= part_sides(x_BD, shape)
-    per = at_threads(lambda n: _per_threads(sides, rounds, shape.k), counts)
+    per = at_threads(lambda n: _per_threads(sides, rounds, shape), counts)
     floor_gram = "BLAS ssyrk (scipy) or saekit's symmetric panels, the faster"
     if "gram_syrk" not in sides:
         floor_gram = "saekit's symmetric panels (scipy/threadpoolctl absent: no ssyrk)"

@@ -9,7 +9,8 @@
  *     j = argmax c (first index among ties, as block_argmax), a = ReLU(<e_j, r>)·open[j],
  *     r −= a·d_j, c −= a·G[j]  (not after the last step)
  * with the next argmax tracked in the same pass as the update, so a row's c stays in L1/L2 for
- * all T steps and each step streams one G row.
+ * all T steps and each step streams one G row. Rows go in pairs, step by step, each update
+ * prefetching the G row the other row reads next.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +21,7 @@
 #endif
 
 #define BLOCK 128 /* saekit.kernels.pursuit.BLOCK: argmax blocks */
+#define PF_HINT _MM_HINT_T1 /* prefetch into L2: the row's own c is there, L1 is too small */
 
 #ifdef SAEKIT_AVX2
 static float hmax8(__m256 v) {
@@ -30,26 +32,48 @@ static float hmax8(__m256 v) {
 }
 #endif
 
-/* Maximum of c[0..n) with c[i] −= a·g[i] first when g is not NULL. */
-static float update_max(float *c, const float *g, float a, int64_t n) {
+/* Maximum of c[0..n) with c[i] −= a·g[i] first when g is not NULL; pf[0..n), when not NULL,
+ * is prefetched meanwhile. */
+static float update_max(float *c, const float *g, float a, int64_t n, const float *pf) {
     float best = -INFINITY;
     int64_t i = 0;
 #ifdef SAEKIT_AVX2
     if (n >= 8) {
-        __m256 m = _mm256_set1_ps(-INFINITY);
+        /* Four running maxima, so the max chain's latency does not bound the loop (the
+         * maximum is the same in any order). */
+        __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
         if (g) {
             __m256 va = _mm256_set1_ps(a);
-            for (; i + 8 <= n; i += 8) {
-                /* c − (a·g), two roundings like torch's update, not one fused multiply-add */
-                __m256 v = _mm256_sub_ps(_mm256_loadu_ps(c + i),
-                                         _mm256_mul_ps(va, _mm256_loadu_ps(g + i)));
-                _mm256_storeu_ps(c + i, v);
-                m = _mm256_max_ps(m, v);
+            /* c − (a·g), two roundings like torch's update, not one fused multiply-add */
+#define SAEKIT_UPDATE(off, m)                                                                 \
+    do {                                                                                       \
+        __m256 v = _mm256_sub_ps(_mm256_loadu_ps(c + i + (off)),                               \
+                                 _mm256_mul_ps(va, _mm256_loadu_ps(g + i + (off))));           \
+        _mm256_storeu_ps(c + i + (off), v);                                                    \
+        m = _mm256_max_ps(m, v);                                                               \
+    } while (0)
+            for (; i + 32 <= n; i += 32) {
+                if (pf) {
+                    _mm_prefetch((const char *)(pf + i), PF_HINT);
+                    _mm_prefetch((const char *)(pf + i + 16), PF_HINT);
+                }
+                SAEKIT_UPDATE(0, m0);
+                SAEKIT_UPDATE(8, m1);
+                SAEKIT_UPDATE(16, m2);
+                SAEKIT_UPDATE(24, m3);
             }
+            for (; i + 8 <= n; i += 8) SAEKIT_UPDATE(0, m0);
+#undef SAEKIT_UPDATE
         } else {
-            for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(c + i));
+            for (; i + 32 <= n; i += 32) {
+                m0 = _mm256_max_ps(m0, _mm256_loadu_ps(c + i));
+                m1 = _mm256_max_ps(m1, _mm256_loadu_ps(c + i + 8));
+                m2 = _mm256_max_ps(m2, _mm256_loadu_ps(c + i + 16));
+                m3 = _mm256_max_ps(m3, _mm256_loadu_ps(c + i + 24));
+            }
+            for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(c + i));
         }
-        best = hmax8(m);
+        best = hmax8(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
     }
 #endif
     for (; i < n; i++) {
@@ -61,11 +85,11 @@ static float update_max(float *c, const float *g, float a, int64_t n) {
 
 /* One pass over a row: optional update, then the first index of the maximum. As block_argmax:
  * the first block holding the maximum, then the first index inside it holding it. */
-static int64_t update_argmax(float *c, const float *g, float a, int64_t P) {
+static int64_t update_argmax(float *c, const float *g, float a, int64_t P, const float *pf) {
     int64_t width = P <= BLOCK ? P : BLOCK, best_block = 0;
     float best = -INFINITY;
     for (int64_t b0 = 0; b0 < P; b0 += width) {
-        float m = update_max(c + b0, g ? g + b0 : NULL, a, width);
+        float m = update_max(c + b0, g ? g + b0 : NULL, a, width, pf ? pf + b0 : NULL);
         if (m > best) {
             best = m;
             best_block = b0;
@@ -104,17 +128,28 @@ static void axpy(float *r, const float *d, float a, int64_t n) {
 void mp_gram_steps(int64_t R, int64_t P, int64_t D, int64_t T, float *c, float *r,
                    const float *E, const float *Dm, const float *G, const float *open,
                    float *a_out, int64_t *j_out) {
-    for (int64_t row = 0; row < R; row++) {
-        float *c_P = c + row * P, *r_D = r + row * D;
-        int64_t j = update_argmax(c_P, NULL, 0.0f, P);
+    /* Two rows in lockstep: while one row's update streams its G row, the other's next G row
+     * is prefetched, so two row reads are in flight. */
+    for (int64_t row0 = 0; row0 < R; row0 += 2) {
+        int64_t n = R - row0 < 2 ? R - row0 : 2, jj[2];
+        for (int64_t q = 0; q < n; q++)
+            jj[q] = update_argmax(c + (row0 + q) * P, NULL, 0.0f, P, NULL);
         for (int64_t t = 0; t < T; t++) {
-            float a = dot(r_D, E + j * D, D);
-            a = a > 0.0f ? a : 0.0f;
-            if (open) a *= open[j];
-            axpy(r_D, Dm + j * D, a, D);
-            a_out[row * T + t] = a;
-            j_out[row * T + t] = j;
-            if (t + 1 < T) j = update_argmax(c_P, G + j * P, a, P);
+            for (int64_t q = 0; q < n; q++) {
+                int64_t row = row0 + q, j = jj[q];
+                float *c_P = c + row * P, *r_D = r + row * D;
+                float a = dot(r_D, E + j * D, D);
+                a = a > 0.0f ? a : 0.0f;
+                if (open) a *= open[j];
+                axpy(r_D, Dm + j * D, a, D);
+                a_out[row * T + t] = a;
+                j_out[row * T + t] = j;
+                if (t + 1 < T) {
+                    const float *pf = NULL;
+                    if (n == 2) pf = G + jj[1 - q] * P; /* the other row's next G row */
+                    jj[q] = update_argmax(c_P, G + j * P, a, P, pf);
+                }
+            }
         }
     }
 }
