@@ -32,8 +32,7 @@ an exact MP could gain over SAELens here. Target: ratio_vs_saelens ≥ 10, or, w
 is below 10, step_vs_floor ≤ 1.3. `ratio_vs_anchor` is against the fastest peer.
 Beside it, full floor = floor + gram_read × B·(k − 1)/S + adam_update: what a Gram-path step
 must also read and write (the selected G rows at the rate of a sequential read, and every
-weight's update);
-`full_floor_ceiling` = SAELens step ÷ full floor.
+weight's update); `full_floor_ceiling` = SAELens step ÷ full floor.
 """
 
 from __future__ import annotations
