@@ -63,6 +63,10 @@ class MainJobConfig:
     """The quickstart's k."""
     lr: float = 5e-4
     """The quickstart's learning rate."""
+    grad_clip_norm: float = 1.0
+    """The quickstart's gradient-norm clip (0: none)."""
+    lr_decay_fraction: float = 0.2
+    """The quickstart's final lr decay, as a fraction of the run."""
     batch_size: int = 2048
     """The quickstart's rows per step."""
     max_norm_multiple: float = 10.0
@@ -141,6 +145,8 @@ def train_one(
     train = TrainConfig(
         total_tokens=steps * cfg.batch_size,
         lr=cfg.lr,
+        grad_clip_norm=cfg.grad_clip_norm,
+        lr_decay_fraction=cfg.lr_decay_fraction,
         log_every=1,
         dead_window_tokens=cfg.train_tokens // 2,
         wandb_mode="disabled",
@@ -240,6 +246,8 @@ def _run_path(cfg: MainJobConfig, key: str) -> Path:
     fixed by their own provenance)."""
     c = cfg
     shape = f"d{c.d_sae}-k{c.k}-lr{c.lr:g}-b{c.batch_size}-m{c.max_norm_multiple:g}"
+    if (c.grad_clip_norm, c.lr_decay_fraction) != (1.0, 0.2):  # runs kept before these fields
+        shape += f"-clip{c.grad_clip_norm:g}-decay{c.lr_decay_fraction:g}"
     return Path(c.out_dir) / "runs" / f"{key}-{shape}-ce{c.ce_windows}-seed{c.seed}.json"
 
 

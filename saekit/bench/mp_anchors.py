@@ -51,7 +51,7 @@ def saekit_step(method: Literal["mp", "topk"]) -> Builder:
             "optimizer": f"Adam (fused), lr {slot.scheduler.get_last_lr()[0]:.2e}, warmup + decay",
             "loss": "squared error summed over d_in, mean over the batch",
             "decoder": "unit-norm rows renormalized after each step, parallel gradient removed",
-            "grad_clip_norm": cfg.grad_clip_norm,
+            "grad_clip_norm": slot.grad_clip_norm,
         }
         if method == "mp":
             info |= {

@@ -15,7 +15,9 @@
    (eval/core.py).
 
 Every finished run is kept as `OUT_DIR/runs/KEY.json`, so an interrupted bench continues where
-it stopped. The table, the ratios against the best peer and the curve PNG: `quality_report.py`.
+it stopped; a kept saekit run trained with other settings than saekit's now (its defaults
+changed) is moved aside to `KEY.stale.json` and trained again.
+The table, the ratios against the best peer and the curve PNG: `quality_report.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from saekit.activations.cache import ActivationCache, CacheConfig
 from saekit.activations.stats import OUTLIER_MULTIPLE, activation_stats
 from saekit.activations.stream import StreamConfig
 from saekit.bench import quality_report
-from saekit.bench.quality_sides import SIDES, Run, train
+from saekit.bench.quality_sides import SIDES, Run, saekit_settings, train
 from saekit.caching import cache_recipe
 from saekit.config import load_recipe
 from saekit.data.text import DataConfig, build_windows
@@ -113,7 +116,7 @@ def library_lr(side: str, d_sae: int) -> float:
         return float(LanguageModelSAERunnerConfig.__dataclass_fields__["lr"].default)
     if side == "sparsify":
         return 5e-3 / math.sqrt(d_sae / 2**14)  # sparsify's Trainer, optimizer "signum"
-    return default_lr(d_sae)
+    return TopKSAE.default_lr_scale * default_lr(d_sae)
 
 
 class Bench:
@@ -154,6 +157,10 @@ class Bench:
     def result(self, run: Run, final: bool) -> dict[str, Any]:
         """The run's result: read back if it finished before, else trained and evaluated."""
         path = self.path(run, final)
+        if path.is_file() and run.side == "saekit":
+            kept = json.loads(path.read_text()).get("settings")
+            if kept != saekit_settings(run):
+                set_aside(path)
         if path.is_file():
             if self.bar is not None:  # finished before: no longer part of what is left
                 self.bar.total -= run.tokens
@@ -196,6 +203,18 @@ class Bench:
             | {"fvu_inliers": inliers}
             | {k: lm[k] for k in ("ce_clean", "ce_sae", "ce_loss_score", "kl_sae")}
         )
+
+
+def set_aside(path: Path) -> None:
+    """Move a stale run (its JSON and its dictionary) to the first free `.stale[N]` name."""
+    n = 0
+    while (stale := path.with_name(f"{path.stem}.stale{n or ''}.json")).exists():
+        n += 1
+    note = f"{path.name}: trained with other saekit settings than today's; kept as {stale.name}"
+    tqdm.write(note, file=sys.stderr)
+    if path.with_suffix("").is_dir():
+        path.with_suffix("").rename(stale.with_suffix(""))
+    path.rename(stale)
 
 
 def tune(bench: Bench, side: str) -> dict[str, Any]:

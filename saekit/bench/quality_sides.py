@@ -6,9 +6,10 @@ Before batch i is served the stream calls the probe with the tokens seen so far,
 hands it a saekit TopKSAE holding its current weights (taking raw activations); the probe's
 time is excluded from the side's wall-clock.
 
-- saekit: its `Trainer` on a TopK slot at saekit's defaults (lr 2e-4/√(d_sae/2^14) with
-  warmup and a linear decay over the last 20%, b_dec at the geometric median, AuxK 1/32, unit
-  decoder rows), on activations scaled to mean norm √d_in.
+- saekit: its `Trainer` on a TopK slot at saekit's defaults (TopK's: lr 4 × 2e-4/√(d_sae/2^14)
+  with warmup and a linear decay over the last half, no gradient clip; b_dec at the geometric
+  median, AuxK 1/32, unit decoder rows), on activations scaled to mean norm √d_in. Its
+  resolved settings are recorded with the run (`saekit_settings`).
 - SAELens: `SAETrainer.fit` on `TopKTrainingSAE`, with the trainer config SAELens' own
   `LanguageModelSAERunnerConfig` derives from its defaults (Adam 3e-4 constant, no warmup,
   decoder init norm 0.1, AuxK coefficient 1 after 1,000 steps without firing, b_dec 0, no
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -125,11 +126,35 @@ def topk_from_weights(
     return sae.eval()
 
 
-def train_saekit(run: Run, rows: BenchRows) -> dict[str, Any]:
+def saekit_config(run: Run) -> Any:
     from saekit.train.config import TrainConfig
+
+    return TrainConfig(total_tokens=run.tokens, lr=run.lr, wandb_mode="disabled")
+
+
+def saekit_settings(run: Run) -> dict[str, Any]:
+    """The optimization settings saekit trains `run` with, method defaults resolved: a kept
+    run is reused only while they still hold."""
+    from saekit.train.schedule import default_lr
+
+    cfg = asdict(saekit_config(run))
+    fields = (
+        *("lr", "lr_warmup_steps", "lr_decay_fraction", "grad_clip_norm"),
+        *("sparsity_warmup_steps", "dead_window_tokens", "b_dec_init_samples", "seed"),
+    )
+    defaults = {
+        "lr": TopKSAE.default_lr_scale * default_lr(run.d_sae),
+        "lr_decay_fraction": TopKSAE.default_lr_decay_fraction,
+        "grad_clip_norm": TopKSAE.default_grad_clip_norm,
+    }
+    out = {f: defaults[f] if cfg[f] is None else cfg[f] for f in fields}
+    return {**out, "adam_betas": list(cfg["adam_betas"])}  # a list, as JSON reads it back
+
+
+def train_saekit(run: Run, rows: BenchRows) -> dict[str, Any]:
     from saekit.train.trainer import Trainer
 
-    cfg = TrainConfig(total_tokens=run.tokens, lr=run.lr, wandb_mode="disabled")
+    cfg = saekit_config(run)
     sae_cfg = SAEConfig(method="topk", hook=run.hook, d_sae=run.d_sae, k=run.k, seed=run.seed)
     trainer = Trainer((sae_cfg,), cfg, rows)
     slot = trainer.slots[0]
@@ -142,7 +167,7 @@ def train_saekit(run: Run, rows: BenchRows) -> dict[str, Any]:
 
     rows.current = current
     trainer.train()
-    return {"lr": slot.optimizer.param_groups[0]["initial_lr"]}
+    return {"lr": slot.optimizer.param_groups[0]["initial_lr"], "settings": saekit_settings(run)}
 
 
 def train_saelens(run: Run, rows: BenchRows) -> dict[str, Any]:

@@ -50,8 +50,12 @@ def saekit_step(
     from saekit.train.trainer import Trainer
 
     # Without a run directory a Trainer writes nothing.
+    # Clipped at 1 as SAELens' anchor is (topk's default is no clip): the same work per step.
     cfg = TrainConfig(
-        total_tokens=shape.batch * 1000, wandb_mode="disabled", device=str(x_BD.device)
+        total_tokens=shape.batch * 1000,
+        grad_clip_norm=1.0,
+        wandb_mode="disabled",
+        device=str(x_BD.device),
     )
     sae_cfg = SAEConfig(method="topk", d_sae=shape.d_sae, k=shape.k)
     stream = TensorStream(x_BD, batch_size=x_BD.shape[0], shuffle=False)
@@ -69,7 +73,7 @@ def saekit_step(
         "loss": "squared error summed over d_in, mean over the batch",
         "aux_k": f"on, variance-normalized, coefficient {sae_cfg.aux_k_coefficient}",
         "decoder": "unit-norm rows renormalized after each step, parallel gradient removed",
-        "grad_clip_norm": cfg.grad_clip_norm,
+        "grad_clip_norm": slot.grad_clip_norm,
         "b_dec_init": "geometric median of the first batch in Trainer.train (outside the "
         "timed step; zero here)",
     }

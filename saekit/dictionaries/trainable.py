@@ -75,6 +75,12 @@ class TrainableDictionary(Dictionary):
 
     unit_norm_decoder: ClassVar[bool] = True
     """Whether the trainer keeps decoder rows at unit norm and projects their gradients."""
+    default_lr_scale: ClassVar[float] = 1.0
+    """With train.lr unset, Adam's lr is this × 2e-4/√(d_sae/2^14)."""
+    default_grad_clip_norm: ClassVar[float] = 1.0
+    """The gradient-norm clip when train.grad_clip_norm is unset (0: none)."""
+    default_lr_decay_fraction: ClassVar[float] = 0.2
+    """The lr's final linear decay (fraction of the run) when train.lr_decay_fraction is unset."""
 
     def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
         super().__init__(cfg, d_in, d_out)

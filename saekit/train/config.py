@@ -15,17 +15,20 @@ class TrainConfig:
     total_tokens: int = 2_000_000
     """Training tokens per dictionary."""
     lr: float | None = None
-    """Adam learning rate; None = 2e-4/√(d_sae/2^14) per dictionary."""
+    """Adam learning rate; None = per dictionary, 2e-4/√(d_sae/2^14) times its method's scale
+    (topk: 4, the others: 1)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam (β1, β2)."""
     lr_warmup_steps: int = 50
     """Linear LR warmup steps."""
-    lr_decay_fraction: float = 0.2
-    """Fraction of the run (at the end) over which the LR decays linearly to 0."""
+    lr_decay_fraction: float | None = None
+    """Fraction of the run (at the end) over which the LR decays linearly to 0; None = the
+    method's default (topk: 0.5, the others: 0.2)."""
     sparsity_warmup_steps: int = 100
     """Steps over which the L1/L0 penalty ramps from 0 to its full weight."""
-    grad_clip_norm: float = 1.0
-    """Clip the gradient norm of each dictionary to this (0 disables)."""
+    grad_clip_norm: float | None = None
+    """Clip the gradient norm of each dictionary to this (0 disables); None = the method's
+    default (topk: no clip, the others: 1)."""
     dead_window_tokens: int = 10_000_000
     """A latent is dead when it has not fired for this many tokens (drives AuxK)."""
     b_dec_init_samples: int = 8192
@@ -60,12 +63,12 @@ class TrainConfig:
                 f"train.checkpoint_every must be ≥ 0 (0: only at the end), got "
                 f"{self.checkpoint_every}."
             )
-        if self.grad_clip_norm < 0:
+        if self.grad_clip_norm is not None and self.grad_clip_norm < 0:
             raise SaekitError(
                 f"train.grad_clip_norm must be ≥ 0 (0 disables clipping), got "
                 f"{self.grad_clip_norm}."
             )
-        if not 0 <= self.lr_decay_fraction <= 1:
+        if self.lr_decay_fraction is not None and not 0 <= self.lr_decay_fraction <= 1:
             raise SaekitError(
                 f"train.lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}."
             )

@@ -24,13 +24,18 @@ class Slot:
         self.transcoder = sae.is_transcoder
         self.target_hook = sae.cfg.output_hook or hook
         """The hook whose rows the dictionary must reproduce (a transcoder's output hook)."""
-        lr = cfg.lr if cfg.lr is not None else default_lr(sae.d_sae)
+        lr = cfg.lr if cfg.lr is not None else sae.default_lr_scale * default_lr(sae.d_sae)
+        decay = sae.default_lr_decay_fraction
+        decay = decay if cfg.lr_decay_fraction is None else cfg.lr_decay_fraction
+        clip = cfg.grad_clip_norm
+        self.grad_clip_norm = sae.default_grad_clip_norm if clip is None else clip
+        """The gradient-norm clip (0: none): the recipe's, else the method's default."""
         # fused: one pass over Adam's state instead of ~10 per tensor (same update up to float
         # rounding; its cost in docs/benchmarks.md).
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_multiplier(s, n_steps, cfg.lr_warmup_steps, cfg.lr_decay_fraction),
+            lambda s: lr_multiplier(s, n_steps, cfg.lr_warmup_steps, decay),
         )
         self.tokens_since_fired_S = torch.zeros(sae.d_sae, dtype=torch.long, device=cfg.device)
         self.fire_count_S = torch.zeros(sae.d_sae, dtype=torch.float64, device=cfg.device)

@@ -228,8 +228,8 @@ class Trainer:
         if sae.unit_norm_decoder:
             sae.remove_parallel_grad()
         grad_norm = None
-        if cfg.grad_clip_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
+        if slot.grad_clip_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), slot.grad_clip_norm)
         elif log_now:
             grads = [p.grad for p in sae.parameters() if p.grad is not None]
             grad_norm = torch.nn.utils.get_total_norm(grads)

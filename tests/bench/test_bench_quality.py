@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,6 +111,24 @@ def test_bench_quality_toy(toy, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["summary"] == result["summary"]
     assert torch.get_num_threads() == again["protocol"]["threads"]
+
+    # A kept saekit run whose settings are not saekit's today (trained before its defaults
+    # changed) is set aside and trained again; the peers' kept runs are reused as they are.
+    kept = Path(toy.out_dir) / "runs" / "saekit-lrdefault-t1024-seed1.json"
+    peer = Path(toy.out_dir) / "runs" / "sparsify-lrdefault-t1024-seed1.json"
+    old = json.loads(kept.read_text())
+    assert old["settings"]["grad_clip_norm"] == 0.0 and old["settings"]["lr_decay_fraction"] == 0.5
+    old["settings"]["grad_clip_norm"], old["fvu"] = 1.0, 123.0
+    kept.write_text(json.dumps(old))
+    peer_mtime = peer.stat().st_mtime_ns
+    assert main(["bench", "quality", "--json", *flags]) == 0
+    assert "saekit-lrdefault-t1024-seed1.json: trained with other" in capsys.readouterr().err
+    assert json.loads(kept.with_name(kept.stem + ".stale.json").read_text())["fvu"] == 123.0
+    assert kept.with_name(kept.stem + ".stale").is_dir()  # its dictionary went with it
+    retrained = json.loads(kept.read_text())
+    assert retrained["settings"]["grad_clip_norm"] == 0.0
+    assert retrained["fvu"] == pytest.approx(runs["saekit/default/seed1"]["fvu"], rel=1e-4)
+    assert peer.stat().st_mtime_ns == peer_mtime
 
 
 @pytest.mark.parametrize(

@@ -62,13 +62,38 @@ def test_trainer_lr_follows_schedule_per_dictionary(train_cfg, make_trainer, tmp
     trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "run/history.jsonl").read_text().splitlines()]
     for slot in trainer.slots:
-        base = default_lr(slot.sae.d_sae)
+        base = 4 * 2e-4 / math.sqrt(slot.sae.d_sae / 2**14)  # topk: 4x the width rule
         assert slot.optimizer.param_groups[0]["initial_lr"] == pytest.approx(base)
         # Logged after step s (1-based): the LR the next step will use.
         logged = [r[f"{slot.name}/lr"] for r in rows]
         want = [base * lr_multiplier(r["step"], 20, 4, 0.5) for r in rows]
         assert logged == pytest.approx(want, rel=1e-6)
     assert rows[-1][f"{trainer.slots[0].name}/lr"] == 0.0
+
+
+def test_each_method_brings_its_lr_clip_and_decay_unless_the_recipe_sets_them(
+    train_cfg, make_trainer
+) -> None:
+    saes = (SAEConfig(d_sae=64, k=4), SAEConfig(method="relu", d_sae=64))
+    cfg = train_cfg(total_tokens=256 * 20, lr_warmup_steps=0, log_every=1)
+    assert cfg.lr is None and cfg.grad_clip_norm is None and cfg.lr_decay_fraction is None
+    topk, relu = make_trainer(saes, cfg).slots
+    width_rule = 2e-4 / math.sqrt(64 / 2**14)
+    # (lr, clip, the lr multiplier at step 12 of 20: decay over the last 10 or the last 4 steps)
+    assert topk.optimizer.param_groups[0]["initial_lr"] == pytest.approx(4 * width_rule)
+    assert relu.optimizer.param_groups[0]["initial_lr"] == pytest.approx(width_rule)
+    assert (topk.grad_clip_norm, relu.grad_clip_norm) == (0.0, 1.0)
+    assert topk.scheduler.lr_lambdas[0](12) == pytest.approx(8 / 10)
+    assert relu.scheduler.lr_lambdas[0](12) == 1.0
+    assert relu.scheduler.lr_lambdas[0](16) == pytest.approx(4 / 4)
+    assert relu.scheduler.lr_lambdas[0](17) == pytest.approx(3 / 4)
+    pinned = train_cfg(
+        total_tokens=256 * 20, lr=1e-3, grad_clip_norm=2.0, lr_decay_fraction=0.0, log_every=1
+    )
+    for slot in make_trainer(saes, pinned).slots:
+        assert slot.optimizer.param_groups[0]["initial_lr"] == 1e-3
+        assert slot.grad_clip_norm == 2.0
+        assert slot.scheduler.lr_lambdas[0](19) == 1.0
 
 
 # ---- sparsity warmup -------------------------------------------------------------------------

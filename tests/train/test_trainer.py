@@ -64,7 +64,8 @@ def test_target_l0_without_a_penalty_is_refused(train_cfg, make_trainer) -> None
 def test_topk_learns_and_keeps_unit_decoder_rows(train_cfg, make_trainer, tmp_path) -> None:
     stream = synthetic_stream({"h0": 16})
     saes = (SAEConfig(d_sae=64, k=4), SAEConfig(method="jumprelu", d_sae=64))
-    trainer = make_trainer(saes, train_cfg(total_tokens=256 * 150), stream)
+    # Logged from the first step: the training FVU the assertion compares starts untrained.
+    trainer = make_trainer(saes, train_cfg(total_tokens=256 * 150, log_every=1), stream)
     x = held_out(stream, {"h0": 16})["h0"]
     topk = trainer.slots[0].sae
     with torch.no_grad():
