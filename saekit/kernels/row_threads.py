@@ -71,7 +71,10 @@ class ScratchPool:
             if buf is not None:
                 self._free.remove(buf)
         if buf is None or buf.numel() < numel:
-            buf = like.new_empty(numel)
+            # Never an inference tensor, even when asked for under inference_mode: a later
+            # call outside it writes into the same buffer (an error on inference tensors).
+            with torch.inference_mode(False):
+                buf = torch.empty(numel, dtype=like.dtype, device=like.device)
         try:
             yield buf[:numel]
         finally:

@@ -48,3 +48,15 @@ def test_dtype_is_respected() -> None:
         pass
     with pool.take(10, torch.zeros(1, dtype=torch.float64)) as buf:
         assert buf.dtype == torch.float64
+
+
+def test_a_buffer_lent_under_inference_mode_is_writable_outside_it() -> None:
+    pool = ScratchPool()
+    with torch.inference_mode():
+        like = torch.zeros(1)
+        with pool.take(64, like) as buf:
+            buf.fill_(1.0)
+    with pool.take(64, torch.zeros(1)) as again:
+        again.fill_(2.0)  # an inference tensor here: "Inplace update to inference tensor"
+        torch.mm(torch.ones(8, 1), torch.ones(1, 8), out=again.view(8, 8))
+    assert float(again.sum()) == 64.0
