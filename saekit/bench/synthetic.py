@@ -70,6 +70,8 @@ def train_on(data: SyntheticData, cfg: SAEConfig, steps: int, batch_size: int) -
     train = TrainConfig(
         total_tokens=steps * batch_size,
         lr=3e-3,
+        grad_clip_norm=1.0,  # one optimizer for every method (TopK's own defaults differ)
+        lr_decay_fraction=0.2,
         lr_warmup_steps=20,
         sparsity_warmup_steps=50,
         dead_window_tokens=50 * batch_size,
