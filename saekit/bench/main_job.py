@@ -2,8 +2,8 @@
 
 1. Cache `train_tokens` rows of the quickstart's hook from the training documents and
    `heldout_tokens` from the held-out ones (`saekit bench quality`'s caches and evaluators).
-2. Outlier policy: train the quickstart's TopK SAE (its width, k, lr, batch size and
-   normalization) on the same cached rows, same seed, once per policy (`stream.outliers`
+2. Outlier policy: train the quickstart's TopK SAE (its width, k, batch size and
+   normalization; the study's lr, clip and decay) on the same cached rows, same seed, once per policy (`stream.outliers`
    keep, filter, clip at `max_norm_multiple`); log every step's batch FVU (its spread shows
    the spikes) and evaluate each SAE on the same held-out rows: FVU over all rows and over
    the non-outliers, CE-loss score and KL with the SAE spliced into the model.
@@ -62,11 +62,11 @@ class MainJobConfig:
     k: int = 32
     """The quickstart's k."""
     lr: float = 5e-4
-    """The quickstart's learning rate."""
+    """Learning rate (the study's: the quickstart's before it took TopK's defaults)."""
     grad_clip_norm: float = 1.0
-    """The quickstart's gradient-norm clip (0: none)."""
+    """Gradient-norm clip, 0: none (the study's, as lr)."""
     lr_decay_fraction: float = 0.2
-    """The quickstart's final lr decay, as a fraction of the run."""
+    """Final lr decay, as a fraction of the run (the study's, as lr)."""
     batch_size: int = 2048
     """The quickstart's rows per step."""
     max_norm_multiple: float = 10.0
