@@ -3,10 +3,11 @@
 1. Cache `train_tokens` rows of the quickstart's hook from the training documents and
    `heldout_tokens` from the held-out ones (`saekit bench quality`'s caches and evaluators).
 2. Outlier policy: train the quickstart's TopK SAE (its width, k, batch size and
-   normalization; the study's lr, clip and decay) on the same cached rows, same seed, once per policy (`stream.outliers`
-   keep, filter, clip at `max_norm_multiple`); log every step's batch FVU (its spread shows
-   the spikes) and evaluate each SAE on the same held-out rows: FVU over all rows and over
-   the non-outliers, CE-loss score and KL with the SAE spliced into the model.
+   normalization; the study's lr, clip and decay) on the same cached rows, same seed, once
+   per policy (`stream.outliers` keep, filter, clip at `max_norm_multiple`); log every step's
+   batch FVU (its spread shows the spikes) and evaluate each SAE on the same held-out rows:
+   FVU over all rows and over the non-outliers, CE-loss score and KL with the SAE spliced
+   into the model.
 3. Epochs, with the `epochs_policy`: the first 1/`epochs` of the cache read `epochs` times
    (reshuffled each time) against the whole cache read once, at equal SAE steps; and the whole
    cache read `epochs` times (`epochs` × the steps, the same LM forwards). The wall-clock of
