@@ -22,6 +22,7 @@ from tqdm import tqdm
 from saekit.assets import cache_home, smollm2_gguf
 from saekit.errors import SaekitError
 from saekit.files import follow_umask
+from saekit.models.layout import lay_out_for_reads
 
 OFFLINE_DEFAULT = "smollm2-135m"
 
@@ -127,10 +128,12 @@ def _load_transformer_lens(ref: str, hf_model: Any, tokenizer: Any, cfg: ModelCo
         )
         if cfg.device != "cpu":  # TL's .to() prints a line even when nothing moves
             model = model.to(cfg.device)
-        return model.eval()
-    return HookedTransformer.from_pretrained_no_processing(
-        ref, hf_model=hf_model, tokenizer=tokenizer, device=cfg.device, dtype=dtype
-    ).eval()
+    else:
+        model = HookedTransformer.from_pretrained_no_processing(
+            ref, hf_model=hf_model, tokenizer=tokenizer, device=cfg.device, dtype=dtype
+        )
+    lay_out_for_reads(model)  # no weight copies per forward (decoding steps); same outputs
+    return model.eval()
 
 
 def _local_tl_config(ref: str, device: str, dtype: torch.dtype) -> Any:

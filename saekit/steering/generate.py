@@ -15,6 +15,7 @@ see no steering): a layer-12 site skips 12 of 30 blocks.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -147,8 +148,15 @@ def _step(model: HookedModel, tokens_BT: Tensor, cache: Any) -> tuple[Tensor, An
             cache = TransformerLensKeyValueCache.init_cache(cfg, model.device, tokens_BT.shape[0])
         logits = model.model(tokens_BT, return_type="logits", past_kv_cache=cache)
         return logits[:, -1].float(), cache
-    out = model.model(input_ids=tokens_BT, past_key_values=cache, use_cache=True)
-    return out.logits[:, -1].float(), out.past_key_values
+    # transformers 5.x renamed `past_key_values` to `cache` (the old name goes in 5.40).
+    name = _cache_kwarg(model.model)
+    out = model.model(input_ids=tokens_BT, use_cache=True, **{name: cache})
+    return out.logits[:, -1].float(), getattr(out, name)
+
+
+def _cache_kwarg(module: Any) -> str:
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 @torch.no_grad()
