@@ -22,6 +22,7 @@ The table, the ratios against the best peer and the curve PNG: `quality_report.p
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from saekit.activations.stats import OUTLIER_MULTIPLE, activation_stats
 from saekit.activations.stream import StreamConfig
 from saekit.bench import quality_report
 from saekit.bench.quality_sides import SIDES, Run, saekit_settings, train
+from saekit.bench.sitting import current_commit
 from saekit.caching import cache_recipe
 from saekit.config import load_recipe
 from saekit.data.text import DataConfig, build_windows
@@ -299,6 +301,8 @@ def run(cfg: QualityConfig | None = None) -> dict[str, Any]:
         "bench": "quality",
         "config": asdict(cfg),
         "protocol": {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": current_commit(),
             "threads": torch.get_num_threads(),
             "load_average_before": list(load_before),
             "load_average_after": list(os.getloadavg()),

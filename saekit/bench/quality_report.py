@@ -1,6 +1,12 @@
 """The figures of `saekit bench quality`: per-side summaries over seeds, the ratios against the
 best peer, the table and the FVU-vs-tokens PNG.
 
+    python -m saekit.bench.quality_report publish runs/bench-quality benchmarks/quality
+
+copies a finished bench's quality.json and PNG to the second directory and writes its compact
+table between `<!-- quality-table:start -->` and `<!-- quality-table:end -->` in every Markdown
+file under the repository root that holds the markers, so no figure is typed by hand.
+
 A side's configuration is `default` (the library's own lr) or `tuned` (its tuned lr; the same
 runs when tuning kept the default). The best peer is the peer configuration with the lowest
 mean held-out FVU; saekit is compared with its tuned configuration. Every figure is the mean
@@ -9,12 +15,18 @@ over seeds with its min–max range; wall-clock is the median over seeds.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from saekit.activations.stats import OUTLIER_MULTIPLE
+from saekit.bench.sitting import markdown_files, update_markdown
+from saekit.errors import SaekitError
 
 METRICS = (
     "fvu",
@@ -178,3 +190,92 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+# ---- the published table ---------------------------------------------------------------------
+MARKERS = ("<!-- quality-table:start -->", "<!-- quality-table:end -->")
+PNG = "fvu-vs-tokens.png"
+
+
+def _pm(s: dict[str, float], fmt: str) -> str:
+    """Mean ± half the min–max range over seeds."""
+    return f"{s['mean']:{fmt}} ±{(s['max'] - s['min']) / 2:{fmt}}"
+
+
+def compact_table(result: dict[str, Any], png: str = "") -> str:
+    """The README's table: every side/config, ratios, targets, and where the figures come from."""
+    cfg, p = result["config"], result["protocol"]
+    lines = [f"![FVU vs tokens]({png})", ""] if png else []
+    lines += [
+        "| side | lr | held-out FVU | w/o outliers | CE-loss score | KL | dead | training |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, v in result["summary"].items():
+        lines.append(
+            f"| {key} | {v['lr']:.2e} | {_pm(v['fvu'], '.4f')} | {_pm(v['fvu_inliers'], '.4f')} "
+            f"| {_pm(v['ce_loss_score'], '.3f')} | {_pm(v['kl_sae'], '.3f')} | "
+            f"{v['dead_fraction']['mean']:.1%} | {v['wall_s']:.0f} s |"
+        )
+    if "best_peer" in result:
+        r, met = result["ratios_vs_best_peer"], result["met"]
+        worst = max(r["fvu_by_budget_point"])
+        lines += [
+            "",
+            f"saekit/tuned ÷ the best peer ({result['best_peer']}): FVU {_x(r['fvu'])}, at the "
+            f"worst budget point {_x(worst)}; dead {_x(r['dead_fraction'])}; training "
+            f"{_x(r['wall_s'])}. Targets: "
+            + "; ".join(f"{k} {'met' if met[k] else '**missed**'}" for k in TARGETS)
+            + ".",
+        ]
+    when = ", ".join(x for x in (p.get("date"), p.get("commit") and f"commit {p['commit']}") if x)
+    lines += [
+        "",
+        f"TopK d_sae {cfg['d_sae']}, k {cfg['k']}, {cfg['train_tokens']:,} tokens, "
+        f"{len(cfg['seeds'])} seeds (mean ± half the range; training: median); printed by "
+        f"`saekit bench quality` ({when + ', ' if when else ''}{p['threads']} threads, load "
+        f"{p['load_average_before'][0]:.1f} → {p['load_average_after'][0]:.1f}).",
+    ]
+    return "\n".join(lines)
+
+
+def publish(src: Path, dest: Path, root: Path) -> list[Path]:
+    """Copy the bench's quality.json and PNG to `dest`; write the table where it is marked."""
+    found = src / "quality.json"
+    if not found.is_file():
+        raise SaekitError(
+            f"{found} not found: run `saekit bench quality --quality.out_dir {src}` to the end "
+            "first (it continues from the runs it kept)."
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("quality.json", PNG):
+        tmp = dest / f"{name}.tmp"
+        shutil.copyfile(src / name, tmp)
+        tmp.replace(dest / name)
+    result = json.loads(found.read_text())
+    changed = []
+    for page in _marked(root):
+        png = os.path.relpath(dest / PNG, page.parent)
+        changed += update_markdown(root, compact_table(result, png), MARKERS, [page])
+    return changed
+
+
+def _marked(root: Path) -> list[Path]:
+    return [p for p in markdown_files(root) if MARKERS[0] in p.read_text()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m saekit.bench.quality_report")
+    parser.add_argument("action", choices=["publish"])
+    parser.add_argument("src", help="the bench's --quality.out_dir")
+    parser.add_argument("dest", help="where quality.json and the PNG are kept (committed)")
+    parser.add_argument("--root", default=".", help="where to look for Markdown files")
+    args = parser.parse_args(argv)
+    try:
+        changed = publish(Path(args.src), Path(args.dest), Path(args.root))
+    except SaekitError as exc:
+        parser.exit(2, f"saekit: error: {exc}\n")
+    print("updated: " + (", ".join(map(str, changed)) or "nothing (already current)"))
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,7 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def _commit() -> str:
+def current_commit() -> str:
     """HEAD, with "+changes" when the package's own files differ from it (then HEAD alone does
     not say what was measured)."""
     try:
@@ -75,7 +75,7 @@ def run_sitting(out: Path, names: tuple[str, ...] = tuple(SITTING)) -> None:
     runs = {n: _bench_record(old, n) for n in old.get("benches", []) if n not in names}
     record = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
+        "commit": current_commit(),
         "cpu_count": os.cpu_count(),
         "load_average_before": list(os.getloadavg()),
         # On a shared machine a sitting may run at raised priority; the table says so.
@@ -314,18 +314,25 @@ def markdown_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def update_markdown(root: Path, table: str) -> list[Path]:
-    """Replace the text between the markers in every Markdown file under `root` holding them."""
+def update_markdown(
+    root: Path,
+    table: str,
+    markers: tuple[str, str] = (START, END),
+    files: list[Path] | None = None,
+) -> list[Path]:
+    """Replace the text between the markers in every Markdown file under `root` holding them
+    (or in `files`)."""
+    start, end = markers
     changed = []
-    for path in markdown_files(root):
+    for path in markdown_files(root) if files is None else files:
         text = path.read_text()
-        if START not in text:
+        if start not in text:
             continue
-        head, rest = text.split(START, 1)
-        if END not in rest:
-            raise SaekitError(f"{path}: {START} without {END}; add the end marker.")
-        _, tail = rest.split(END, 1)
-        new = f"{head}{START}\n{table}\n{END}{tail}"
+        head, rest = text.split(start, 1)
+        if end not in rest:
+            raise SaekitError(f"{path}: {start} without {end}; add the end marker.")
+        _, tail = rest.split(end, 1)
+        new = f"{head}{start}\n{table}\n{end}{tail}"
         if new != text:
             tmp = path.with_suffix(".md.tmp")
             tmp.write_text(new)

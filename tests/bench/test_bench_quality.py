@@ -8,6 +8,7 @@ ratios follow from the per-run figures, and tuning picked the grid's lowest FVU.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -168,3 +169,75 @@ def test_ratios_when_the_best_peer_has_no_dead_latents():
         assert out["best_peer"] == "saelens/default" and r["fvu"] == pytest.approx(0.5)
         assert r["dead_fraction"] == ratio and out["met"]["dead_fraction"] is (ours == 0)
         json.dumps(out, allow_nan=False)  # valid JSON
+
+
+def test_publish_copies_the_result_and_writes_the_table_where_it_is_marked(tmp_path, capsys):
+    """The published table carries each side's mean and half-range over seeds as computed here
+    from the runs, links the PNG relative to each page, and a second publish changes nothing."""
+    fvu = {"saekit": (0.05, 0.06), "saelens": (0.08, 0.07)}  # seeds 0, 1 of each config
+    runs = {}
+    for side, (a, b) in fvu.items():
+        for config in ("default", "tuned"):
+            for seed, value in enumerate((a, b)):
+                runs[f"{side}/{config}/seed{seed}"] = {
+                    "fvu": value,
+                    "fvu_inliers": value * 3,
+                    "ce_loss_score": 0.97 - value,
+                    "kl_sae": value * 6,
+                    "l0_mean": 32.0,
+                    "dead_fraction": 0.01 * seed,
+                    "dense_fraction": 0.0,
+                    "wall_s": 100.0 + 50 * seed + (500 if side == "saelens" else 0),
+                    "lr": 1e-3,
+                    "curve": [[4096, value * (3 if side == "saekit" else 2)], [8192, value]],
+                    "rows_digest": "a",
+                }
+    result = quality_report.summarize(runs, ("saekit", "saelens"), (0, 1))
+    cfg = quality.QualityConfig(seeds=(0, 1), sides=("saekit", "saelens"))
+    result |= {
+        "config": dataclasses.asdict(cfg),
+        "protocol": {
+            "date": "2026-12-07 12:00 UTC",
+            "commit": "abc1234",
+            "threads": 2,
+            "load_average_before": [0.1, 0, 0],
+            "load_average_after": [2.0, 0, 0],
+        },
+    }
+    src, dest, root = tmp_path / "bench", tmp_path / "repo" / "benchmarks" / "quality", tmp_path
+    src.mkdir()
+    (src / "quality.json").write_text(json.dumps(result))
+    (src / "fvu-vs-tokens.png").write_bytes(b"\x89PNG not really")
+    start, end = quality_report.MARKERS
+    readme, page = tmp_path / "repo" / "README.md", tmp_path / "repo" / "docs" / "b.md"
+    page.parent.mkdir(parents=True)
+    readme.write_text(f"# r\n{start}\nold\n{end}\nafter\n")
+    page.write_text(f"# b\n{start}\n{end}\n")
+    (tmp_path / "repo" / "other.md").write_text("no markers\n")
+    argv = ["publish", str(src), str(dest), "--root", str(root / "repo")]
+    quality_report.main(argv)
+    assert "updated:" in capsys.readouterr().out
+    assert (dest / "fvu-vs-tokens.png").read_bytes() == b"\x89PNG not really"
+    assert json.loads((dest / "quality.json").read_text()) == json.loads(json.dumps(result))
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"{end}\nafter\n")
+    assert "](benchmarks/quality/fvu-vs-tokens.png)" in text
+    assert "](../benchmarks/quality/fvu-vs-tokens.png)" in page.read_text()
+    # saekit/tuned: FVU 0.05, 0.06 → 0.0550 ±0.0050; CE 0.92, 0.91 → 0.915 ±0.005; dead 0.5%;
+    # training: median of 100 and 150 s.
+    row = next(line for line in text.splitlines() if line.startswith("| saekit/tuned |"))
+    assert "| 0.0550 ±0.0050 | 0.1650 ±0.0150 | 0.915 ±0.005 | 0.330 ±0.030 | 0.5% | 125 s |" in row
+    # the best peer's FVU is 0.075, saekit's 0.055: 0.733x; at 4096 tokens 0.165 / 0.15 = 1.1x
+    assert "(saelens/default): FVU 0.733x, at the worst budget point 1.100x" in text
+    assert "`saekit bench quality` (2026-12-07 12:00 UTC, commit abc1234, 2 threads" in text
+    quality_report.main(argv)
+    assert "nothing (already current)" in capsys.readouterr().out
+
+
+def test_publish_without_a_finished_bench_is_one_line_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        quality_report.main(["publish", str(tmp_path / "none"), str(tmp_path / "dest")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "saekit bench quality --quality.out_dir" in err[0]
+    assert not (tmp_path / "dest").exists()

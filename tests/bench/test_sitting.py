@@ -113,9 +113,9 @@ def test_the_recorded_commit_says_when_the_package_differs_from_it(tmp_path, mon
     git("add", ".")
     git("commit", "-q", "-m", "one")
     monkeypatch.chdir(tmp_path)
-    head = sitting._commit()
+    head = sitting.current_commit()
     assert len(head) >= 7 and "+" not in head
     (tmp_path / "notes.txt").write_text("b\n")  # outside the package: HEAD still says it
-    assert sitting._commit() == head
+    assert sitting.current_commit() == head
     (tmp_path / "saekit" / "m.py").write_text("x = 2\n")
-    assert sitting._commit() == head + "+changes"
+    assert sitting.current_commit() == head + "+changes"
