@@ -130,6 +130,8 @@ class Bench:
         self.model: HookedModel | None = None
         self.bar: tqdm | None = None
         """The whole bench's bar, in training tokens of the planned runs (`run` sets it)."""
+        self.commit = current_commit()
+        """The code this process runs: HEAD now (commits may land while a bench runs)."""
         for split in ("eval", "train"):
             recipe = quality_recipe(cfg, split)  # type: ignore[arg-type]
             if not (Path(recipe.cache.output_dir) / "manifest.json").is_file():
@@ -180,6 +182,7 @@ class Bench:
         out = train(run, points if final else set(), probe)
         sae = out.pop("dictionary")
         out |= {"run": asdict(run), "curve": curve, "load_after": os.getloadavg()[0]}
+        out |= {"finished": _now(), "commit": self.commit}  # runs are kept across sittings
         if final:
             out |= self.evaluate(sae)
             out["dictionary"] = str(sae.save(path.with_suffix("")))
@@ -205,6 +208,10 @@ class Bench:
             | {"fvu_inliers": inliers}
             | {k: lm[k] for k in ("ce_clean", "ce_sae", "ce_loss_score", "kl_sae")}
         )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def set_aside(path: Path) -> None:
@@ -271,8 +278,9 @@ def run(cfg: QualityConfig | None = None) -> dict[str, Any]:
     cfg = cfg or QualityConfig()
     check(cfg)
     load_before = os.getloadavg()
-    t0 = time.perf_counter()
+    t0, date = time.perf_counter(), _now()
     bench = Bench(cfg)
+    started = {"date": date, "commit": bench.commit}
     # In training tokens of every planned run, the mean rate since the start: its ETA is the
     # whole bench's (evaluations included), and runs finished before are taken off the total.
     planned = len(cfg.lr_multipliers) * cfg.tune_tokens + 2 * len(cfg.seeds) * cfg.train_tokens
@@ -301,8 +309,7 @@ def run(cfg: QualityConfig | None = None) -> dict[str, Any]:
         "bench": "quality",
         "config": asdict(cfg),
         "protocol": {
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": current_commit(),
+            **started,
             "threads": torch.get_num_threads(),
             "load_average_before": list(load_before),
             "load_average_after": list(os.getloadavg()),

@@ -228,34 +228,58 @@ def compact_table(result: dict[str, Any], png: str = "") -> str:
             + ".",
         ]
     when = ", ".join(x for x in (p.get("date"), p.get("commit") and f"commit {p['commit']}") if x)
+    # Runs kept from earlier sittings may have been trained by other code: say so.
+    commits = sorted({str(r.get("commit", "unrecorded")) for r in result.get("runs", {}).values()})
+    kept = (
+        f"; runs trained at {', '.join(commits)}" if commits not in ([], [p.get("commit")]) else ""
+    )
     lines += [
         "",
         f"TopK d_sae {cfg['d_sae']}, k {cfg['k']}, {cfg['train_tokens']:,} tokens, "
         f"{len(cfg['seeds'])} seeds (mean ± half the range; training: median); printed by "
         f"`saekit bench quality` ({when + ', ' if when else ''}{p['threads']} threads, load "
-        f"{p['load_average_before'][0]:.1f} → {p['load_average_after'][0]:.1f}).",
+        f"{p['load_average_before'][0]:.1f} → {p['load_average_after'][0]:.1f}{kept}).",
     ]
     return "\n".join(lines)
 
 
 def publish(src: Path, dest: Path, root: Path) -> list[Path]:
-    """Copy the bench's quality.json and PNG to `dest`; write the table where it is marked."""
-    found = src / "quality.json"
-    if not found.is_file():
+    """Copy the bench's quality.json and PNG to `dest`; write the table where it is marked.
+    Everything is read and checked before anything is written."""
+    found, png_src = src / "quality.json", src / PNG
+    if not found.is_file() or not png_src.is_file():
+        missing = found if not found.is_file() else png_src
         raise SaekitError(
-            f"{found} not found: run `saekit bench quality --quality.out_dir {src}` to the end "
+            f"{missing} not found: run `saekit bench quality --quality.out_dir {src}` to the end "
             "first (it continues from the runs it kept)."
         )
+    try:
+        result = json.loads(found.read_text())
+        compact_table(result)  # a result without its figures fails here, pages or not
+        tables = {
+            page: compact_table(result, os.path.relpath(dest / PNG, page.parent))
+            for page in _marked(root)
+        }
+    except (ValueError, KeyError) as exc:
+        raise SaekitError(
+            f"{found} is not a finished bench's result ({type(exc).__name__}: {exc}); run "
+            f"`saekit bench quality --quality.out_dir {src}` again to rewrite it."
+        ) from None
+    for page in tables:
+        if MARKERS[1] not in page.read_text().split(MARKERS[0], 1)[1]:
+            raise SaekitError(f"{page}: {MARKERS[0]} without {MARKERS[1]}; add the end marker.")
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("quality.json", PNG):
+    result["plot"] = str(dest / PNG)
+    for name, write in (
+        (PNG, lambda tmp: shutil.copyfile(png_src, tmp)),
+        ("quality.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1))),
+    ):
         tmp = dest / f"{name}.tmp"
-        shutil.copyfile(src / name, tmp)
+        write(tmp)
         tmp.replace(dest / name)
-    result = json.loads(found.read_text())
     changed = []
-    for page in _marked(root):
-        png = os.path.relpath(dest / PNG, page.parent)
-        changed += update_markdown(root, compact_table(result, png), MARKERS, [page])
+    for page, table in tables.items():
+        changed += update_markdown(root, table, MARKERS, [page])
     return changed
 
 

@@ -11,7 +11,10 @@ dozen rows (what that costs: docs/benchmarks.md, "Timings behind design choices"
 `lay_out_for_reads` stores each such weight with the strides that make TransformerLens' own
 transpose or rearrange a contiguous view, so `.contiguous()` and `reshape` copy nothing. The
 values are unchanged and `F.linear` receives the same contiguous matrix as before, so every
-output is bit-identical; only where the bytes sit changes.
+output of the default forward is bit-identical; only where the bytes sit changes. (With
+`use_attn_result`, TL multiplies W_O elementwise without copying it: a model loaded that way
+keeps W_O as it is, and one switched to it later sums per-head results in another order, which
+moves them by float rounding only.)
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def lay_out_for_reads(model: Any) -> int:
         if kind is None:
             continue
         for name, perm in _READS[kind]:
+            if name == "W_O" and model.cfg.use_attn_result:
+                continue
             param = module._parameters.get(name)
             if param is None or not param.is_floating_point() or param.ndim != len(perm):
                 continue

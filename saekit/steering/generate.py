@@ -154,9 +154,15 @@ def _step(model: HookedModel, tokens_BT: Tensor, cache: Any) -> tuple[Tensor, An
     return out.logits[:, -1].float(), getattr(out, name)
 
 
+_CACHE_KWARG: dict[type, str] = {}
+
+
 def _cache_kwarg(module: Any) -> str:
-    params = inspect.signature(module.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    cls = type(module)
+    if cls not in _CACHE_KWARG:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_KWARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KWARG[cls]
 
 
 @torch.no_grad()

@@ -101,6 +101,9 @@ def test_bench_quality_toy(toy, capsys):
     ratio = summary["saekit/tuned"]["fvu"]["mean"] / peers[best]
     assert result["ratios_vs_best_peer"]["fvu"] == pytest.approx(ratio)
     assert "| saekit/tuned |" in quality.table(result)
+    # Provenance: the commit this process runs, on the result and on every kept run.
+    assert {r["commit"] for r in runs.values()} == {result["protocol"]["commit"]}
+    assert all(r["finished"].endswith(" UTC") for r in runs.values())
 
     # The command prints the same result as one JSON object and reuses every finished run.
     capsys.readouterr()
@@ -194,7 +197,13 @@ def test_publish_copies_the_result_and_writes_the_table_where_it_is_marked(tmp_p
                 }
     result = quality_report.summarize(runs, ("saekit", "saelens"), (0, 1))
     cfg = quality.QualityConfig(seeds=(0, 1), sides=("saekit", "saelens"))
+    # One run kept from a sitting at an earlier commit: the table must say so.
+    kept = {
+        k: r | {"commit": "0ld0000" if k == "saelens/tuned/seed1" else "abc1234"}
+        for k, r in runs.items()
+    }
     result |= {
+        "runs": kept,
         "config": dataclasses.asdict(cfg),
         "protocol": {
             "date": "2026-12-07 12:00 UTC",
@@ -218,8 +227,16 @@ def test_publish_copies_the_result_and_writes_the_table_where_it_is_marked(tmp_p
     quality_report.main(argv)
     assert "updated:" in capsys.readouterr().out
     assert (dest / "fvu-vs-tokens.png").read_bytes() == b"\x89PNG not really"
-    assert json.loads((dest / "quality.json").read_text()) == json.loads(json.dumps(result))
+    published = json.loads((dest / "quality.json").read_text())
+    assert published.pop("plot") == str(dest / "fvu-vs-tokens.png")
+    assert published == json.loads(json.dumps(result))
+    assert (tmp_path / "repo" / "other.md").read_text() == "no markers\n"
     text = readme.read_text()
+    table = text.split(start)[1].split(end)[0]
+    assert (
+        table.replace("](benchmarks/", "](../benchmarks/")
+        == page.read_text().split(start)[1].split(end)[0]
+    )
     assert "old" not in text and text.endswith(f"{end}\nafter\n")
     assert "](benchmarks/quality/fvu-vs-tokens.png)" in text
     assert "](../benchmarks/quality/fvu-vs-tokens.png)" in page.read_text()
@@ -228,16 +245,56 @@ def test_publish_copies_the_result_and_writes_the_table_where_it_is_marked(tmp_p
     row = next(line for line in text.splitlines() if line.startswith("| saekit/tuned |"))
     assert "| 0.0550 ±0.0050 | 0.1650 ±0.0150 | 0.915 ±0.005 | 0.330 ±0.030 | 0.5% | 125 s |" in row
     # the best peer's FVU is 0.075, saekit's 0.055: 0.733x; at 4096 tokens 0.165 / 0.15 = 1.1x
+    assert row.startswith("| saekit/tuned | 1.00e-03 |")
     assert "(saelens/default): FVU 0.733x, at the worst budget point 1.100x" in text
+    # dead: 0.5% each (met, ≤); training: 125 s against saelens/default's 625 s (met)
+    assert "Targets: fvu_at_every_budget_point **missed**; dead_fraction met; wall_s met." in text
     assert "`saekit bench quality` (2026-12-07 12:00 UTC, commit abc1234, 2 threads" in text
+    assert "; runs trained at 0ld0000, abc1234)." in text
     quality_report.main(argv)
     assert "nothing (already current)" in capsys.readouterr().out
 
 
-def test_publish_without_a_finished_bench_is_one_line_and_writes_nothing(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        quality_report.main(["publish", str(tmp_path / "none"), str(tmp_path / "dest")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "saekit bench quality --quality.out_dir" in err[0]
-    assert not (tmp_path / "dest").exists()
+def test_publish_refuses_before_writing_anything(tmp_path, capsys):
+    """No result, no PNG, or a page without its end marker: one line naming the fix, exit 2,
+    nothing written anywhere."""
+    src, dest, root = tmp_path / "bench", tmp_path / "dest", tmp_path / "repo"
+    src.mkdir()
+    root.mkdir()
+    start, end = quality_report.MARKERS
+    (root / "README.md").write_text(f"{start}\nkeep\n{end}\n")
+    argv = ["publish", str(src), str(dest), "--root", str(root)]
+
+    def refused(fragment: str) -> None:
+        with pytest.raises(SystemExit) as exc:
+            quality_report.main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+        assert not dest.exists() and (root / "README.md").read_text() == f"{start}\nkeep\n{end}\n"
+
+    refused("quality.json not found: run `saekit bench quality --quality.out_dir")
+    (src / "quality.json").write_text("{}")
+    refused("fvu-vs-tokens.png not found")
+    (src / "fvu-vs-tokens.png").write_bytes(b"png")
+    refused("is not a finished bench's result")
+    (src / "quality.json").write_text(json.dumps(_finished()))
+    (root / "docs.md").write_text(f"{start}\n")
+    refused("without <!-- quality-table:end -->; add the end marker")
+    (root / "docs.md").write_text(f"{start}\n{end}\n")
+    quality_report.main(argv)
+    assert "| saekit/tuned |" in (root / "README.md").read_text()
+
+
+def _finished() -> dict[str, object]:
+    """A minimal finished result: one seed of saekit only."""
+    run = {"fvu": 0.1, "fvu_inliers": 0.2, "ce_loss_score": 0.9, "kl_sae": 0.3, "l0_mean": 8.0}
+    run |= {"dead_fraction": 0.0, "dense_fraction": 0.0, "wall_s": 1.0, "lr": 1e-3}
+    run |= {"curve": [[1, 0.1]], "rows_digest": "a"}
+    runs = {"saekit/default/seed0": run, "saekit/tuned/seed0": run}
+    result = quality_report.summarize(runs, ("saekit",), (0,))
+    protocol = {"threads": 1, "load_average_before": [0.0], "load_average_after": [0.0]}
+    return result | {
+        "config": dataclasses.asdict(quality.QualityConfig(seeds=(0,))),
+        "protocol": protocol,
+    }

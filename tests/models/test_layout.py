@@ -82,3 +82,19 @@ def test_other_models_and_repeated_calls_are_left_as_they_are(hf_model, tiny_mod
     # 6 weights per attention, minus W_K and W_V, which grouped-query attention keeps as _W_K/_W_V
     assert lay_out_for_reads(tl) == tl.cfg.n_layers * (4 + 3) + 1
     assert {n: p.data_ptr() for n, p in tl.named_parameters()} == before  # nothing copied again
+
+
+def test_plain_attention_and_a_non_gated_mlp_too(tl_model, tokenizer):
+    """The shared tiny TL model: multi-head attention with its own W_K/W_V, a GELU MLP."""
+    plain = _standard_layout(tl_model)
+    model = copy.deepcopy(plain)
+    assert lay_out_for_reads(model) == model.cfg.n_layers * 4 + 1  # W_Q, W_K, W_V, W_O; W_U
+    for block in model.blocks:
+        for w in (block.attn.W_Q, block.attn.W_K, block.attn.W_V):
+            assert einops.rearrange(w, "h d e -> (h e) d").data_ptr() == w.data_ptr()
+    tokens_BT = torch.randint(4, model.cfg.d_vocab, (3, 7))
+    with torch.no_grad():
+        assert torch.equal(model(tokens_BT), plain(tokens_BT))
+    prompts = [[1, 7, 9, 11], [1, 12, 5, 8]]
+    out = [generate(HookedModel(m, tokenizer), prompts, 5) for m in (model, plain)]
+    assert out[0] == out[1]
