@@ -22,7 +22,6 @@ The table, the ratios against the best peer and the curve PNG: `quality_report.p
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -40,7 +39,7 @@ from saekit.activations.stats import OUTLIER_MULTIPLE, activation_stats
 from saekit.activations.stream import StreamConfig
 from saekit.bench import quality_report
 from saekit.bench.quality_sides import SIDES, Run, saekit_settings, train
-from saekit.bench.sitting import current_commit
+from saekit.bench.sitting import current_commit, now_utc
 from saekit.caching import cache_recipe
 from saekit.config import load_recipe
 from saekit.data.text import DataConfig, build_windows
@@ -182,7 +181,7 @@ class Bench:
         out = train(run, points if final else set(), probe)
         sae = out.pop("dictionary")
         out |= {"run": asdict(run), "curve": curve, "load_after": os.getloadavg()[0]}
-        out |= {"finished": _now(), "commit": self.commit}  # runs are kept across sittings
+        out |= {"finished": now_utc(), "commit": self.commit}  # runs are kept across sittings
         if final:
             out |= self.evaluate(sae)
             out["dictionary"] = str(sae.save(path.with_suffix("")))
@@ -208,10 +207,6 @@ class Bench:
             | {"fvu_inliers": inliers}
             | {k: lm[k] for k in ("ce_clean", "ce_sae", "ce_loss_score", "kl_sae")}
         )
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def set_aside(path: Path) -> None:
@@ -278,7 +273,7 @@ def run(cfg: QualityConfig | None = None) -> dict[str, Any]:
     cfg = cfg or QualityConfig()
     check(cfg)
     load_before = os.getloadavg()
-    t0, date = time.perf_counter(), _now()
+    t0, date = time.perf_counter(), now_utc()
     bench = Bench(cfg)
     started = {"date": date, "commit": bench.commit}
     # In training tokens of every planned run, the mean rate since the start: its ETA is the

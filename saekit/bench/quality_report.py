@@ -27,6 +27,7 @@ from typing import Any
 from saekit.activations.stats import OUTLIER_MULTIPLE
 from saekit.bench.sitting import markdown_files, update_markdown
 from saekit.errors import SaekitError
+from saekit.rundir import write_json
 
 METRICS = (
     "fvu",
@@ -269,14 +270,10 @@ def publish(src: Path, dest: Path, root: Path) -> list[Path]:
         if MARKERS[1] not in page.read_text().split(MARKERS[0], 1)[1]:
             raise SaekitError(f"{page}: {MARKERS[0]} without {MARKERS[1]}; add the end marker.")
     dest.mkdir(parents=True, exist_ok=True)
-    result["plot"] = str(dest / PNG)
-    for name, write in (
-        (PNG, lambda tmp: shutil.copyfile(png_src, tmp)),
-        ("quality.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1))),
-    ):
-        tmp = dest / f"{name}.tmp"
-        write(tmp)
-        tmp.replace(dest / name)
+    tmp = dest / f"{PNG}.partial"
+    shutil.copyfile(png_src, tmp)
+    tmp.replace(dest / PNG)
+    write_json(dest / "quality.json", result | {"plot": str(dest / PNG)})
     changed = []
     for page, table in tables.items():
         changed += update_markdown(root, table, MARKERS, [page])

@@ -43,6 +43,11 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def now_utc() -> str:
+    """The date and minute a bench record carries."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def current_commit() -> str:
     """HEAD, with "+changes" when the package's own files differ from it (then HEAD alone does
     not say what was measured)."""
@@ -74,7 +79,7 @@ def run_sitting(out: Path, names: tuple[str, ...] = tuple(SITTING)) -> None:
     old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     runs = {n: _bench_record(old, n) for n in old.get("benches", []) if n not in names}
     record = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": now_utc(),
         "commit": current_commit(),
         "cpu_count": os.cpu_count(),
         "load_average_before": list(os.getloadavg()),
