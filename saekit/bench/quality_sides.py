@@ -144,6 +144,7 @@ def saekit_settings(run: Run) -> dict[str, Any]:
     )
     defaults = {
         "lr": TopKSAE.default_lr_scale * default_lr(run.d_sae),
+        "lr_warmup_steps": TopKSAE.default_lr_warmup_steps,
         "lr_decay_fraction": TopKSAE.default_lr_decay_fraction,
         "grad_clip_norm": TopKSAE.default_grad_clip_norm,
     }

@@ -60,9 +60,10 @@ class TopKSAE(TrainableDictionary):
     saelens_architecture = "topk"
     # Measured on SmolLM2's layer 12 at 2M tokens, seeds 0-2 (docs/benchmarks.md, bench
     # quality): no clip, decay over the last half and 4x the width rule's lr beat clip 1,
-    # 20% decay and 1x on every score at every seed.
+    # 20% decay and 1x on every score at every seed; so did a 10-step warmup against 50.
     default_lr_scale = 4.0
     default_grad_clip_norm = 0.0
+    default_lr_warmup_steps = 10
     default_lr_decay_fraction = 0.5
 
     def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:

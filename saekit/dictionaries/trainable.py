@@ -79,6 +79,8 @@ class TrainableDictionary(Dictionary):
     """With train.lr unset, Adam's lr is this × 2e-4/√(d_sae/2^14)."""
     default_grad_clip_norm: ClassVar[float] = 1.0
     """The gradient-norm clip when train.grad_clip_norm is unset (0: none)."""
+    default_lr_warmup_steps: ClassVar[int] = 50
+    """The lr's linear warmup (steps) when train.lr_warmup_steps is unset."""
     default_lr_decay_fraction: ClassVar[float] = 0.2
     """The lr's final linear decay (fraction of the run) when train.lr_decay_fraction is unset."""
 

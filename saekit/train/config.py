@@ -19,8 +19,8 @@ class TrainConfig:
     (topk: 4, the others: 1)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam (β1, β2)."""
-    lr_warmup_steps: int = 50
-    """Linear LR warmup steps."""
+    lr_warmup_steps: int | None = None
+    """Linear LR warmup steps; None = the method's default (topk: 10, the others: 50)."""
     lr_decay_fraction: float | None = None
     """Fraction of the run (at the end) over which the LR decays linearly to 0; None = the
     method's default (topk: 0.5, the others: 0.2)."""
@@ -56,8 +56,8 @@ class TrainConfig:
         if self.lr is not None and not self.lr > 0:
             raise SaekitError(f"train.lr must be > 0, got {self.lr}.")
         for name, low in _AT_LEAST.items():
-            if getattr(self, name) < low:
-                raise SaekitError(f"train.{name} must be ≥ {low}, got {getattr(self, name)}.")
+            if (value := getattr(self, name)) is not None and value < low:
+                raise SaekitError(f"train.{name} must be ≥ {low}, got {value}.")
         if self.checkpoint_every < 0:
             raise SaekitError(
                 f"train.checkpoint_every must be ≥ 0 (0: only at the end), got "

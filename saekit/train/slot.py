@@ -27,6 +27,8 @@ class Slot:
         lr = cfg.lr if cfg.lr is not None else sae.default_lr_scale * default_lr(sae.d_sae)
         decay = sae.default_lr_decay_fraction
         decay = decay if cfg.lr_decay_fraction is None else cfg.lr_decay_fraction
+        warmup = sae.default_lr_warmup_steps
+        warmup = warmup if cfg.lr_warmup_steps is None else cfg.lr_warmup_steps
         clip = cfg.grad_clip_norm
         self.grad_clip_norm = sae.default_grad_clip_norm if clip is None else clip
         """The gradient-norm clip (0: none): the recipe's, else the method's default."""
@@ -35,7 +37,7 @@ class Slot:
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_multiplier(s, n_steps, cfg.lr_warmup_steps, decay),
+            lambda s: lr_multiplier(s, n_steps, warmup, decay),
         )
         self.tokens_since_fired_S = torch.zeros(sae.d_sae, dtype=torch.long, device=cfg.device)
         self.fire_count_S = torch.zeros(sae.d_sae, dtype=torch.float64, device=cfg.device)

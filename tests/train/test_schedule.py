@@ -96,6 +96,18 @@ def test_each_method_brings_its_lr_clip_and_decay_unless_the_recipe_sets_them(
         assert slot.scheduler.lr_lambdas[0](19) == 1.0
 
 
+def test_each_method_brings_its_warmup_unless_the_recipe_sets_it(train_cfg, make_trainer) -> None:
+    saes = (SAEConfig(d_sae=64, k=4), SAEConfig(method="relu", d_sae=64))
+    unset = train_cfg(total_tokens=256 * 200, lr_warmup_steps=None, log_every=1)
+    topk, relu = make_trainer(saes, unset).slots
+    # The multiplier of step s (0-based) inside the warmup is (s + 1) / warmup: TopK 10, ReLU 50.
+    assert [topk.scheduler.lr_lambdas[0](s) for s in (0, 4, 9, 10)] == [0.1, 0.5, 1.0, 1.0]
+    assert [relu.scheduler.lr_lambdas[0](s) for s in (0, 9, 49)] == [0.02, 0.2, 1.0]
+    pinned = train_cfg(total_tokens=256 * 200, lr_warmup_steps=4, log_every=1)
+    for slot in make_trainer(saes, pinned).slots:
+        assert [slot.scheduler.lr_lambdas[0](s) for s in (0, 3)] == [0.25, 1.0]
+
+
 # ---- sparsity warmup -------------------------------------------------------------------------
 def test_sparsity_scale_ramps_linearly() -> None:
     assert [sparsity_scale(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
