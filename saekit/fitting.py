@@ -80,7 +80,7 @@ def fit(
              for several hooks (then `SAEConfig.hook` picks one); batches of 4096 rows,
              shuffled each epoch (pass a `TensorStream` to choose)
     train    optimization settings (default TrainConfig(): 2M tokens, each method's lr,
-             clip and decay)
+             clip, warmup and decay)
     run_dir  configs only: write a run directory there (saes/, history.jsonl, run.json)
     resume   recipes only: continue the run in train.output_dir from its newest checkpoint
     model    recipes only: an already loaded model instead of the recipe's

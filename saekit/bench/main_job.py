@@ -66,6 +66,8 @@ class MainJobConfig:
     """Learning rate (the study's: the quickstart's before it took TopK's defaults)."""
     grad_clip_norm: float = 1.0
     """Gradient-norm clip, 0: none (the study's, as lr)."""
+    lr_warmup_steps: int = 50
+    """Linear lr warmup steps (the study's, as lr)."""
     lr_decay_fraction: float = 0.2
     """Final lr decay, as a fraction of the run (the study's, as lr)."""
     batch_size: int = 2048
@@ -147,6 +149,7 @@ def train_one(
         total_tokens=steps * cfg.batch_size,
         lr=cfg.lr,
         grad_clip_norm=cfg.grad_clip_norm,
+        lr_warmup_steps=cfg.lr_warmup_steps,
         lr_decay_fraction=cfg.lr_decay_fraction,
         log_every=1,
         dead_window_tokens=cfg.train_tokens // 2,
@@ -249,6 +252,8 @@ def _run_path(cfg: MainJobConfig, key: str) -> Path:
     shape = f"d{c.d_sae}-k{c.k}-lr{c.lr:g}-b{c.batch_size}-m{c.max_norm_multiple:g}"
     if (c.grad_clip_norm, c.lr_decay_fraction) != (1.0, 0.2):  # runs kept before these fields
         shape += f"-clip{c.grad_clip_norm:g}-decay{c.lr_decay_fraction:g}"
+    if c.lr_warmup_steps != 50:  # runs kept before this field
+        shape += f"-warmup{c.lr_warmup_steps}"
     return Path(c.out_dir) / "runs" / f"{key}-{shape}-ce{c.ce_windows}-seed{c.seed}.json"
 
 

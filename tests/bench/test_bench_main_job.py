@@ -3,6 +3,8 @@ outliers a hand computation over the cache finds, and the epoch run reads 1/epoc
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -74,3 +76,22 @@ def test_bench_main_job_flag_is_checked(capsys):
     assert main(["bench", "main-job", "--study.policies", "[drop]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("saekit: error: ") and "'drop' is not one of" in err[-1]
+
+
+def test_bench_main_job_pins_the_studys_warmup(toy, monkeypatch):
+    """The study's runs train at its 50-step warmup whatever TopK's default is, and a run at
+    another warmup is kept under another name (so kept 50-step runs are never mixed in)."""
+    seen = []
+    real = main_job.Trainer
+
+    def spy(saes, train, stream):
+        seen.append(train.lr_warmup_steps)
+        return real(saes, train, stream)
+
+    monkeypatch.setattr(main_job, "Trainer", spy)
+    main_job.run(toy)
+    assert seen and set(seen) == {50}
+    path = main_job._run_path(toy, "clip")
+    assert "warmup" not in path.name
+    other = main_job._run_path(dataclasses.replace(toy, lr_warmup_steps=10), "clip")
+    assert other.name != path.name and "-warmup10" in other.name

@@ -31,7 +31,8 @@ def train_cfg(epochs: int) -> TrainConfig:
     return TrainConfig(
         total_tokens=ROWS * epochs,
         lr=3e-3,
-        grad_clip_norm=1.0,  # the transcoder recipes' clip and decay (TopK's defaults differ)
+        grad_clip_norm=1.0,  # the transcoder recipes' clip, warmup and decay (TopK's defaults
+        lr_warmup_steps=50,  # differ)
         lr_decay_fraction=0.2,
         log_every=50,
         b_dec_init_samples=1024,
