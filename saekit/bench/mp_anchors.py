@@ -46,9 +46,10 @@ def saekit_step(method: Literal["mp", "topk"]) -> Builder:
         def step() -> None:
             trainer._step(slot, x_BD, log_now=False)  # exactly what Trainer.train runs per step
 
+        lr = slot.optimizer.param_groups[0]["initial_lr"]  # not get_last_lr(): step 0 warms up
         info = {
             "step": f"saekit Trainer._step on a {method} slot (the body of Trainer.train)",
-            "optimizer": f"Adam (fused), lr {slot.scheduler.get_last_lr()[0]:.2e}, warmup + decay",
+            "optimizer": f"Adam (fused), lr {lr:.2e}, warmup + decay",
             "loss": "squared error summed over d_in, mean over the batch",
             "decoder": "unit-norm rows renormalized after each step, parallel gradient removed",
             "grad_clip_norm": slot.grad_clip_norm,

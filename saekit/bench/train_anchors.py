@@ -67,9 +67,10 @@ def saekit_step(
             slot.tokens_since_fired_S[dead_S] = cfg.dead_window_tokens
         trainer._step(slot, x_BD, log_now=False)  # exactly what Trainer.train runs per step
 
+    lr = slot.optimizer.param_groups[0]["initial_lr"]  # not get_last_lr(): step 0 is warming up
     info = {
         "step": "saekit Trainer._step on TopKSAE (the body of Trainer.train)",
-        "optimizer": f"Adam (fused), lr {slot.scheduler.get_last_lr()[0]:.2e}, warmup + decay",
+        "optimizer": f"Adam (fused), lr {lr:.2e}, warmup + decay",
         "loss": "squared error summed over d_in, mean over the batch",
         "aux_k": f"on, variance-normalized, coefficient {sae_cfg.aux_k_coefficient}",
         "decoder": "unit-norm rows renormalized after each step, parallel gradient removed",

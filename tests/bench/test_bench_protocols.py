@@ -51,6 +51,8 @@ def test_bench_train_toy_shape():
     assert per["did_work"] == {side: side != "gemm" or None for side in per["did_work"]}
     anchors = result["protocol"]["anchors"]
     assert "SignSGD" in anchors["sparsify"]["optimizer"] and "FVU" in anchors["sparsify"]["loss"]
+    # saekit's label names the lr it trains at (TopK's 4x width rule), not step 0's warmed-up one
+    assert f"lr {4 * 2e-4 / (256 / 2**14) ** 0.5:.2e}," in result["saekit"]["optimizer"]
     assert anchors["overcomplete"]["package"].startswith("overcomplete")
     if not torch.cuda.is_available():  # documented: SAELens' sparse mode fails on CPU
         assert result["errors"]["saelens_sparse"].startswith("NotImplementedError")
