@@ -135,20 +135,12 @@ def saekit_config(run: Run) -> Any:
 def saekit_settings(run: Run) -> dict[str, Any]:
     """The optimization settings saekit trains `run` with, method defaults resolved: a kept
     run is reused only while they still hold."""
-    from saekit.train.schedule import default_lr
+    from saekit.train.slot import resolved_optimizer
 
-    cfg = asdict(saekit_config(run))
-    fields = (
-        *("lr", "lr_warmup_steps", "lr_decay_fraction", "grad_clip_norm"),
-        *("sparsity_warmup_steps", "dead_window_tokens", "b_dec_init_samples", "seed"),
-    )
-    defaults = {
-        "lr": TopKSAE.default_lr_scale * default_lr(run.d_sae),
-        "lr_warmup_steps": TopKSAE.default_lr_warmup_steps,
-        "lr_decay_fraction": TopKSAE.default_lr_decay_fraction,
-        "grad_clip_norm": TopKSAE.default_grad_clip_norm,
-    }
-    out = {f: defaults[f] if cfg[f] is None else cfg[f] for f in fields}
+    train = saekit_config(run)
+    cfg = asdict(train)
+    fields = ("sparsity_warmup_steps", "dead_window_tokens", "b_dec_init_samples", "seed")
+    out = {**resolved_optimizer(TopKSAE, run.d_sae, train), **{f: cfg[f] for f in fields}}
     return {**out, "adam_betas": list(cfg["adam_betas"])}  # a list, as JSON reads it back
 
 

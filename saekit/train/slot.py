@@ -24,13 +24,9 @@ class Slot:
         self.transcoder = sae.is_transcoder
         self.target_hook = sae.cfg.output_hook or hook
         """The hook whose rows the dictionary must reproduce (a transcoder's output hook)."""
-        lr = cfg.lr if cfg.lr is not None else sae.default_lr_scale * default_lr(sae.d_sae)
-        decay = sae.default_lr_decay_fraction
-        decay = decay if cfg.lr_decay_fraction is None else cfg.lr_decay_fraction
-        warmup = sae.default_lr_warmup_steps
-        warmup = warmup if cfg.lr_warmup_steps is None else cfg.lr_warmup_steps
-        clip = cfg.grad_clip_norm
-        self.grad_clip_norm = sae.default_grad_clip_norm if clip is None else clip
+        opt = resolved_optimizer(type(sae), sae.d_sae, cfg)
+        lr, warmup, decay = opt["lr"], int(opt["lr_warmup_steps"]), opt["lr_decay_fraction"]
+        self.grad_clip_norm = opt["grad_clip_norm"]
         """The gradient-norm clip (0: none): the recipe's, else the method's default."""
         # fused: one pass over Adam's state instead of ~10 per tensor (same update up to float
         # rounding; its cost in docs/benchmarks.md).
@@ -62,6 +58,26 @@ class Slot:
             self.controller.load_state_dict(state["controller"])
         if state["sparsity_coefficient"] is not None:
             self.sae.sparsity_coefficient = state["sparsity_coefficient"]
+
+
+def resolved_optimizer(
+    method: type[TrainableDictionary], d_sae: int, cfg: TrainConfig
+) -> dict[str, float]:
+    """lr, warmup, decay and clip as a dictionary of this method trains: the recipe's where
+    set, else the method's defaults."""
+    recipe = {
+        "lr": cfg.lr,
+        "lr_warmup_steps": cfg.lr_warmup_steps,
+        "lr_decay_fraction": cfg.lr_decay_fraction,
+        "grad_clip_norm": cfg.grad_clip_norm,
+    }
+    defaults = {
+        "lr": method.default_lr_scale * default_lr(d_sae),
+        "lr_warmup_steps": method.default_lr_warmup_steps,
+        "lr_decay_fraction": method.default_lr_decay_fraction,
+        "grad_clip_norm": method.default_grad_clip_norm,
+    }
+    return {k: defaults[k] if v is None else v for k, v in recipe.items()}
 
 
 def resolve_hook(i: int, sae_cfg: SAEConfig, stream: BaseStream) -> str:
