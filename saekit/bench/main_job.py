@@ -70,6 +70,8 @@ class MainJobConfig:
     """Linear lr warmup steps (the study's, as lr)."""
     lr_decay_fraction: float = 0.2
     """Final lr decay, as a fraction of the run (the study's, as lr)."""
+    ema_decay: float = 0.0
+    """β of the exported weight average, 0: the last iterate (the study's, as lr)."""
     batch_size: int = 2048
     """The quickstart's rows per step."""
     max_norm_multiple: float = 10.0
@@ -151,6 +153,7 @@ def train_one(
         grad_clip_norm=cfg.grad_clip_norm,
         lr_warmup_steps=cfg.lr_warmup_steps,
         lr_decay_fraction=cfg.lr_decay_fraction,
+        ema_decay=cfg.ema_decay,
         log_every=1,
         dead_window_tokens=cfg.train_tokens // 2,
         wandb_mode="disabled",
@@ -254,6 +257,8 @@ def _run_path(cfg: MainJobConfig, key: str) -> Path:
         shape += f"-clip{c.grad_clip_norm:g}-decay{c.lr_decay_fraction:g}"
     if c.lr_warmup_steps != 50:  # runs kept before this field
         shape += f"-warmup{c.lr_warmup_steps}"
+    if c.ema_decay:  # runs kept before this field exported the last iterate
+        shape += f"-ema{c.ema_decay:g}"
     return Path(c.out_dir) / "runs" / f"{key}-{shape}-ce{c.ce_windows}-seed{c.seed}.json"
 
 

@@ -153,7 +153,7 @@ def train_saekit(run: Run, rows: BenchRows) -> dict[str, Any]:
     slot = trainer.slots[0]
 
     def current() -> TopKSAE:
-        sae = copy.deepcopy(slot.sae).cpu()
+        sae = slot.exported().cpu()
         assert isinstance(sae, TopKSAE)
         sae.fold_normalization(rows.norm_factors.get(run.hook, 1.0))
         return sae.eval()

@@ -73,6 +73,7 @@ def train_on(data: SyntheticData, cfg: SAEConfig, steps: int, batch_size: int) -
         grad_clip_norm=1.0,  # one optimizer for every method (TopK's own defaults differ)
         lr_decay_fraction=0.2,
         lr_warmup_steps=20,
+        ema_decay=0.0,  # the last iterate for every method, as the figures were measured
         sparsity_warmup_steps=50,
         dead_window_tokens=50 * batch_size,
         log_every=steps,

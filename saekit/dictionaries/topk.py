@@ -65,6 +65,7 @@ class TopKSAE(TrainableDictionary):
     default_grad_clip_norm = 0.0
     default_lr_warmup_steps = 10
     default_lr_decay_fraction = 0.5
+    default_ema_decay = 0.98
 
     def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
         super().__init__(cfg, d_in, d_out)

@@ -83,6 +83,8 @@ class TrainableDictionary(Dictionary):
     """The lr's linear warmup (steps) when train.lr_warmup_steps is unset."""
     default_lr_decay_fraction: ClassVar[float] = 0.2
     """The lr's final linear decay (fraction of the run) when train.lr_decay_fraction is unset."""
+    default_ema_decay: ClassVar[float] = 0.0
+    """β of the exported weight average when train.ema_decay is unset (0: the last iterate)."""
 
     def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None) -> None:
         super().__init__(cfg, d_in, d_out)

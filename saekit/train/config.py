@@ -24,6 +24,10 @@ class TrainConfig:
     lr_decay_fraction: float | None = None
     """Fraction of the run (at the end) over which the LR decays linearly to 0; None = the
     method's default (topk: 0.5, the others: 0.2)."""
+    ema_decay: float | None = None
+    """β of the moving average of the dictionary's weights that is exported, checkpointed and
+    probed instead of Adam's last iterate (0: the last iterate); None = the method's default
+    (topk: 0.98, the others: 0)."""
     sparsity_warmup_steps: int = 100
     """Steps over which the L1/L0 penalty ramps from 0 to its full weight."""
     grad_clip_norm: float | None = None
@@ -71,6 +75,11 @@ class TrainConfig:
         if self.lr_decay_fraction is not None and not 0 <= self.lr_decay_fraction <= 1:
             raise SaekitError(
                 f"train.lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}."
+            )
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise SaekitError(
+                f"train.ema_decay must be in [0, 1) (0: export the last iterate), got "
+                f"{self.ema_decay}."
             )
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise SaekitError(f"train.adam_betas must be in [0, 1), got {list(self.adam_betas)}.")

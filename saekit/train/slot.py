@@ -3,6 +3,7 @@ L0 controller; plus how a recipe entry is named and which hook it reads."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from saekit.activations.stream import BaseStream
 from saekit.dictionaries import SAEConfig, TrainableDictionary
 from saekit.errors import SaekitError
+from saekit.train.averaging import WeightAverage
 from saekit.train.config import TrainConfig
 from saekit.train.schedule import default_lr, l0_controller, lr_multiplier
 
@@ -38,6 +40,16 @@ class Slot:
         self.tokens_since_fired_S = torch.zeros(sae.d_sae, dtype=torch.long, device=cfg.device)
         self.fire_count_S = torch.zeros(sae.d_sae, dtype=torch.float64, device=cfg.device)
         self.controller = l0_controller(sae, name)
+        ema = opt["ema_decay"]
+        self.average = WeightAverage(sae, ema) if ema > 0 else None
+        """The moving average of the weights that is exported (None: the last iterate)."""
+
+    def exported(self) -> TrainableDictionary:
+        """A copy of the dictionary as the run exports it now: the weight average if there is
+        one, else the live weights."""
+        if self.average is None:
+            return copy.deepcopy(self.sae)
+        return self.average.averaged(self.sae)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -47,6 +59,7 @@ class Slot:
             "fire_count": self.fire_count_S,
             "controller": self.controller.state_dict() if self.controller else None,
             "sparsity_coefficient": self.sae.sparsity_coefficient,
+            "average": self.average.state_dict() if self.average else None,
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -58,24 +71,32 @@ class Slot:
             self.controller.load_state_dict(state["controller"])
         if state["sparsity_coefficient"] is not None:
             self.sae.sparsity_coefficient = state["sparsity_coefficient"]
+        if self.average is not None:
+            # A checkpoint written without an average: start one from its weights.
+            if saved := state.get("average"):
+                self.average.load_state_dict(saved)
+            else:
+                self.average.reset(self.sae)
 
 
 def resolved_optimizer(
     method: type[TrainableDictionary], d_sae: int, cfg: TrainConfig
 ) -> dict[str, float]:
-    """lr, warmup, decay and clip as a dictionary of this method trains: the recipe's where
-    set, else the method's defaults."""
+    """lr, warmup, decay, clip and weight average as a dictionary of this method trains: the
+    recipe's where set, else the method's defaults."""
     recipe = {
         "lr": cfg.lr,
         "lr_warmup_steps": cfg.lr_warmup_steps,
         "lr_decay_fraction": cfg.lr_decay_fraction,
         "grad_clip_norm": cfg.grad_clip_norm,
+        "ema_decay": cfg.ema_decay,
     }
     defaults = {
         "lr": method.default_lr_scale * default_lr(d_sae),
         "lr_warmup_steps": method.default_lr_warmup_steps,
         "lr_decay_fraction": method.default_lr_decay_fraction,
         "grad_clip_norm": method.default_grad_clip_norm,
+        "ema_decay": method.default_ema_decay,
     }
     return {k: defaults[k] if v is None else v for k, v in recipe.items()}
 

@@ -12,7 +12,6 @@ written: the history stays in memory and the trained dictionaries are returned.
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from dataclasses import replace
@@ -239,6 +238,8 @@ class Trainer:
             sae.normalize_decoder()
         sae.post_step()
         self.dist.sync_buffers(sae)
+        if slot.average is not None:
+            slot.average.update(sae)
         n_rows = self.batch_tokens
         with torch.no_grad():
             # Sparse codes are counted by a scatter over B·k entries, not a B×S comparison.
@@ -283,7 +284,7 @@ class Trainer:
         # Data parallel: rank 0 writes the (identical) dictionaries; hooks: each rank its own.
         mine = self.slots if self.dist.mode == "hooks" or self.dist.is_main else []
         for slot in mine:
-            sae = copy.deepcopy(slot.sae).cpu()
+            sae = slot.exported().cpu()
             path = self.run_dir.sae_dir(slot.name) if self.run_dir else None
             provenance = {**self.provenance, "training_tokens": n_tokens}
             if self.run_dir is not None:

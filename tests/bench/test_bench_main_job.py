@@ -79,19 +79,24 @@ def test_bench_main_job_flag_is_checked(capsys):
 
 
 def test_bench_main_job_pins_the_studys_warmup(toy, monkeypatch):
-    """The study's runs train at its 50-step warmup whatever TopK's default is, and a run at
-    another warmup is kept under another name (so kept 50-step runs are never mixed in)."""
+    """The study's runs train at its 50-step warmup and export the last iterate whatever
+    TopK's defaults are, and a run at another warmup or with a weight average is kept under
+    another name (so kept runs are never mixed in)."""
     seen = []
     real = main_job.Trainer
 
     def spy(saes, train, stream):
-        seen.append(train.lr_warmup_steps)
-        return real(saes, train, stream)
+        seen.append((train.lr_warmup_steps, train.ema_decay))
+        trainer = real(saes, train, stream)
+        assert trainer.slots[0].average is None
+        return trainer
 
     monkeypatch.setattr(main_job, "Trainer", spy)
     main_job.run(toy)
-    assert seen and set(seen) == {50}
+    assert seen and set(seen) == {(50, 0.0)}
     path = main_job._run_path(toy, "clip")
-    assert "warmup" not in path.name
+    assert "warmup" not in path.name and "ema" not in path.name
     other = main_job._run_path(dataclasses.replace(toy, lr_warmup_steps=10), "clip")
     assert other.name != path.name and "-warmup10" in other.name
+    averaged = main_job._run_path(dataclasses.replace(toy, ema_decay=0.98), "clip")
+    assert averaged.name != path.name and "-ema0.98" in averaged.name

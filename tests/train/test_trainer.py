@@ -199,6 +199,10 @@ def test_resume_reproduces_an_uninterrupted_run(train_cfg, make_trainer, tmp_pat
         assert torch.equal(a.tokens_since_fired_S, b.tokens_since_fired_S)
         assert torch.equal(a.fire_count_S, b.fire_count_S)
         assert a.sae.sparsity_coefficient == b.sae.sparsity_coefficient
+        assert (a.average is None) == (b.average is None)  # topk's exported weight average
+        if a.average is not None and b.average is not None:
+            assert a.average.updates == b.average.updates == 40
+            assert all(map(torch.equal, a.average.params, b.average.params))
     rows_a, rows_b = history(tmp_path / "a"), history(tmp_path / "b")
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
     drop = ("tokens_per_s",)
@@ -219,12 +223,13 @@ def test_export_folds_normalization(method, train_cfg, make_trainer, tmp_path) -
     assert summary["saes"][slot.name]["path"] == str(path)
     saved = load_dictionary(path)
     raw = synthetic_rows({"h0": 16}, 1024, draw_seed=500, scales={"h0": 7.0})["h0"]
+    trained = slot.exported()  # topk: the weight average, the others: the live weights
     with torch.no_grad():
-        z_train = slot.sae.encode(raw * factor)
+        z_train = trained.encode(raw * factor)
         z_saved = saved.encode(raw)
         assert torch.allclose(z_saved, z_train, rtol=1e-4, atol=1e-5)
         x_hat = saved.decode(z_saved)
-        assert torch.allclose(x_hat * factor, slot.sae.decode(z_train), rtol=1e-4, atol=1e-4)
+        assert torch.allclose(x_hat * factor, trained.decode(z_train), rtol=1e-4, atol=1e-4)
     assert saved.folded_norm_factor == pytest.approx(factor)
     assert saved.provenance["hook"] == "h0"
     assert saved.provenance["training_tokens"] == 40 * 256
