@@ -4,13 +4,17 @@ Adam's last iterate carries the noise of its last few batches; on real activatio
 with a few very-high-norm rows knocks it off for tens of steps, and a run stopped there (or a
 checkpoint written there) exports that. The average after step t is
 
-    θ̄ ← β_t θ̄ + (1 − β_t) θ_t,    β_t = min(β, (1 + t) / (10 + t)),
+    θ̄ ← (1 − w_t) θ̄ + w_t θ_t,    w_t = min(1, (1 − β_t) / m_t),
+    β_t = min(β, (1 + t) / (10 + t)),
 
-whose ramp lets the average forget the random initialization within the first tens of steps
-instead of after ~1/(1 − β). Training itself (gradients, dead-latent clocks, logged FVU) uses
-the live weights; checkpoints keep both. Unit-norm-decoder methods get their averaged decoder
-rows renormalized, as the trainer does to the live ones after every step (matching pursuit
-needs unit atoms).
+with m_t the step's lr multiplier (1 at the peak lr). The ramp of β_t lets the average forget
+the random initialization within the first tens of steps instead of after ~1/(1 − β).
+Dividing by m_t shrinks the window while the lr warms up or decays: a decaying lr already
+averages the iterates, so the average ends at the annealed last iterate instead of mixing in
+earlier high-lr ones. Training itself (gradients, dead-latent clocks, logged FVU) uses the
+live weights; checkpoints keep both. Unit-norm-decoder methods get their averaged decoder rows
+renormalized, as the trainer does to the live ones after every step (matching pursuit needs
+unit atoms).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import torch
 from saekit.dictionaries import TrainableDictionary
 
 
-def average_decay(beta: float, t: int) -> float:
-    """β_t: the weight of the previous average at update `t` (counted from 0)."""
-    return min(beta, (1 + t) / (10 + t))
+def new_weight(beta: float, t: int, lr_scale: float) -> float:
+    """1 − β_t over the lr multiplier, at most 1: the new iterate's weight at update `t`
+    (counted from 0), taken at lr multiplier `lr_scale`."""
+    rest = 1 - min(beta, (1 + t) / (10 + t))
+    return 1.0 if rest >= lr_scale else rest / lr_scale
 
 
 class WeightAverage:
@@ -40,8 +46,9 @@ class WeightAverage:
         """Updates so far (t of β_t)."""
 
     @torch.no_grad()
-    def update(self, sae: TrainableDictionary) -> None:
-        weight = 1 - average_decay(self.beta, self.updates)
+    def update(self, sae: TrainableDictionary, lr_scale: float) -> None:
+        """Fold in the weights after a step taken at `lr_scale` × the peak lr."""
+        weight = new_weight(self.beta, self.updates, lr_scale)
         torch._foreach_lerp_(self.params, [p.detach() for p in sae.parameters()], weight)
         self.updates += 1
 

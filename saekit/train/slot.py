@@ -28,6 +28,8 @@ class Slot:
         """The hook whose rows the dictionary must reproduce (a transcoder's output hook)."""
         opt = resolved_optimizer(type(sae), sae.d_sae, cfg)
         lr, warmup, decay = opt["lr"], int(opt["lr_warmup_steps"]), opt["lr_decay_fraction"]
+        self.peak_lr = lr
+        """Adam's lr after warmup, before decay (the schedule's multiplier 1)."""
         self.grad_clip_norm = opt["grad_clip_norm"]
         """The gradient-norm clip (0: none): the recipe's, else the method's default."""
         # fused: one pass over Adam's state instead of ~10 per tensor (same update up to float
