@@ -75,8 +75,8 @@ def saekit_step(
         "aux_k": f"on, variance-normalized, coefficient {sae_cfg.aux_k_coefficient}",
         "decoder": "unit-norm rows renormalized after each step, parallel gradient removed",
         "grad_clip_norm": slot.grad_clip_norm,
-        "weight_average": f"EMA β {slot.average.beta} of the weights after each step (what "
-        "a run exports)"
+        "weight_average": f"moving average of the weights after each step, β "
+        f"{slot.average.beta}, window shrinking with the lr (what a run exports)"
         if slot.average
         else "none",
         "b_dec_init": "geometric median of the first batch in Trainer.train (outside the "

@@ -26,8 +26,8 @@ class TrainConfig:
     method's default (topk: 0.5, the others: 0.2)."""
     ema_decay: float | None = None
     """β of the moving average of the dictionary's weights that is exported, checkpointed and
-    probed instead of Adam's last iterate (0: the last iterate); None = the method's default
-    (topk: 0.98, the others: 0)."""
+    probed instead of Adam's last iterate, its window shrinking with the lr (train/averaging.py;
+    0: the last iterate); None = the method's default (topk: 0.98, the others: 0)."""
     sparsity_warmup_steps: int = 100
     """Steps over which the L1/L0 penalty ramps from 0 to its full weight."""
     grad_clip_norm: float | None = None
