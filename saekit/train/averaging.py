@@ -70,7 +70,7 @@ class WeightAverage:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"params": self.params, "updates": self.updates, "beta": self.beta}
+        return {"params": self.params, "updates": self.updates}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -28,17 +28,14 @@ class Slot:
         """The hook whose rows the dictionary must reproduce (a transcoder's output hook)."""
         opt = resolved_optimizer(type(sae), sae.d_sae, cfg)
         lr, warmup, decay = opt["lr"], int(opt["lr_warmup_steps"]), opt["lr_decay_fraction"]
-        self.peak_lr = lr
-        """Adam's lr after warmup, before decay (the schedule's multiplier 1)."""
         self.grad_clip_norm = opt["grad_clip_norm"]
         """The gradient-norm clip (0: none): the recipe's, else the method's default."""
         # fused: one pass over Adam's state instead of ~10 per tensor (same update up to float
         # rounding; its cost in docs/benchmarks.md).
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_multiplier(s, n_steps, warmup, decay),
-        )
+        self.lr_multiplier = lambda step: lr_multiplier(step, n_steps, warmup, decay)
+        """The lr of step `step` (from 0) as a multiple of the peak lr."""
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_multiplier)
         self.tokens_since_fired_S = torch.zeros(sae.d_sae, dtype=torch.long, device=cfg.device)
         self.fire_count_S = torch.zeros(sae.d_sae, dtype=torch.float64, device=cfg.device)
         self.controller = l0_controller(sae, name)

@@ -233,14 +233,13 @@ class Trainer:
             grads = [p.grad for p in sae.parameters() if p.grad is not None]
             grad_norm = torch.nn.utils.get_total_norm(grads)
         slot.optimizer.step()
-        lr_scale = float(slot.scheduler.get_last_lr()[0]) / slot.peak_lr  # this step's multiplier
         slot.scheduler.step()
         if sae.unit_norm_decoder:
             sae.normalize_decoder()
         sae.post_step()
         self.dist.sync_buffers(sae)
         if slot.average is not None:
-            slot.average.update(sae, lr_scale)
+            slot.average.update(sae, slot.lr_multiplier(self.step))  # the step just taken
         n_rows = self.batch_tokens
         with torch.no_grad():
             # Sparse codes are counted by a scatter over B·k entries, not a B×S comparison.
