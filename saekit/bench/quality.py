@@ -5,7 +5,8 @@
    (`OUT_DIR/cache-train`, `OUT_DIR/cache-heldout`; an existing cache is verified and reused).
 2. Tune each library's learning rate the same way: runs of `tune_tokens` at seed `seeds[0]` over
    `lr_multipliers` × the library's own default lr; the lowest held-out FVU wins, and a winner at
-   the grid's edge extends the grid by one more factor of 2 that way (twice at most).
+   the grid's edge extends the grid by one more factor of 2 that way, until the winner has a
+   neighbour on each side (at most `tune_extensions` times).
 3. Train every side at its default lr and at its tuned lr, at each seed, for `train_tokens`, all
    on the same rows in the same order (`quality_sides.py`; the row digests are compared). The
    side order rotates with the seed. Held-out FVU is measured at `curve_points` budget points.
@@ -86,6 +87,9 @@ class QualityConfig:
     """Tuning grid: multiples of each library's default learning rate."""
     tune_tokens: int = 500_000
     """Training tokens of each tuning run."""
+    tune_extensions: int = 4
+    """How many times a winner at the tuning grid's edge may extend the grid by another factor
+    of 2 that way."""
     curve_points: int = 8
     """Budget points (evenly spaced, the last at the end) where held-out FVU is measured."""
     curve_rows: int = 32_768
@@ -227,7 +231,7 @@ def tune(bench: Bench, side: str) -> dict[str, Any]:
     base = library_lr(side, cfg.d_sae)
     fvu: dict[float, float] = {}
     grid = sorted(cfg.lr_multipliers)
-    for _ in range(3):
+    for _ in range(cfg.tune_extensions + 1):
         for m in grid:
             if m not in fvu:
                 if bench.bar is not None and m not in cfg.lr_multipliers:
@@ -247,6 +251,7 @@ def tune(bench: Bench, side: str) -> dict[str, Any]:
         "fvu_by_multiplier": {str(m): f for m, f in sorted(fvu.items())},
         "best_multiplier": best,
         "best_lr": best * base,
+        "at_edge": best in (min(fvu), max(fvu)),
     }
 
 
@@ -255,6 +260,10 @@ def check(cfg: QualityConfig) -> None:
     unknown = [s for s in cfg.sides if s not in SIDES]
     if unknown or not cfg.sides:
         raise SaekitError(f"--quality.sides {list(cfg.sides)}: choose among {list(SIDES)}.")
+    if cfg.tune_extensions < 0:
+        raise SaekitError(
+            f"--quality.tune_extensions {cfg.tune_extensions}: must be ≥ 0 (0: the grid as given)."
+        )
     if not cfg.seeds or not cfg.lr_multipliers or min(cfg.lr_multipliers) <= 0:
         raise SaekitError(
             "--quality.seeds and --quality.lr_multipliers need at least one value each, the "
@@ -311,7 +320,8 @@ def run(cfg: QualityConfig | None = None) -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "wall_s": time.perf_counter() - t0,
             "tuning": "each library: lr = multiplier × its default, multipliers "
-            f"{list(cfg.lr_multipliers)} extended by ×2 at a winning edge, {cfg.tune_tokens:,} "
+            f"{list(cfg.lr_multipliers)} extended by ×2 at a winning edge (at most "
+            f"{cfg.tune_extensions} times), {cfg.tune_tokens:,} "
             f"tokens at seed {cfg.seeds[0]}, lowest held-out FVU",
             "order": "side order rotates with the seed",
         },

@@ -40,6 +40,7 @@ def toy(tmp_path, saekit_home, corpus_jsonl, tiny_model_dir) -> quality.QualityC
         seeds=(0, 1),
         lr_multipliers=(1.0, 2.0),
         tune_tokens=1024,  # as many as the final runs: tuning runs must be kept apart
+        tune_extensions=2,
         curve_points=4,
         curve_rows=64,
         ce_windows=4,
@@ -98,7 +99,9 @@ def test_bench_quality_toy(toy, capsys):
     peers = {k: s["fvu"]["mean"] for k, s in summary.items() if not k.startswith("saekit")}
     best = min(peers, key=peers.__getitem__)
     assert result["best_peer"] == best
-    ratio = summary["saekit/tuned"]["fvu"]["mean"] / peers[best]
+    ours = {k: s["fvu"]["mean"] for k, s in summary.items() if k.startswith("saekit")}
+    assert result["saekit_config"] == min(ours, key=ours.__getitem__)
+    ratio = ours[result["saekit_config"]] / peers[best]
     assert result["ratios_vs_best_peer"]["fvu"] == pytest.approx(ratio)
     assert "| saekit/tuned |" in quality.table(result)
     # Provenance: the commit this process runs, on the result and on every kept run.
@@ -141,6 +144,7 @@ def test_bench_quality_toy(toy, capsys):
         ('--quality.sides=["saelens", "sae_lens"]', "choose among"),
         ("--quality.seeds=[]", "at least one value"),
         ("--quality.train_tokens=4096", "a step per budget point"),
+        ("--quality.tune_extensions=-1", "must be ≥ 0"),
     ],
 )
 def test_a_study_that_cannot_run_is_one_line_before_any_work(tmp_path, capsys, flag, fragment):
@@ -170,8 +174,41 @@ def test_ratios_when_the_best_peer_has_no_dead_latents():
         out = quality_report.summarize(runs, ("saekit", "saelens"), (0,))
         r = out["ratios_vs_best_peer"]
         assert out["best_peer"] == "saelens/default" and r["fvu"] == pytest.approx(0.5)
+        assert out["saekit_config"] == "saekit/default"  # equal FVU: the first
         assert r["dead_fraction"] == ratio and out["met"]["dead_fraction"] is (ours == 0)
         json.dumps(out, allow_nan=False)  # valid JSON
+
+
+def test_saekit_and_the_peers_are_compared_at_the_configuration_one_rule_picks():
+    """Every library is compared at its configuration with the lower final FVU; the per-point
+    ratios are that configuration's curve over the best peer's, and saekit/tuned's are kept
+    beside them."""
+
+    def one(fvu: float, curve: list[float]) -> dict[str, object]:
+        metrics = {"fvu": fvu, "fvu_inliers": fvu, "ce_loss_score": 0.9, "kl_sae": 0.1}
+        metrics |= {"l0_mean": 32.0, "dead_fraction": 0.0, "dense_fraction": 0.0}
+        points = [[4096 * (i + 1), v] for i, v in enumerate(curve)]
+        return metrics | {"wall_s": 10.0, "lr": 1e-3, "curve": points, "rows_digest": "a"}
+
+    peers = {
+        "saelens/default/seed0": one(0.30, [0.9, 0.30]),
+        "saelens/tuned/seed0": one(0.20, [0.4, 0.20]),
+        "sparsify/default/seed0": one(0.25, [0.1, 0.25]),  # best early, not at the end
+        "sparsify/tuned/seed0": one(0.26, [0.1, 0.26]),
+    }
+    sides = ("saekit", "saelens", "sparsify")
+    for tuned_fvu, chosen in ((0.19, "saekit/tuned"), (0.21, "saekit/default")):
+        runs = peers | {
+            "saekit/default/seed0": one(0.20, [0.3, 0.20]),
+            "saekit/tuned/seed0": one(tuned_fvu, [0.5, tuned_fvu]),
+        }
+        out = quality_report.summarize(runs, sides, (0,))
+        r = out["ratios_vs_best_peer"]
+        assert out["best_peer"] == "saelens/tuned" and out["saekit_config"] == chosen
+        own = runs[f"{chosen}/seed0"]["curve"]
+        assert r["fvu_by_budget_point"] == pytest.approx([own[0][1] / 0.4, own[1][1] / 0.2])
+        assert r["tuned_fvu_by_budget_point"] == pytest.approx([0.5 / 0.4, tuned_fvu / 0.2])
+        assert out["met"]["fvu_at_every_budget_point"] is (chosen == "saekit/default")
 
 
 def test_publish_copies_the_result_and_writes_the_table_where_it_is_marked(tmp_path, capsys):
@@ -246,9 +283,16 @@ def test_publish_copies_the_result_and_writes_the_table_where_it_is_marked(tmp_p
     assert "| 0.0550 ±0.0050 | 0.1650 ±0.0150 | 0.915 ±0.005 | 0.330 ±0.030 | 0.5% | 125 s |" in row
     # the best peer's FVU is 0.075, saekit's 0.055: 0.733x; at 4096 tokens 0.165 / 0.15 = 1.1x
     assert row.startswith("| saekit/tuned | 1.00e-03 |")
-    assert "(saelens/default): FVU 0.733x, at the worst budget point 1.100x" in text
+    # saekit's two configurations tie: the first, saekit/default, is compared.
+    assert (
+        "saekit/default (saekit's lower-FVU configuration) ÷ the best peer "
+        "(saelens/default): FVU 0.733x, at the worst budget point 1.100x" in text
+    )
     # dead: 0.5% each (met, ≤); training: 125 s against saelens/default's 625 s (met)
-    assert "Targets: fvu_at_every_budget_point **missed**; dead_fraction met; wall_s met." in text
+    assert (
+        "Targets: fvu_at_every_budget_point **missed**; dead_fraction met; wall_s met. "
+        "saekit/tuned's worst budget point: 1.100x." in text
+    )
     assert "`saekit bench quality` (2026-12-07 12:00 UTC, commit abc1234, 2 threads" in text
     assert "; runs trained at 0ld0000, abc1234)." in text
     quality_report.main(argv)
@@ -298,3 +342,40 @@ def _finished() -> dict[str, object]:
         "config": dataclasses.asdict(quality.QualityConfig(seeds=(0,))),
         "protocol": protocol,
     }
+
+
+@pytest.mark.parametrize(
+    ("optimum", "extensions", "grid", "best", "at_edge"),
+    [
+        (16.0, 4, [0.5, 1, 2, 4, 8, 16, 32], 16.0, False),  # found with a neighbour each side
+        (16.0, 2, [0.5, 1, 2, 4, 8], 8.0, True),  # out of extensions: the edge is said
+        (0.125, 4, [0.0625, 0.125, 0.25, 0.5, 1, 2], 0.125, False),
+        (1.0, 4, [0.5, 1, 2], 1.0, False),
+    ],
+)
+def test_tuning_extends_the_grid_at_a_winning_edge(optimum, extensions, grid, best, at_edge):
+    """A winner at the grid's edge doubles (or halves) the grid that way until it has a
+    neighbour on each side, at most `tune_extensions` times; FVU here is a bowl around
+    `optimum` in log2(multiplier)."""
+    cfg = quality.QualityConfig(lr_multipliers=(0.5, 1.0, 2.0), tune_extensions=extensions)
+    base = quality.library_lr("saekit", cfg.d_sae)
+
+    class Runs:
+        bar = None
+
+        def __init__(self) -> None:
+            self.cfg, self.trained = cfg, []
+
+        def run(self, side: str, lr: float | None, seed: int, tokens: int) -> float:
+            assert (side, seed, tokens) == ("saekit", cfg.seeds[0], cfg.tune_tokens)
+            return 1.0 if lr is None else lr / base
+
+        def result(self, m: float, final: bool) -> dict[str, object]:
+            self.trained.append(m)
+            return {"curve": [[tokens, 0.1 + math.log2(m / optimum) ** 2] for tokens in (1, 2)]}
+
+    runs = Runs()
+    out = quality.tune(runs, "saekit")  # type: ignore[arg-type]
+    assert sorted(runs.trained) == pytest.approx(grid) and len(runs.trained) == len(grid)
+    assert out["best_multiplier"] == best and out["at_edge"] is at_edge
+    assert out["best_lr"] == pytest.approx(best * base)
