@@ -86,6 +86,12 @@ def register(sub: Any) -> None:
     g.add_argument("--ft-lr", type=float, default=1e-4, help="last-blocks learning rate")
     g.add_argument("--lora-lr", type=float, default=1e-3, help="LoRA learning rate")
     g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank")
+    g.add_argument(
+        "--ft-precision",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="autocast dtype of the fine-tuning steps (held-out losses: always float32)",
+    )
     p.set_defaults(func=cmd_select)
 
 
@@ -151,6 +157,7 @@ def cmd_select(args: argparse.Namespace) -> None:
             lora_lr=args.lora_lr,
             lora_rank=args.lora_rank,
             lora_alpha=2 * args.lora_rank,
+            precision=args.ft_precision,
         )
         result = run_selection_eval(
             selector,

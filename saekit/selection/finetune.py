@@ -53,6 +53,9 @@ class FinetuneConfig:
     """LoRA scale numerator: the update is (alpha / rank) · B A."""
     lora_lr: float = 1e-3
     """AdamW learning rate of the LoRA adapters (B starts at 0, so they need a larger one)."""
+    precision: Literal["bfloat16", "float32"] = "bfloat16"
+    """Autocast dtype of the training steps (weights, gradients and Adam stay float32, as in
+    the usual mixed-precision fine-tune); held-out losses are always scored in float32."""
 
 
 def _blocks(model: HookedModel) -> nn.ModuleList:
@@ -201,9 +204,11 @@ def _finetune(
         lr = cfg.lr if adapters is None else cfg.lora_lr
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         model.model.train()
+        device = torch.device(model.device).type
+        mixed = cfg.precision == "bfloat16"
         for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, unit="step"):
             rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(device, torch.bfloat16, enabled=mixed):
                 loss, n = runner.loss([items[i] for i in rows], "response")
                 (loss / max(n, 1)).backward()
             opt.step()
