@@ -157,7 +157,7 @@ def table(result: dict[str, Any]) -> str:
         tuned = ", ".join(f"{x:.3f}" for x in r["tuned_fvu_by_budget_point"])
         lines += [
             "",
-            f"{result['saekit_config']} (saekit's configuration with the lower FVU) vs the best "
+            f"{result['saekit_config']} (saekit's lower-FVU configuration) vs the best "
             f"peer ({result['best_peer']}): FVU {_x(r['fvu'])} "
             f"(per budget point: {points}; without outliers {_x(r['fvu_inliers'])}), "
             f"CE-loss score {_x(r['ce_loss_score'])}, KL {_x(r['kl_sae'])}, dead "

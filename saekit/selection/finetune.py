@@ -204,7 +204,7 @@ def _finetune(
         lr = cfg.lr if adapters is None else cfg.lora_lr
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         model.model.train()
-        device = torch.device(model.device).type
+        device = model.device.type
         mixed = cfg.precision == "bfloat16"
         for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, unit="step"):
             rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
