@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -98,7 +98,8 @@ class _Runner:
     On TransformerLens the residual entering the first trained block is computed once per
     sample (no grad) and cached; a step then runs only those blocks, ln_final and the unembed
     at the scored positions (the 49k-vocab unembed of every position would cost more than the
-    blocks). On HF models every step runs the full forward.
+    blocks). On HF models every step runs the full decoder, and the unembed at the scored
+    positions only, unless the model's own logits differ from that (checked on the first batch).
     """
 
     def __init__(self, model: HookedModel, n_blocks: int | None, pad_id: int) -> None:
@@ -111,6 +112,9 @@ class _Runner:
         cached = model.is_transformer_lens and n_blocks is not None
         self.hook = f"blocks.{self.start}.hook_resid_pre" if cached else None
         self.cache: dict[tuple[int, ...], Tensor] = {}
+        # HF: the unembed (a fifth of SmolLM2's forward) only at the scored positions, once a
+        # first batch has shown it gives the model's own logits (some models post-process them).
+        self.scored_unembed: bool | None = None if not model.is_transformer_lens else False
 
     def prepare(self, items: Sequence[Tokenized], batch_size: int = 16) -> None:
         """Cache the tail's input residual of every item not cached yet."""
@@ -131,7 +135,7 @@ class _Runner:
         mask_BT = content_mask(roles_BT, part)[:, 1:].to(device)
         targets = ids_BT[:, 1:].to(device)[mask_BT]
         if self.hook is None:
-            logits_MV = self.model.run(ids_BT.to(device))[:, :-1][mask_BT]
+            logits_MV = self._logits(ids_BT.to(device), mask_BT)
         else:
             tl = self.model.model
             resid_BTD = torch.zeros(
@@ -146,6 +150,25 @@ class _Runner:
             logits_MV = tl.unembed(final_MD[None])[0]  # type: ignore[operator]
         loss = nn.functional.cross_entropy(logits_MV.float(), targets, reduction="sum")
         return loss, int(mask_BT.sum())
+
+
+    def _logits(self, ids_BT: Tensor, mask_BT: Tensor) -> Tensor:
+        """Logits [M, vocab] at the positions of mask_BT (each predicting the next token)."""
+        if self.scored_unembed is None:
+            with torch.no_grad(), torch.autocast(ids_BT.device.type, enabled=False):
+                full = self.model.run(ids_BT)[:, :-1][mask_BT]
+                self.scored_unembed = torch.allclose(
+                    self._unembed_scored(ids_BT, mask_BT), full, rtol=1e-4, atol=1e-4
+                )
+        if self.scored_unembed:
+            return self._unembed_scored(ids_BT, mask_BT)
+        return self.model.run(ids_BT)[:, :-1][mask_BT]
+
+    def _unembed_scored(self, ids_BT: Tensor, mask_BT: Tensor) -> Tensor:
+        inner: Any = self.model.model  # an HF causal LM (its methods are not typed)
+        hidden = inner.get_decoder()(input_ids=ids_BT).last_hidden_state[:, :-1][mask_BT]
+        logits_MV: Tensor = inner.get_output_embeddings()(hidden)
+        return logits_MV
 
 
 def heldout_loss(

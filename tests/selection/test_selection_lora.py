@@ -12,6 +12,7 @@ from saekit.models.hooks import HookedModel
 from saekit.selection.data import Sample
 from saekit.selection.finetune import FinetuneConfig, compare_subsets
 from saekit.selection.lora import lora_adapters
+from saekit.selection.tokens import batch_tensors, content_mask
 
 pytest.importorskip("peft")
 
@@ -83,3 +84,42 @@ def test_bfloat16_steps_track_float32_and_scoring_stays_float32(hf_model, tokeni
     tuned, tuned_bf = full["task"]["response_loss"], mixed["task"]["response_loss"]
     assert abs(tuned_bf - tuned) < 0.005 * tuned
     assert tuned_bf < mixed["base"]["response_loss"] - 0.05  # it still learns
+
+
+def test_hf_unembed_at_scored_positions_only_when_it_matches_the_model(hf_model, tokenizer):
+    """The HF runner unembeds only the scored positions: the same loss as the full forward's
+    logits; a model whose logits are not plain unembeddings of the decoder's output (here a
+    doubled head) is caught on the first batch and keeps the full forward."""
+    from saekit.selection.finetune import _Runner
+    from saekit.selection.tokens import SampleTokenizer
+
+    hooked = HookedModel(hf_model, tokenizer)
+    tok = SampleTokenizer(tokenizer, 24)
+    items = [tok(s) for s in TASK[:3]]
+
+    def full_loss() -> float:
+        ids_BT, roles_BT = batch_tensors(items, tok.pad_id)
+        mask_BT = content_mask(roles_BT, "response")[:, 1:]
+        logits_MV = hooked.run(ids_BT)[:, :-1][mask_BT]
+        targets_M = ids_BT[:, 1:][mask_BT]
+        return float(torch.nn.functional.cross_entropy(logits_MV, targets_M, reduction="sum"))
+
+    runner = _Runner(hooked, None, tok.pad_id)
+    with torch.no_grad():
+        loss, _ = runner.loss(items, "response")
+    assert runner.scored_unembed is True
+    assert float(loss) == pytest.approx(full_loss(), rel=1e-6)
+
+    head = hf_model.get_output_embeddings()
+    doubled = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+    doubled.weight.data = 2 * head.weight.data
+    real = hf_model.get_output_embeddings
+    hf_model.get_output_embeddings = lambda: doubled  # the scored path now differs
+    try:
+        runner = _Runner(hooked, None, tok.pad_id)
+        with torch.no_grad():
+            loss, _ = runner.loss(items, "response")
+        assert runner.scored_unembed is False
+        assert float(loss) == pytest.approx(full_loss(), rel=1e-6)
+    finally:
+        hf_model.get_output_embeddings = real
