@@ -151,7 +151,6 @@ class _Runner:
         loss = nn.functional.cross_entropy(logits_MV.float(), targets, reduction="sum")
         return loss, int(mask_BT.sum())
 
-
     def _logits(self, ids_BT: Tensor, mask_BT: Tensor) -> Tensor:
         """Logits [M, vocab] at the positions of mask_BT (each predicting the next token)."""
         if self.scored_unembed is None:
