@@ -114,7 +114,7 @@ class _Runner:
         self.cache: dict[tuple[int, ...], Tensor] = {}
         # HF: the unembed (a fifth of SmolLM2's forward) only at the scored positions, once a
         # first batch has shown it gives the model's own logits (some models post-process them).
-        self.scored_unembed: bool | None = None if not model.is_transformer_lens else False
+        self.scored_unembed: bool | None = False if model.is_transformer_lens else None
 
     def prepare(self, items: Sequence[Tokenized], batch_size: int = 16) -> None:
         """Cache the tail's input residual of every item not cached yet."""

@@ -94,7 +94,7 @@ def test_topk_exports_the_moving_average_of_its_iterates(train_cfg, make_trainer
 
 
 def test_the_average_follows_the_lr_decay_to_the_last_iterate(train_cfg, make_trainer):
-    """TopK decays the lr over the last half (20 of 40 steps): the window shrinks with it, and
+    """TopK decays the lr over the last half (30 of 60 steps): the window shrinks with it, and
     where 1 − β_t reaches the multiplier the average is the last iterate."""
     trainer = make_trainer(TOPK, train_cfg(b_dec_init_samples=0, total_tokens=256 * 60))
     slot = trainer.slots[0]
