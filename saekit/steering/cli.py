@@ -64,6 +64,17 @@ def register(sub: Any) -> None:
     )
     c.add_argument("--no-diffmean", action="store_true", help="skip DiffMean directions")
     c.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="run the model in this dtype (default: the run's); every method alike",
+    )
+    c.add_argument(
+        "--no-select",
+        action="store_true",
+        help="generate on the evaluation prompts only (half the cost); no selected-κ row",
+    )
+    c.add_argument(
         "--judge",
         choices=["none", "openai", "local"],
         default="none",
@@ -152,6 +163,10 @@ def _compare(args: argparse.Namespace, runs: list[str]) -> None:
         changes["n_random"] = args.random
     if args.targets is not None:
         changes["targets"] = args.targets
+    if args.no_select:
+        if args.judge != "none":
+            raise SaekitError("--judge rates each feature at its selected κ; drop --no-select.")
+        changes["select_kappa"] = False
     cfg = replace(cfg, **changes)
     report = run_steering_eval(
         runs,
@@ -162,6 +177,7 @@ def _compare(args: argparse.Namespace, runs: list[str]) -> None:
         else evals_concept_texts(tuple(EVALS_CONCEPTS)[: args.concepts]),
         out_dir=args.out,
         model_name=args.model,
+        model_dtype=args.dtype,
         judge=JudgeConfig(
             backend=args.judge,
             url=args.judge_url,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -67,12 +67,14 @@ def run_steering_eval(
     out_dir: str | Path | None = None,
     model_name: str | None = None,
     judge: JudgeConfig | None = None,
+    model_dtype: Literal["float32", "bfloat16"] | None = None,
 ) -> dict[str, Any]:
     """Score steering for the dictionaries of one or more runs; write steering.json + PNGs.
 
     `features` fixes the feature indices (else `n_features` are picked per dictionary);
     `labelled` gives DiffMean text sets (True = the offline evals concepts, False/None = none);
-    `judge` (optional) also rates the continuations at the selected strength.
+    `judge` (optional) also rates the continuations at the selected strength; `model_dtype`
+    ("float32", "bfloat16") overrides the runs' model dtype, for every method alike.
     """
     cfg = config or SteeringConfig()
     runs = [Path(run_dir)] if isinstance(run_dir, str | Path) else [Path(p) for p in run_dir]
@@ -84,10 +86,14 @@ def run_steering_eval(
     recipe = loaded[0][0]
     if model_name is not None:
         recipe = replace(recipe, model=replace(recipe.model, name=model_name))
+    if model_dtype is not None:
+        recipe = replace(recipe, model=replace(recipe.model, dtype=model_dtype))
     if len({rec.model.name for rec, _ in loaded}) > 1 and model_name is None:
         raise SaekitError("These runs use different models; compare runs of one model.")
     if model is None:
         model = build_hooked_model(recipe.model)
+    elif model_dtype is not None:
+        raise SaekitError("model_dtype applies to the model saekit loads; cast the model you pass.")
     by_hook: dict[str, list[Direction]] = {}
     for _, targets in loaded:
         for name, sae_dir, hook in targets:
@@ -110,6 +116,7 @@ def run_steering_eval(
     report: dict[str, Any] = {
         "runs": [str(r) for r in runs],
         "model": recipe.model.name,
+        "model_dtype": recipe.model.dtype,
         "config": to_dict(cfg),
         "sites": {},
         "table": [],
@@ -130,7 +137,7 @@ def run_steering_eval(
         results = score_site(study, measure_curves(study))
         if judge is not None and judge.backend != "none":
             _judge_site(Judge(judge), results)
-        rows = [{"hook": hook, **r} for r in summarize(results, cfg.kl_targets)]
+        rows = [{"hook": hook, **r} for r in summarize(results, cfg.kl_targets, cfg.select_kappa)]
         plot = plot_score_vs_kl(rows, f"steering at {hook}", out.steering_plot(hook))
         report["sites"][hook] = {
             "alpha_max": study.alpha_max,

@@ -88,6 +88,10 @@ class SteeringConfig:
     """Neutral prompts; even indices select the strength, odd ones report the score."""
     gen_tokens: int = 32
     """Tokens generated per prompt for the generated-concept rate and fluency."""
+    select_kappa: bool = True
+    """Also generate on the selection prompts and pick each direction's κ* by S there. False:
+    continuations on the evaluation prompts only (half the generation, which dominates the
+    cost); every budget is still reported, with no selected-κ row."""
     temperature: float = 0.0
     """0 = greedy continuations; > 0 = seeded sampling."""
     n_random: int = 8
@@ -293,18 +297,28 @@ class SiteStudy:
             )
         if not full:
             return settings
-        conts = generate(model, seqs, cfg.gen_tokens, edit, cfg.temperature, cfg.seed)
-        nll_R = continuation_nll(model, seqs, conts)  # the unsteered model judges fluency
+        rows = list(range(P)) if cfg.select_kappa else self.eval
+        G = len(rows)
+        gen_seqs = [self.prompts[j] for j in rows] * len(cals)
+        if not base:
+            edit = self._edit([(n, c.alpha) for n, c in items], G)
+        conts = generate(model, gen_seqs, cfg.gen_tokens, edit, cfg.temperature, cfg.seed)
+        nll_R = continuation_nll(model, gen_seqs, conts)  # the unsteered model judges fluency
         ce_I = self._reference_ce([(n, c.alpha) for n, c in items], base)
         sets = [set(t.tolist()) for t in self.targets_N]
         tok = model.tokenizer
         for i, s in enumerate(settings):
-            mine = conts[i * P : (i + 1) * P]
-            s.nll_P = nll_R[i * P : (i + 1) * P]
-            s.rep3_P = torch.tensor([rep3(c) for c in mine])
-            s.rate_PN = torch.tensor([[target_rate(c, t) for t in sets] for c in mine]).reshape(
-                P, len(sets)
-            )
+            # Prompts left without a continuation (the selection split when select_kappa is
+            # off) hold NaN, so reading them by mistake cannot pass for a measurement.
+            mine = dict(zip(rows, conts[i * G : (i + 1) * G]))
+            s.nll_P = torch.full((P,), torch.nan)
+            s.nll_P[rows] = nll_R[i * G : (i + 1) * G]
+            s.rep3_P = torch.full((P,), torch.nan)
+            s.rep3_P[rows] = torch.tensor([rep3(mine[j]) for j in rows])
+            s.rate_PN = torch.full((P, len(sets)), torch.nan)
+            s.rate_PN[rows] = torch.tensor(
+                [[target_rate(mine[j], t) for t in sets] for j in rows]
+            ).reshape(G, len(sets))
             s.ce_ref = None if ce_I is None else float(ce_I[i])
             s.samples = [(cfg.prompts[j], str(tok.decode(mine[j]))) for j in self.eval]
         return settings

@@ -6,9 +6,10 @@ Every κ of the curve also records, on the evaluation prompts: c, f and S per pr
 bootstrap's input, study.py), ΔCE_ref, the random null (random directions at the same κ scored
 on T_f: mean, std, max and the z-score of S, left undefined when the null has no spread) and the
 sign flip (−α calibrated to the same κ: its concept gain on T_f, teacher-forced, no generation).
-κ* maximizes S on the selection split; at κ* also: specificity c(f on T_f) / mean_g c(f on T_g)
-over the other non-random directions g (denominator floored at 1e-3), the Jaccard overlap
-between the tokens steering raises most and T_f, and sample continuations.
+κ* maximizes S on the selection split (with `select_kappa`, the default); at κ* also:
+specificity c(f on T_f) / mean_g c(f on T_g) over the other non-random directions g
+(denominator floored at 1e-3), the Jaccard overlap between the tokens steering raises most and
+T_f, and sample continuations.
 """
 
 from __future__ import annotations
@@ -132,9 +133,7 @@ def score_site(study: SiteStudy, curves: Curves) -> dict[str, Any]:
                 "reached": cal.reached,
             }
             if isinstance(s, Setting):
-                sel = _scores(study, s, n, study.sel)
                 per = _per_prompt(study, s, n, study.eval)
-                row["score_sel"] = sel["score"]
                 row.update({k: float(v.mean()) for k, v in per.items()})
                 row["per_prompt"] = {k: _rounded(per[k]) for k in PER_PROMPT}
                 row["delta_ce_ref"] = (
@@ -144,8 +143,10 @@ def score_site(study: SiteStudy, curves: Curves) -> dict[str, Any]:
                 )
                 if d.kind != "random":
                     row.update(_null(study, curves, n, kappa, row["score"]))
-                if sel["score"] > best_sel:
-                    best_kappa, best_sel = kappa, sel["score"]
+                if study.cfg.select_kappa:
+                    row["score_sel"] = _scores(study, s, n, study.sel)["score"]
+                    if row["score_sel"] > best_sel:
+                        best_kappa, best_sel = kappa, row["score_sel"]
             if d.kind != "random" and d.name in curves.flip:
                 row["sign_flip"] = _flip(study, curves.flip[d.name].get(kappa), n)
             curve.append(row)
@@ -184,8 +185,10 @@ def _selected(
     return out
 
 
-def summarize(results: dict[str, Any], kappas: tuple[float, ...]) -> list[dict[str, Any]]:
-    """One row per (kind, κ) and per kind at the selected κ: means over directions."""
+def summarize(
+    results: dict[str, Any], kappas: tuple[float, ...], selected: bool = True
+) -> list[dict[str, Any]]:
+    """One row per (kind, κ) and, if κ* was `selected`, per kind at it: means over directions."""
     kinds = sorted({r["kind"] for r in results.values()})
     rows: list[dict[str, Any]] = []
     for kind in kinds:
@@ -205,6 +208,8 @@ def summarize(results: dict[str, Any], kappas: tuple[float, ...]) -> list[dict[s
                 }
             )
         chosen = [r["selected"] for r in group if r["selected"] is not None]
+        if not selected:
+            continue  # select_kappa off: no selection was made, so no row claims one
         rows.append(
             {
                 "method": kind,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from saekit.cli import main
 from saekit.steering.evaluate import run_steering_eval, steering_table
@@ -180,7 +181,49 @@ def test_steer_compare_prints_the_study_and_rejects_bad_counts(steer_run, tmp_pa
     for bad, message in (
         (["--concepts", "0"], "--concepts must be 1..32"),
         (["--features", "0"], "--features must be ≥ 1"),
+        (["--no-select", "--judge", "local"], "drop --no-select"),
     ):
         assert main([*base, *bad]) == 2
         assert message in capsys.readouterr().err
     assert (tmp_path / "o" / "steering.json").read_text() == written  # bad input: untouched
+
+
+def test_run_steering_eval_in_bfloat16(steer_run, tmp_path, monkeypatch):
+    """`model_dtype` loads the runs' model in bfloat16 for every method; the report says so, and
+    a model passed in is never silently recast."""
+    import saekit.steering.evaluate as evaluate
+
+    loaded, real = [], evaluate.build_hooked_model
+
+    def build(cfg):
+        loaded.append(real(cfg))
+        return loaded[-1]
+
+    monkeypatch.setattr(evaluate, "build_hooked_model", build)
+    cfg = SteeringConfig(
+        prompts=("the cat", "a dog", "birds", "home"),
+        kl_targets=(0.01,),
+        gen_tokens=2,
+        n_random=1,
+        target_tokens=3,
+        reference_windows=1,
+        n_boot=200,
+        select_kappa=False,
+    )
+    report = run_steering_eval(
+        steer_run,
+        config=cfg,
+        features=[0],
+        labelled=False,
+        out_dir=tmp_path / "bf16",
+        model_dtype="bfloat16",
+    )
+    assert report["model_dtype"] == "bfloat16"
+    assert {p.dtype for p in loaded[0].model.parameters()} == {torch.bfloat16}
+    rows = [r for r in report["table"] if r["method"] == "topk"]
+    assert rows and all(r["kappa"] != "selected" for r in rows)
+    assert report["study"][HOOK]["methods"]["topk"]["budgets"][0]["directions"] == 1
+    from saekit.errors import SaekitError
+
+    with pytest.raises(SaekitError, match="cast the model you pass"):
+        run_steering_eval(steer_run, model=object(), config=cfg, model_dtype="bfloat16")  # type: ignore[arg-type]

@@ -58,3 +58,43 @@ def test_z_is_undefined_without_a_null_spread(steer_planted):
     planted = score_site(study, measure_curves(study))["planted"]["selected"]
     assert planted["null_std"] == 0.0 and planted["z"] is None
     assert planted["null_max"] == planted["null_mean"] < planted["score"] - 0.2
+
+
+def test_without_kappa_selection_only_evaluation_prompts_are_generated(steer_planted, monkeypatch):
+    """`select_kappa=False` generates on the evaluation prompts alone and reports every budget
+    exactly as the default run does; no row claims a selected κ."""
+    import dataclasses
+
+    import saekit.steering.protocol as protocol
+
+    generated: list[int] = []
+    real = protocol.generate
+
+    def counting(model, seqs, *args, **kwargs):
+        generated.append(len(seqs))
+        return real(model, seqs, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "generate", counting)
+    full = _study(steer_planted)
+    generated.clear()
+    with_sel = score_site(full, measure_curves(full))
+    rows_with = sum(generated)
+    generated.clear()
+    half = _study(steer_planted)
+    half.cfg = dataclasses.replace(half.cfg, select_kappa=False)
+    # The baseline was generated in __init__ under the default; regenerate it as a run with
+    # select_kappa off would have.
+    half.base = half._settings([], full=True, base=True)[0]
+    generated.clear()
+    without = score_site(half, measure_curves(half))
+    n_sel, n_eval = len(full.sel), len(full.eval)
+    assert sum(generated) * (n_sel + n_eval) == rows_with * n_eval  # evaluation rows only
+    for name, res in without.items():
+        assert res["selected"] is None
+        for a, b in zip(res["curve"], with_sel[name]["curve"]):
+            assert "score_sel" not in a and "score_sel" in b or not b["reached"]
+            for key in ("concept_gain", "fluency", "score", "delta_nll", "concept_rate"):
+                assert a.get(key) == pytest.approx(b.get(key), abs=1e-6), (name, key)
+    rows = summarize(without, half.cfg.kl_targets, selected=False)
+    assert rows and all(r["kappa"] != "selected" for r in rows)
+    assert half.base.nll_P is not None and half.base.nll_P[half.sel].isnan().all()
