@@ -133,7 +133,8 @@ class Setting:
     raised: list[int]
     """The target_tokens tokens whose log-probability rises most (mean over P_eval)."""
     rate_PN: Tensor | None = None
-    """Fraction of generated tokens in each target set (None: not generated)."""
+    """Fraction of generated tokens in each target set (None: not generated; NaN rows:
+    prompts left without a continuation, the selection split when select_kappa is off)."""
     nll_P: Tensor | None = None
     """NLL of the steered continuation under the unsteered model."""
     rep3_P: Tensor | None = None
