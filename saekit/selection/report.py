@@ -212,7 +212,9 @@ def run_selection_eval(
         "sae": selector.sae_name,
         "hook": selector.hook,
         "config": asdict(cfg),
-        "finetune": asdict(ft_cfg),
+        # The methods that ran are ft_models' keys; ft_cfg.method is only each run's template.
+        "finetune": {k: v for k, v in asdict(ft_cfg).items() if k != "method"}
+        | {"methods": list(ft_models) if down else []},
         "pool": pool_spec,
         "keywords": study.keywords,
         "sae_fvu": probes[0].meter.fvu() if probes[0].meter is not None else None,

@@ -85,6 +85,8 @@ def test_run_selection_eval_writes_json_and_plots(
     assert paired["mean"] == pytest.approx(1.0 - sum(mona_auc) / 3)
     down = saved["downstream"]
     assert len(down["targets"]) == 1 and set(down["per_target"]) == set(ft_models)
+    # The record names the fine-tuning methods that ran, not the config's template method.
+    assert saved["finetune"]["methods"] == list(ft_models) and "method" not in saved["finetune"]
     for ft in ft_models:
         (losses,) = down["per_target"][ft].values()
         assert set(losses) == {"base", "full_pool", *summary}
