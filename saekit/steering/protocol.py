@@ -301,7 +301,7 @@ class SiteStudy:
         rows = list(range(P)) if cfg.select_kappa else self.eval
         G = len(rows)
         gen_seqs = [self.prompts[j] for j in rows] * len(cals)
-        if not base:
+        if not base and G != P:
             edit = self._edit([(n, c.alpha) for n, c in items], G)
         conts = generate(model, gen_seqs, cfg.gen_tokens, edit, cfg.temperature, cfg.seed)
         nll_R = continuation_nll(model, gen_seqs, conts)  # the unsteered model judges fluency

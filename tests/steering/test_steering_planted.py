@@ -10,10 +10,14 @@ from saekit.steering.protocol import SiteStudy, SteeringConfig
 from saekit.steering.score import measure_curves, score_site, summarize
 
 
-def _study(planted, n_random=6):
+def _study(planted, n_random=6, select_kappa=True):
     model, v_D, hook = planted.model, planted.v_D, planted.hook
     cfg = SteeringConfig(
-        prompts=planted.prompts, kl_targets=(0.1, 0.5), target_tokens=5, gen_tokens=8
+        prompts=planted.prompts,
+        kl_targets=(0.1, 0.5),
+        target_tokens=5,
+        gen_tokens=8,
+        select_kappa=select_kappa,
     )
     rand_KD = random_directions(v_D.shape[0], n_random, seed=3)
     vectors = [("planted", "vector", v_D)]
@@ -63,8 +67,6 @@ def test_z_is_undefined_without_a_null_spread(steer_planted):
 def test_without_kappa_selection_only_evaluation_prompts_are_generated(steer_planted, monkeypatch):
     """`select_kappa=False` generates on the evaluation prompts alone and reports every budget
     exactly as the default run does; no row claims a selected κ."""
-    import dataclasses
-
     import saekit.steering.protocol as protocol
 
     generated: list[int] = []
@@ -80,11 +82,7 @@ def test_without_kappa_selection_only_evaluation_prompts_are_generated(steer_pla
     with_sel = score_site(full, measure_curves(full))
     rows_with = sum(generated)
     generated.clear()
-    half = _study(steer_planted)
-    half.cfg = dataclasses.replace(half.cfg, select_kappa=False)
-    # The baseline was generated in __init__ under the default; regenerate it as a run with
-    # select_kappa off would have.
-    half.base = half._settings([], full=True, base=True)[0]
+    half = _study(steer_planted, select_kappa=False)
     generated.clear()
     without = score_site(half, measure_curves(half))
     n_sel, n_eval = len(full.sel), len(full.eval)
